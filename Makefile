@@ -1,0 +1,47 @@
+# albat: `make demo` runs the whole pipeline on the bundled default data; `make test` runs the tests.
+# Both install what they need first (`make setup`: .venv, CPU-only torch pinned by constraints.txt).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+ALBAT := $(VENV)/bin/albat
+CONFIG ?= configs/demo.toml
+WORK ?= work/demo
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup data test demo embed index query filter emit run sql bench bench-embed bench-index clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+data/wiki/backbone.parquet: scripts/fetch_wiki.py | $(VENV)/.installed
+	$(PY) scripts/fetch_wiki.py --out data/wiki
+
+data: data/wiki/backbone.parquet
+
+test: setup data
+	$(PY) -m pytest -q tests
+
+demo: setup data
+	$(ALBAT) run --config $(CONFIG)
+	$(ALBAT) sql $(WORK) "SELECT albat_method, albat_is_adaptation, count(*) AS n_rows, round(sum(albat_weight), 2) AS total_weight, any_value(title) AS example FROM shards GROUP BY ALL ORDER BY ALL"
+	$(ALBAT) sql $(WORK) "SELECT albat_query AS adaptation_example, title, topic, round(albat_score, 3) AS similarity FROM shards WHERE NOT albat_is_adaptation ORDER BY albat_score DESC LIMIT 10"
+
+embed index query filter emit run: setup data
+	$(ALBAT) $@ --config $(CONFIG)
+
+bench: bench-embed bench-index
+
+bench-embed: setup data
+	$(PY) benchmarks/bench_embed.py --out BENCHMARKS.md
+
+bench-index: setup data
+	$(PY) benchmarks/bench_index.py --out BENCHMARKS.md
+
+clean:
+	rm -rf work

@@ -1,0 +1,152 @@
+"""One TOML config for every stage; CLI flags override it; the effective config is recorded.
+
+Sections mirror the stages. Unknown keys are errors (a typo must not silently use a default),
+and relative paths in a config file are resolved against the file's directory.
+"""
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+from stores.errors import AlbatError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULTS: dict[str, Any] = {
+    "work": "work",
+    "seed": 0,
+    "embed": {
+        "input": [],  # Parquet/JSONL/text files, globs, directories, or a saved HF dataset dir
+        "format": "auto",
+        "text_column": "text",
+        "id_column": None,  # the corpus's own integer ids; default: row number in the stream
+        "keep_columns": [],
+        "encoder": "all-MiniLM-L6-v2",
+        "batch_size": 64,
+        "shard_rows": 8192,
+        "dtype": "float32",  # float32 | bfloat16 (encoder compute; stored vectors stay float32)
+        "max_seq_length": None,
+        "skip_empty": False,
+        "threads": 0,  # 0: all cores
+    },
+    "index": {
+        "memory_budget": "4GB",
+        "index_key": None,  # a FAISS factory string to force, e.g. "IVF256,PQ48x8"
+        "flat_max_rows": 1_000_000,
+        "recall_k": 10,
+        "recall_queries": 1000,
+        "target_recall": 0.95,
+    },
+    "query": {
+        "adaptation": [],
+        "format": "auto",
+        "text_column": "text",
+        "exclude": [],
+        "exclude_text_column": "text",
+        "encoder": None,  # must match the store's; default: the store's own
+        "k": 32,
+        "dedup_threshold": 0.95,
+        "dedup_k": 16,
+    },
+    "filter": {
+        "method": "knn",
+        "budget": 64,
+    },
+    "emit": {
+        "shard_rows": 10_000,
+        "include_adaptation": True,
+        "backbone_weight": 1.0,  # lambda in L_bat
+    },
+}
+
+# Keys whose values are paths (resolved against the config file's directory).
+PATH_KEYS = {("work",), ("embed", "input"), ("query", "adaptation"), ("query", "exclude")}
+LIST_KEYS = {("embed", "input"), ("embed", "keep_columns"), ("query", "adaptation"), ("query", "exclude")}
+
+
+def _check_keys(given: dict[str, Any], known: dict[str, Any], where: str, source: str) -> None:
+    for key, value in given.items():
+        name = f"{where}.{key}" if where else key
+        if key not in known:
+            if where == "filter":  # method options live beside the method name
+                continue
+            raise AlbatError(f"{source}: unknown key '{name}' (known: {', '.join(sorted(known))}); "
+                             "fix the spelling or remove it")
+        if isinstance(known[key], dict):
+            if not isinstance(value, dict):
+                raise AlbatError(f"{source}: '{name}' must be a [{name}] table")
+            _check_keys(value, known[key], name, source)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        elif value is not None:
+            out[key] = value
+    return out
+
+
+def _resolve_paths(config: dict[str, Any], base_dir: Path) -> None:
+    for keys in PATH_KEYS:
+        section = config if len(keys) == 1 else config[keys[0]]
+        key = keys[-1]
+        value = section.get(key)
+        if value is None:
+            continue
+        if isinstance(value, list):
+            section[key] = [str(base_dir / v) if not Path(v).is_absolute() else v for v in value]
+        elif not Path(value).is_absolute():
+            section[key] = str(base_dir / value)
+
+
+def _listify(config: dict[str, Any]) -> None:
+    for section, key in [k for k in LIST_KEYS]:
+        value = config[section].get(key)
+        if isinstance(value, str):
+            config[section][key] = [value]
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults, then the TOML file (paths relative to it), then CLI overrides."""
+    config = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise AlbatError(f"{path}: config file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise AlbatError(f"{path}: invalid TOML ({exc}); fix the syntax") from None
+        _check_keys(raw, DEFAULTS, "", str(path))
+        config = _merge(config, raw)
+        _listify(config)
+        _resolve_paths(config, path.resolve().parent)
+    if overrides:
+        config = _merge(config, overrides)
+    _listify(config)
+    config["index"]["memory_budget_bytes"] = parse_bytes(config["index"]["memory_budget"])
+    return config
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_bytes(value: str | int | float) -> int:
+    """'4GB' -> 4e9, '512MiB' -> 536870912, 1000 -> 1000."""
+    if isinstance(value, (int, float)):
+        return int(value)
+    text = str(value).strip().upper().replace(" ", "")
+    number = text.rstrip("KMGTIB")
+    unit = text[len(number):]
+    try:
+        return int(float(number) * _UNITS[unit])
+    except (ValueError, KeyError):
+        raise AlbatError(f"memory budget '{value}' not understood; write e.g. 4GB or 512MiB") from None

@@ -1,0 +1,144 @@
+"""Stage 1, embed: stream the backbone corpus through the encoder into the embedding store."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.encoders import TextEncoder, set_threads
+from pipeline.progress import progress_bar
+from stores.corpus import CorpusBatch, CorpusSpec, count_rows, iter_batches, resolve_files
+from stores.embedding_store import ID, RESERVED, ROW, SOURCE, TEXT_HASH, EmbeddingStore, text_hash
+from stores.errors import AlbatError
+from stores.faults import crash_point
+from stores.workdir import Workdir, fingerprint
+
+
+def corpus_spec(options: dict[str, Any]) -> CorpusSpec:
+    spec = CorpusSpec(paths=list(options["input"]), text_column=options["text_column"],
+                      id_column=options["id_column"], keep_columns=tuple(options["keep_columns"]),
+                      format=options["format"], skip_empty=bool(options["skip_empty"]))
+    for col in spec.columns:
+        if col in RESERVED:
+            raise AlbatError(f"column '{col}' collides with albat's own metadata; rename it in the corpus")
+    return spec
+
+
+def _input_signature(spec: CorpusSpec) -> list[list[Any]]:
+    """Path, size and mtime of every input file: a changed corpus must not resume an old store."""
+    out = []
+    for path, fmt in resolve_files(spec):
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for f in files:
+            stat = f.stat()
+            out.append([str(f), stat.st_size, stat.st_mtime_ns])
+    return out
+
+
+def embed_fingerprint(options: dict[str, Any], spec: CorpusSpec) -> str:
+    return fingerprint({"spec": [spec.columns, spec.text_column, spec.id_column, spec.format, spec.skip_empty],
+                        "inputs": _input_signature(spec), "encoder": options["encoder"],
+                        "dtype": options["dtype"], "max_seq_length": options["max_seq_length"],
+                        "shard_rows": options["shard_rows"]})
+
+
+def shard_tables(batches: Iterator[CorpusBatch], shard_rows: int) -> Iterator[tuple[int, pa.Table]]:
+    """Regroup reader batches into shards of exactly `shard_rows` rows (the last may be shorter),
+    adding source, row and the stream position (the default id)."""
+    pending: list[pa.Table] = []
+    pending_rows = 0
+    position = 0
+    shard = 0
+    for batch in batches:
+        n = batch.table.num_rows
+        table = batch.table.append_column(SOURCE, pa.array([batch.source] * n, pa.string()).dictionary_encode())
+        table = table.append_column(ROW, batch.rows)
+        table = table.append_column("__position", pa.array(np.arange(position, position + n), pa.int64()))
+        position += n
+        pending.append(table)
+        pending_rows += n
+        while pending_rows >= shard_rows:
+            merged = pa.concat_tables(pending, promote_options="permissive").combine_chunks()
+            yield shard, merged.slice(0, shard_rows)
+            rest = merged.slice(shard_rows)
+            pending, pending_rows, shard = [rest], rest.num_rows, shard + 1
+    if pending_rows:
+        yield shard, pa.concat_tables(pending, promote_options="permissive").combine_chunks()
+
+
+def build_metadata(table: pa.Table, spec: CorpusSpec) -> pa.Table:
+    """The stored metadata: albat columns first, then the user's columns under their own names."""
+    texts = table.column(spec.text_column).to_pylist()
+    if spec.id_column:
+        ids = table.column(spec.id_column).cast(pa.int64())
+    else:
+        ids = table.column("__position")
+    columns = {ID: ids, SOURCE: table.column(SOURCE).cast(pa.string()), ROW: table.column(ROW),
+               TEXT_HASH: pa.array([text_hash(t) for t in texts], pa.int64())}
+    for col in spec.columns:
+        columns[col] = table.column(col)
+    return pa.table(columns)
+
+
+def run_embed(config: dict[str, Any], work: Workdir, force: bool = False, show_progress: bool = True) -> dict[str, Any]:
+    options = config["embed"]
+    spec = corpus_spec(options)
+    store = EmbeddingStore(work.store)
+    fp = embed_fingerprint(options, spec)
+    if force and store.root.exists():
+        shutil.rmtree(store.root)
+    if store.exists():
+        info = store.info
+        if info.get("fingerprint") != fp:
+            raise AlbatError(f"{store.root}: built from other inputs or embed options; pass --force to "
+                             "re-embed, or use another --work")
+        if info.get("complete"):
+            return {"skipped": True, "rows": info["rows"], "shards": info["shards"]}
+    set_threads(int(options["threads"]))
+    encoder = TextEncoder(name=options["encoder"], dtype=options["dtype"],
+                          max_seq_length=options["max_seq_length"], batch_size=int(options["batch_size"]))
+    base_info = {"fingerprint": fp, "encoder": encoder.identity() if not store.exists() else store.info["encoder"],
+                 "dim": encoder.dim, "normalized": True, "metric": "inner_product",
+                 "shard_rows": int(options["shard_rows"]), "text_column": spec.text_column,
+                 "id_column": spec.id_column, "keep_columns": list(spec.keep_columns),
+                 "inputs": [str(p) for p, _ in resolve_files(spec)], "complete": False}
+    if not store.exists():
+        store.write_info(base_info)
+    store.clean_temps()
+    chunk = max(int(options["batch_size"]) * 8, 512)
+    rows = shards = encoded = 0
+    with progress_bar(total=count_rows(spec), desc="embed", enabled=show_progress) as bar:
+        for index, table in shard_tables(iter_batches(spec, batch_rows=chunk), int(options["shard_rows"])):
+            rows += table.num_rows
+            shards += 1
+            if store.is_done(index):
+                bar.update(table.num_rows)
+                continue
+            texts = table.column(spec.text_column).to_pylist()
+            parts = []
+            for start in range(0, len(texts), chunk):
+                parts.append(encoder.encode(texts[start:start + chunk]))
+                bar.update(len(parts[-1]))
+            crash_point("embed.before_shard_write")
+            store.write_shard(index, np.concatenate(parts), build_metadata(table, spec))
+            encoded += table.num_rows
+            crash_point("embed.shard")
+    if rows == 0:
+        raise AlbatError(f"{', '.join(map(str, spec.paths))}: the corpus holds no rows; check the input")
+    _check_unique_ids(store, spec)
+    store.write_info({**{k: v for k, v in store.info.items() if k != "format_version"},
+                      "rows": rows, "shards": shards, "complete": True})
+    return {"skipped": False, "rows": rows, "shards": shards, "encoded_rows": encoded}
+
+
+def _check_unique_ids(store: EmbeddingStore, spec: CorpusSpec) -> None:
+    ids = store.all_ids()
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        dup = int(uniq[counts > 1][0])
+        raise AlbatError(f"id {dup} appears {int(counts[counts > 1][0])} times in column '{spec.id_column}' "
+                         f"of {', '.join(map(str, spec.paths))}; ids must be unique (fix them, or drop "
+                         "--id-column to use row numbers), then rerun with --force")

@@ -1,0 +1,147 @@
+"""Stage 2, index: build the FAISS index the plan chooses, tune nprobe, measure recall@k."""
+from __future__ import annotations
+
+import resource
+import time
+from typing import Any
+
+import numpy as np
+
+from pipeline.index_plan import IndexPlan, plan_index
+from pipeline.progress import progress_bar
+from stores.embedding_store import EmbeddingStore
+from stores.errors import AlbatError
+from stores.index_store import INFOS_FILE, write_index
+from stores.workdir import Workdir, fingerprint
+
+TRAIN_POINTS_PER_LIST = 64
+MAX_TRAIN_POINTS = 200_000
+
+
+def exact_search(store: EmbeddingStore, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k over the store, one shard in memory at a time."""
+    import faiss
+
+    heap = faiss.ResultHeap(len(queries), k, keep_max=True)
+    for _, ids, vectors in store.iter_shards():
+        kk = min(k, len(ids))
+        D, I = faiss.knn(queries, np.ascontiguousarray(vectors), kk, metric=faiss.METRIC_INNER_PRODUCT)
+        found = np.where(I >= 0, ids[np.clip(I, 0, None)], -1)
+        if kk < k:
+            pad = k - kk
+            D = np.hstack([D, np.full((len(D), pad), -np.inf, np.float32)])
+            found = np.hstack([found, np.full((len(D), pad), -1, np.int64)])
+        heap.add_result(D, found)
+    heap.finalize()
+    return heap.D, heap.I
+
+
+def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
+    """Mean fraction of the exact top-k ids the approximate search returned (k-recall@k)."""
+    k = exact.shape[1]
+    hits = [len(set(a[a >= 0]) & set(e[e >= 0])) / k for a, e in zip(approx, exact)]
+    return float(np.mean(hits)) if hits else 0.0
+
+
+def _plan(options: dict[str, Any], n: int, d: int) -> IndexPlan:
+    forced = options.get("index_key")
+    if forced:
+        kind = "flat" if forced == "Flat" else ("ivf_pq" if "PQ" in forced else "ivf_flat")
+        nlist = int(forced.split(",")[0][3:]) if forced.startswith("IVF") else 0
+        return IndexPlan(forced, kind, nlist, 0, 0, "forced by index_key")
+    try:
+        return plan_index(n, d, int(options["memory_budget_bytes"]), int(options["flat_max_rows"]))
+    except MemoryError as exc:
+        raise AlbatError(f"{exc}; raise --memory-budget") from None
+
+
+def build_index(store: EmbeddingStore, plan: IndexPlan, seed: int, show_progress: bool) -> tuple[Any, float]:
+    """Train (IVF) on a seeded sample, then add shard by shard with the store's ids."""
+    import faiss
+
+    n, d = int(store.info["rows"]), store.dim
+    if plan.kind == "flat":
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(d))
+        train_seconds = 0.0
+    else:
+        index = faiss.index_factory(d, plan.key, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(seed)
+        n_train = min(n, max(plan.nlist * TRAIN_POINTS_PER_LIST, 10_000), MAX_TRAIN_POINTS)
+        sample = np.sort(rng.choice(n, size=n_train, replace=False))
+        started = time.perf_counter()
+        index.train(store.vectors_at(sample))
+        train_seconds = time.perf_counter() - started
+    with progress_bar(total=n, desc="index", enabled=show_progress) as bar:
+        for _, ids, vectors in store.iter_shards():
+            index.add_with_ids(np.ascontiguousarray(vectors), ids)
+            bar.update(len(ids))
+    return index, train_seconds
+
+
+def tune_nprobe(index: Any, queries: np.ndarray, exact_ids: np.ndarray, k: int, target: float) -> tuple[int, list[dict]]:
+    """Smallest power-of-two nprobe whose recall reaches the target (else the best measured)."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    curve = []
+    nprobe = 1
+    while nprobe <= ivf.nlist:
+        ivf.nprobe = nprobe
+        started = time.perf_counter()
+        _, I = index.search(queries, k)
+        elapsed = time.perf_counter() - started
+        curve.append({"nprobe": nprobe, "recall": recall_at_k(I, exact_ids),
+                      "queries_per_s": len(queries) / max(elapsed, 1e-9)})
+        if curve[-1]["recall"] >= target:
+            break
+        nprobe *= 2
+    best = next((c for c in curve if c["recall"] >= target), max(curve, key=lambda c: c["recall"]))
+    ivf.nprobe = best["nprobe"]
+    return best["nprobe"], curve
+
+
+def index_fingerprint(store_info: dict[str, Any], options: dict[str, Any], seed: int) -> str:
+    keys = ("memory_budget_bytes", "index_key", "flat_max_rows", "recall_k", "recall_queries", "target_recall")
+    return fingerprint({"store": store_info["fingerprint"], "rows": store_info["rows"], "seed": seed,
+                        **{k: options[k] for k in keys}})
+
+
+def run_index(config: dict[str, Any], work: Workdir, show_progress: bool = True) -> dict[str, Any]:
+    options, seed = config["index"], int(config["seed"])
+    store = EmbeddingStore(work.store)
+    info = store.require_complete()
+    fp = index_fingerprint(info, options, seed)
+    if work.is_stage_done("index", fp) and (work.index / INFOS_FILE).exists():
+        return {"skipped": True, **work.stage_record("index")["summary"]}
+    work.forget_stage("index")
+    n, d = int(info["rows"]), int(info["dim"])
+    plan = _plan(options, n, d)
+    started = time.perf_counter()
+    index, train_seconds = build_index(store, plan, seed, show_progress)
+    build_seconds = time.perf_counter() - started
+
+    k = min(int(options["recall_k"]), n)
+    rng = np.random.default_rng(seed + 1)
+    positions = np.sort(rng.choice(n, size=min(int(options["recall_queries"]), n), replace=False))
+    queries = store.vectors_at(positions)
+    _, exact_ids = exact_search(store, queries, k)
+    nprobe, curve = None, []
+    if plan.kind != "flat":
+        nprobe, curve = tune_nprobe(index, queries, exact_ids, k, float(options["target_recall"]))
+    started = time.perf_counter()
+    _, approx_ids = index.search(queries, k)
+    search_seconds = time.perf_counter() - started
+    infos = {"index_key": plan.key, "kind": plan.kind, "nlist": plan.nlist, "pq_m": plan.pq_m,
+             "reason": plan.reason, "rows": n, "dim": d, "metric": "inner_product",
+             "memory_budget_bytes": int(options["memory_budget_bytes"]),
+             "estimated_bytes": plan.estimated_bytes, "build_seconds": round(build_seconds, 3),
+             "train_seconds": round(train_seconds, 3), "nprobe": nprobe, "nprobe_curve": curve,
+             "recall_k": k, "recall_queries": len(queries), "recall_at_k": recall_at_k(approx_ids, exact_ids),
+             "queries_per_s": round(len(queries) / max(search_seconds, 1e-9), 1),
+             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+             "seed": seed, "store_fingerprint": info["fingerprint"], "encoder": info["encoder"]["name"]}
+    write_index(index, work.index, infos)
+    summary = {k_: infos[k_] for k_ in ("index_key", "rows", "recall_at_k", "recall_k", "nprobe", "build_seconds")}
+    work.mark_stage_done("index", fp, options, summary)
+    return {"skipped": False, **summary}
+

@@ -1,0 +1,169 @@
+"""Stage 3, query: retrieve k neighbours per adaptation example; block duplicates of
+adaptation and evaluation examples anywhere in the corpus, so no method can leak them."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.encoders import TextEncoder, check_same_encoder, encoder_from_identity
+from stores.corpus import CorpusSpec, read_all, resolve_files
+from stores.embedding_store import ID, TEXT_HASH, EmbeddingStore, text_hash
+from stores.errors import AlbatError
+from stores.index_store import read_index
+from stores.tables import write_array, write_table
+from stores.workdir import Workdir, fingerprint
+
+MAX_QUERY_EXAMPLES = 100_000  # adaptation and exclusion sets are read whole
+
+
+def search_pairs(query_vectors: np.ndarray, index: Any, k: int) -> pa.Table:
+    """Every (adaptation example, candidate) pair the index returns, in rank order."""
+    sims, ids = index.search(np.ascontiguousarray(query_vectors, dtype=np.float32), k)
+    q_idx, rank = np.nonzero(ids >= 0)
+    return pa.table({"candidate_id": ids[q_idx, rank].astype(np.int64), "query_idx": q_idx.astype(np.int32),
+                     "rank": rank.astype(np.int32), "similarity": sims[q_idx, rank].astype(np.float32)})
+
+
+def exact_similarity(pairs: pa.Table, query_vectors: np.ndarray, store: EmbeddingStore) -> np.ndarray:
+    """Cosine of each pair from the stored vectors (PQ search distances are only approximate)."""
+    ids = pairs.column("candidate_id").to_numpy()
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    vectors = store.vectors_for_ids(uniq)
+    q = pairs.column("query_idx").to_numpy()
+    return np.einsum("ij,ij->i", query_vectors[q], vectors[inverse]).astype(np.float32)
+
+
+def near_duplicates(vectors: np.ndarray, index: Any, k: int, threshold: float, kind: str) -> dict[int, tuple[float, str]]:
+    """Corpus ids within `threshold` cosine of any example: id -> (similarity, reason)."""
+    blocked: dict[int, tuple[float, str]] = {}
+    if len(vectors) == 0:
+        return blocked
+    sims, ids = index.search(np.ascontiguousarray(vectors), k)
+    for example, rank in zip(*np.nonzero((sims >= threshold) & (ids >= 0))):
+        cid, sim = int(ids[example, rank]), float(sims[example, rank])
+        if cid not in blocked or sim > blocked[cid][0]:
+            blocked[cid] = (sim, f"near-duplicate of {kind} example {example} (similarity {sim:.3f})")
+    return blocked
+
+
+def exact_duplicates(texts: list[str], store: EmbeddingStore, kind: str) -> dict[int, tuple[float, str]]:
+    """Corpus ids whose normalised text equals an example's, by the stored text hash."""
+    wanted: dict[int, int] = {}
+    for i, text in enumerate(texts):
+        wanted.setdefault(text_hash(text), i)
+    keys = np.fromiter(wanted, dtype=np.int64, count=len(wanted))
+    blocked: dict[int, tuple[float, str]] = {}
+    for index in store.shard_indices():
+        meta = store.metadata(index, [ID, TEXT_HASH])
+        hashes = meta.column(TEXT_HASH).to_numpy()
+        for row in np.nonzero(np.isin(hashes, keys))[0]:
+            blocked[int(meta.column(ID)[row].as_py())] = (1.0, f"exact duplicate of {kind} example "
+                                                          f"{wanted[int(hashes[row])]}")
+    return blocked
+
+
+def merge_blocked(*parts: dict[int, tuple[float, str]]) -> pa.Table:
+    merged: dict[int, tuple[float, str]] = {}
+    for part in parts:
+        for cid, (sim, reason) in part.items():
+            if cid not in merged or sim > merged[cid][0] or reason.startswith("exact"):
+                merged[cid] = (sim, reason)
+    ids = sorted(merged)
+    return pa.table({"id": pa.array(ids, pa.int64()),
+                     "similarity": pa.array([merged[i][0] for i in ids], pa.float32()),
+                     "reason": pa.array([merged[i][1] for i in ids], pa.string())})
+
+
+def aggregate_candidates(pairs: pa.Table, blocked: pa.Table) -> pa.Table:
+    """One row per unique candidate: its best pair, how many examples retrieved it, blocked or not."""
+    ids = pairs.column("candidate_id").to_numpy()
+    sims = pairs.column("similarity").to_numpy()
+    order = np.lexsort((-sims, ids))  # by id, then best similarity first
+    first = np.ones(len(order), bool)
+    first[1:] = ids[order][1:] != ids[order][:-1]
+    best = order[first]
+    uniq, counts = np.unique(ids, return_counts=True)
+    blocked_ids = blocked.column("id").to_numpy()
+    reasons = dict(zip(blocked_ids.tolist(), blocked.column("reason").to_pylist()))
+    cand = ids[best]
+    return pa.table({
+        "candidate_id": pa.array(cand, pa.int64()),
+        "query_idx": pa.array(pairs.column("query_idx").to_numpy()[best], pa.int32()),
+        "rank": pa.array(pairs.column("rank").to_numpy()[best], pa.int32()),
+        "similarity": pa.array(sims[best], pa.float32()),
+        "n_queries": pa.array(counts[np.searchsorted(uniq, cand)], pa.int32()),
+        "blocked": pa.array(np.isin(cand, blocked_ids)),
+        "block_reason": pa.array([reasons.get(int(c)) for c in cand], pa.string()),
+    })
+
+
+def _read_examples(paths: list[str], text_column: str, fmt: str, what: str) -> tuple[pa.Table, list[str]]:
+    spec = CorpusSpec(paths=paths, text_column=text_column, format=fmt)
+    table, sources, rows = read_all(spec, limit_rows=MAX_QUERY_EXAMPLES)
+    table = table.append_column("source", pa.array(sources, pa.string())).append_column("row", pa.array(rows, pa.int64()))
+    return table, table.column(text_column).to_pylist()
+
+
+def _signature(paths: list[str], fmt: str) -> list:
+    if not paths:
+        return []
+    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p, _ in resolve_files(CorpusSpec(paths=paths, format=fmt))
+            if Path(p).is_file()]
+
+
+def run_query(config: dict[str, Any], work: Workdir, show_progress: bool = True) -> dict[str, Any]:
+    options = config["query"]
+    store = EmbeddingStore(work.store)
+    info = store.require_complete()
+    index, infos = read_index(work.index)
+    if infos.get("store_fingerprint") != info["fingerprint"] or infos.get("rows") != info["rows"]:
+        raise AlbatError(f"{work.index}: index was built from another store; rerun `albat index`")
+    if not options["adaptation"]:
+        raise AlbatError("no adaptation examples given; pass --adaptation FILE (Parquet, JSONL or one example a line)")
+    fp = fingerprint({"options": options, "index": infos["store_fingerprint"], "key": infos["index_key"],
+                      "adaptation": _signature(options["adaptation"], options["format"]),
+                      "exclude": _signature(options["exclude"], "auto")})
+    if work.is_stage_done("query", fp):
+        return {"skipped": True, **work.stage_record("query")["summary"]}
+    work.forget_stage("query")
+
+    encoder = encoder_from_identity(info["encoder"])
+    if options.get("encoder"):
+        encoder = TextEncoder(name=options["encoder"], dtype=encoder.dtype, max_seq_length=encoder.max_seq_length)
+    check_same_encoder(info["encoder"], encoder, str(options["adaptation"][0]))
+
+    adaptation, texts = _read_examples(options["adaptation"], options["text_column"], options["format"], "adaptation")
+    if not texts:
+        raise AlbatError(f"{', '.join(options['adaptation'])}: zero adaptation examples; give at least one")
+    exclude, exclude_texts = (_read_examples(options["exclude"], options["exclude_text_column"], "auto", "exclude")
+                              if options["exclude"] else (None, []))
+    vectors = encoder.encode(texts)
+    exclude_vectors = encoder.encode(exclude_texts)
+
+    k = min(int(options["k"]), int(info["rows"]))
+    pairs = search_pairs(vectors, index, k)
+    pairs = pairs.set_column(3, "similarity", pa.array(exact_similarity(pairs, vectors, store)))
+    dedup_k, threshold = min(int(options["dedup_k"]), int(info["rows"])), float(options["dedup_threshold"])
+    blocked = merge_blocked(exact_duplicates(texts, store, "adaptation"),
+                            exact_duplicates(exclude_texts, store, "exclude"),
+                            near_duplicates(vectors, index, dedup_k, threshold, "adaptation"),
+                            near_duplicates(exclude_vectors, index, dedup_k, threshold, "exclude"))
+    candidates = aggregate_candidates(pairs, blocked)
+
+    work.query.mkdir(parents=True, exist_ok=True)
+    adaptation = adaptation.add_column(0, "query_idx", pa.array(np.arange(len(texts)), pa.int32()))
+    write_table(adaptation, work.query / "adaptation.parquet")
+    write_array(vectors, work.query / "adaptation.npy")
+    if exclude is not None:
+        write_table(exclude, work.query / "exclude.parquet")
+    write_table(pairs, work.query / "candidate_pairs.parquet")
+    write_table(blocked, work.query / "blocked.parquet")
+    write_table(candidates, work.query / "candidates.parquet")
+    summary = {"adaptation": len(texts), "exclude": len(exclude_texts), "k": k, "pairs": pairs.num_rows,
+               "candidates": candidates.num_rows, "blocked": blocked.num_rows,
+               "blocked_candidates": int(np.sum(candidates.column("blocked").to_numpy(zero_copy_only=False)))}
+    work.mark_stage_done("query", fp, options, summary)
+    return {"skipped": False, **summary}

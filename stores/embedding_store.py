@@ -1,0 +1,197 @@
+"""The embedding store: sharded float32 vectors (.npy) beside Parquet metadata, with stable int64 ids.
+
+Layout of `STORE/`:
+    store.json                      encoder, dimension, columns, shard size; `complete` once done
+    shards/part-00000.emb.npy       (rows, dim) float32, L2-normalised
+    shards/part-00000.meta.parquet  albat_id, albat_source, albat_row, albat_text_hash + user columns
+    shards/part-00000.done.json     completion record: rows, id range, checksums (written last)
+
+Shard i holds rows [i*shard_rows, (i+1)*shard_rows) of the corpus stream (files in sorted order),
+so names and contents do not depend on batch size or worker count, and a rerun skips every shard
+that has a completion record.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stores.atomic import atomic_path, read_json, remove_stale_temps, sha256_file, write_json
+from stores.errors import AlbatError
+
+FORMAT_VERSION = 1
+ID = "albat_id"
+SOURCE = "albat_source"
+ROW = "albat_row"
+TEXT_HASH = "albat_text_hash"
+RESERVED = (ID, SOURCE, ROW, TEXT_HASH)
+
+_SPACES = re.compile(r"\s+")
+
+
+def text_hash(text: str) -> int:
+    """64-bit signed hash of a whitespace- and case-normalised text, for exact-duplicate checks."""
+    norm = _SPACES.sub(" ", text).strip().casefold().encode("utf-8")
+    return int.from_bytes(hashlib.blake2b(norm, digest_size=8).digest(), "little", signed=True)
+
+
+def shard_name(index: int) -> str:
+    return f"part-{index:05d}"
+
+
+@dataclass
+class ShardPaths:
+    emb: Path
+    meta: Path
+    done: Path
+
+
+class EmbeddingStore:
+    """Read and write one embedding store directory."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        self.shard_dir = self.root / "shards"
+        self.info_path = self.root / "store.json"
+
+    # ----- description -------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.info_path.exists()
+
+    @property
+    def info(self) -> dict[str, Any]:
+        if not self.info_path.exists():
+            raise AlbatError(f"{self.root}: no embedding store here; run `albat embed` first")
+        return read_json(self.info_path)
+
+    def write_info(self, info: dict[str, Any]) -> None:
+        write_json(self.info_path, {"format_version": FORMAT_VERSION, **info})
+
+    def require_complete(self) -> dict[str, Any]:
+        info = self.info
+        if not info.get("complete"):
+            raise AlbatError(f"{self.root}: embedding store is incomplete; rerun `albat embed` to finish it")
+        return info
+
+    @property
+    def dim(self) -> int:
+        return int(self.info["dim"])
+
+    # ----- shards ----------------------------------------------------------------------------
+    def paths(self, index: int) -> ShardPaths:
+        base = self.shard_dir / shard_name(index)
+        return ShardPaths(emb=base.with_suffix(".emb.npy"), meta=base.with_suffix(".meta.parquet"),
+                          done=base.with_suffix(".done.json"))
+
+    def is_done(self, index: int) -> bool:
+        return self.paths(index).done.exists()
+
+    def write_shard(self, index: int, vectors: np.ndarray, meta: pa.Table) -> dict[str, Any]:
+        """Write one shard: vectors and metadata by rename, then the completion record."""
+        if len(vectors) != meta.num_rows:
+            raise ValueError("vectors and metadata disagree on the row count")
+        self.shard_dir.mkdir(parents=True, exist_ok=True)
+        paths = self.paths(index)
+        with atomic_path(paths.emb) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
+        with atomic_path(paths.meta) as tmp:
+            pq.write_table(meta, tmp, compression="zstd")
+        ids = meta.column(ID).to_numpy()
+        record = {"shard": shard_name(index), "rows": meta.num_rows,
+                  "min_id": int(ids.min()), "max_id": int(ids.max()),
+                  "emb_sha256": sha256_file(paths.emb), "meta_sha256": sha256_file(paths.meta)}
+        write_json(paths.done, record)
+        return record
+
+    def clean_temps(self) -> None:
+        remove_stale_temps(self.shard_dir)
+        remove_stale_temps(self.root)
+
+    def shard_indices(self) -> list[int]:
+        """Indices of the finished shards, in order."""
+        return sorted(int(p.name.split("-")[1].split(".")[0]) for p in self.shard_dir.glob("part-*.done.json"))
+
+    def done_records(self) -> list[dict[str, Any]]:
+        return [read_json(self.paths(i).done) for i in self.shard_indices()]
+
+    def meta_glob(self) -> str:
+        return str(self.shard_dir / "part-*.meta.parquet")
+
+    # ----- reading -----------------------------------------------------------------------
+    def vectors(self, index: int) -> np.ndarray:
+        """Memory-mapped vectors of one shard (no copy, no pickle)."""
+        path = self.paths(index).emb
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise AlbatError(f"{path}: unreadable embedding shard ({exc}); delete it and rerun `albat embed`") from None
+
+    def metadata(self, index: int, columns: list[str] | None = None) -> pa.Table:
+        path = self.paths(index).meta
+        try:
+            return pq.read_table(path, columns=columns)
+        except (pa.ArrowException, OSError) as exc:
+            raise AlbatError(f"{path}: unreadable metadata shard ({exc}); delete it and rerun `albat embed`") from None
+
+    def iter_shards(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Yield (shard index, ids, vectors) shard by shard: memory stays one shard deep."""
+        for index in self.shard_indices():
+            ids = self.metadata(index, [ID]).column(ID).to_numpy()
+            yield index, ids, self.vectors(index)
+
+    def all_ids(self) -> np.ndarray:
+        parts = [self.metadata(i, [ID]).column(ID).to_numpy() for i in self.shard_indices()]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+    def row_counts(self) -> list[int]:
+        return [rec["rows"] for rec in self.done_records()]
+
+    def _locate(self, positions: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Group global row positions by shard: (shard index, mask into positions, rows in shard)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        counts = np.array(self.row_counts(), dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        if len(positions) and (positions.min() < 0 or positions.max() >= starts[-1]):
+            raise IndexError(f"row position outside the store's {starts[-1]} rows")
+        shard_of = np.searchsorted(starts, positions, side="right") - 1
+        indices = self.shard_indices()
+        for shard in np.unique(shard_of):
+            mask = shard_of == shard
+            yield indices[shard], mask, positions[mask] - starts[shard]
+
+    def vectors_at(self, positions: np.ndarray) -> np.ndarray:
+        """Vectors at global row positions, read shard by shard."""
+        out = np.empty((len(positions), self.dim), dtype=np.float32)
+        for index, mask, rows in self._locate(positions):
+            out[mask] = self.vectors(index)[rows]
+        return out
+
+    def ids_at(self, positions: np.ndarray) -> np.ndarray:
+        """Ids at global row positions, read shard by shard."""
+        out = np.empty(len(positions), dtype=np.int64)
+        for index, mask, rows in self._locate(positions):
+            out[mask] = self.metadata(index, [ID]).column(ID).to_numpy()[rows]
+        return out
+
+    def id_positions(self, ids: np.ndarray) -> np.ndarray:
+        """Global row position of each id; an AlbatError names any id the store lacks."""
+        all_ids = self.all_ids()
+        order = np.argsort(all_ids, kind="stable")
+        found = np.searchsorted(all_ids, ids, sorter=order)
+        found = np.clip(found, 0, max(len(all_ids) - 1, 0))
+        positions = order[found] if len(all_ids) else np.zeros(len(ids), dtype=np.int64)
+        missing = ~np.isin(ids, all_ids) if len(ids) else np.zeros(0, bool)
+        if missing.any():
+            raise AlbatError(f"{self.root}: id {int(ids[missing][0])} is not in the store; the index or "
+                             "selection comes from another store, rebuild it")
+        return positions
+
+    def vectors_for_ids(self, ids: np.ndarray) -> np.ndarray:
+        return self.vectors_at(self.id_positions(np.asarray(ids, dtype=np.int64)))

@@ -1,0 +1,45 @@
+"""The FAISS index file and its `index_infos.json` (key, parameters, build time, size, recall)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from stores.atomic import atomic_path, read_json, write_json
+from stores.errors import AlbatError
+
+INDEX_FILE = "knn.index"
+INFOS_FILE = "index_infos.json"
+
+
+def write_index(index: Any, directory: Path, infos: dict[str, Any]) -> None:
+    """Write the index, then its infos: a present infos file means a complete index."""
+    import faiss
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / INFOS_FILE).unlink(missing_ok=True)
+    with atomic_path(directory / INDEX_FILE) as tmp:
+        faiss.write_index(index, str(tmp))
+    infos = {**infos, "index_bytes": (directory / INDEX_FILE).stat().st_size}
+    write_json(directory / INFOS_FILE, infos)
+
+
+def read_infos(directory: Path) -> dict[str, Any]:
+    path = directory / INFOS_FILE
+    if not path.exists():
+        raise AlbatError(f"{directory}: no complete index; run `albat index` first")
+    return read_json(path)
+
+
+def read_index(directory: Path) -> tuple[Any, dict[str, Any]]:
+    """Load the index (FAISS's own format, never a pickle) with its infos; nprobe as tuned."""
+    import faiss
+
+    infos = read_infos(directory)
+    try:
+        index = faiss.read_index(str(directory / INDEX_FILE))
+    except RuntimeError as exc:
+        raise AlbatError(f"{directory / INDEX_FILE}: unreadable FAISS index ({str(exc).splitlines()[0]}); "
+                         "rerun `albat index`") from None
+    if infos.get("nprobe"):
+        faiss.extract_index_ivf(index).nprobe = int(infos["nprobe"])
+    return index, infos

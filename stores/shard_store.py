@@ -1,0 +1,61 @@
+"""The emitted shard set: `part-00000.parquet`, ... and `manifest.json`, published atomically.
+
+Shards are written into a hidden staging directory, checksummed, the manifest written last,
+and the directory swapped in by rename, so a reader (DuckDB, `datasets`, a trainer) sees either
+the previous complete set or the new complete set, never a half-written shard.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stores.atomic import read_json, sha256_file, write_json
+from stores.errors import AlbatError
+
+MANIFEST = "manifest.json"
+
+
+def shard_file(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def publish_shards(directory: Path, tables: Iterable[pa.Table], manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write each table as one shard, then the manifest, then swap the whole set in."""
+    directory = Path(directory)
+    staging = directory.with_name(f".{directory.name}.staging-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        shards = []
+        for index, table in enumerate(tables):
+            path = staging / shard_file(index)
+            pq.write_table(table, path, compression="zstd")
+            shards.append({"path": path.name, "rows": table.num_rows, "sha256": sha256_file(path)})
+        manifest = {**manifest, "shards": shards, "rows": sum(s["rows"] for s in shards)}
+        write_json(staging / MANIFEST, manifest)
+        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+        if directory.exists():
+            os.replace(directory, old)
+        os.replace(staging, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    path = Path(directory) / MANIFEST
+    if not path.exists():
+        raise AlbatError(f"{directory}: no manifest; run `albat emit` first")
+    return read_json(path)
+
+
+def shard_paths(directory: Path) -> list[Path]:
+    """The shards a complete set names, in order (the manifest is the source of truth)."""
+    return [Path(directory) / s["path"] for s in read_manifest(directory)["shards"]]
