@@ -6,6 +6,7 @@ and relative paths in a config file are resolved against the file's directory.
 from __future__ import annotations
 
 import copy
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -101,9 +102,9 @@ def _resolve_paths(config: dict[str, Any], base_dir: Path) -> None:
         if value is None:
             continue
         if isinstance(value, list):
-            section[key] = [str(base_dir / v) if not Path(v).is_absolute() else v for v in value]
+            section[key] = [os.path.normpath(base_dir / v) if not Path(v).is_absolute() else v for v in value]
         elif not Path(value).is_absolute():
-            section[key] = str(base_dir / value)
+            section[key] = os.path.normpath(base_dir / value)
 
 
 def _listify(config: dict[str, Any]) -> None:

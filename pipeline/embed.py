@@ -83,6 +83,17 @@ def build_metadata(table: pa.Table, spec: CorpusSpec) -> pa.Table:
     return pa.table(columns)
 
 
+def encode_sorted(encoder: TextEncoder, texts: list[str], chunk: int, on_progress=lambda n: None) -> np.ndarray:
+    """Encode a shard longest-first in chunks (less padding per batch), rows back in input order."""
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    out = np.empty((len(texts), encoder.dim), dtype=np.float32)
+    for start in range(0, len(texts), chunk):
+        rows = order[start:start + chunk]
+        out[rows] = encoder.encode([texts[i] for i in rows])
+        on_progress(len(rows))
+    return out
+
+
 def run_embed(config: dict[str, Any], work: Workdir, force: bool = False, show_progress: bool = True) -> dict[str, Any]:
     options = config["embed"]
     spec = corpus_spec(options)
@@ -105,8 +116,6 @@ def run_embed(config: dict[str, Any], work: Workdir, force: bool = False, show_p
                  "shard_rows": int(options["shard_rows"]), "text_column": spec.text_column,
                  "id_column": spec.id_column, "keep_columns": list(spec.keep_columns),
                  "inputs": [str(p) for p, _ in resolve_files(spec)], "complete": False}
-    if not store.exists():
-        store.write_info(base_info)
     store.clean_temps()
     chunk = max(int(options["batch_size"]) * 8, 512)
     rows = shards = encoded = 0
@@ -117,13 +126,11 @@ def run_embed(config: dict[str, Any], work: Workdir, force: bool = False, show_p
             if store.is_done(index):
                 bar.update(table.num_rows)
                 continue
-            texts = table.column(spec.text_column).to_pylist()
-            parts = []
-            for start in range(0, len(texts), chunk):
-                parts.append(encoder.encode(texts[start:start + chunk]))
-                bar.update(len(parts[-1]))
+            vectors = encode_sorted(encoder, table.column(spec.text_column).to_pylist(), chunk, bar.update)
             crash_point("embed.before_shard_write")
-            store.write_shard(index, np.concatenate(parts), build_metadata(table, spec))
+            if not store.exists():  # first output: nothing is written before the first shard is ready
+                store.write_info(base_info)
+            store.write_shard(index, vectors, build_metadata(table, spec))
             encoded += table.num_rows
             crash_point("embed.shard")
     if rows == 0:

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from stores.atomic import atomic_path, read_json, remove_stale_temps, sha256_file, write_json
 from stores.errors import AlbatError
+from stores.faults import crash_point
 
 FORMAT_VERSION = 1
 ID = "albat_id"
@@ -103,6 +104,7 @@ class EmbeddingStore:
                 np.save(fh, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
         with atomic_path(paths.meta) as tmp:
             pq.write_table(meta, tmp, compression="zstd")
+        crash_point("store.before_done")
         ids = meta.column(ID).to_numpy()
         record = {"shard": shard_name(index), "rows": meta.num_rows,
                   "min_id": int(ids.min()), "max_id": int(ids.max()),

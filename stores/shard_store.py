@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from stores.atomic import read_json, sha256_file, write_json
 from stores.errors import AlbatError
+from stores.faults import crash_point
 
 MANIFEST = "manifest.json"
 
@@ -27,8 +28,9 @@ def shard_file(index: int) -> str:
 def publish_shards(directory: Path, tables: Iterable[pa.Table], manifest: dict[str, Any]) -> dict[str, Any]:
     """Write each table as one shard, then the manifest, then swap the whole set in."""
     directory = Path(directory)
+    for stale in directory.parent.glob(f".{directory.name}.staging-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # left by a killed run; never read
     staging = directory.with_name(f".{directory.name}.staging-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         shards = []
@@ -36,8 +38,10 @@ def publish_shards(directory: Path, tables: Iterable[pa.Table], manifest: dict[s
             path = staging / shard_file(index)
             pq.write_table(table, path, compression="zstd")
             shards.append({"path": path.name, "rows": table.num_rows, "sha256": sha256_file(path)})
+            crash_point("emit.shard")
         manifest = {**manifest, "shards": shards, "rows": sum(s["rows"] for s in shards)}
         write_json(staging / MANIFEST, manifest)
+        crash_point("emit.before_swap")
         old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
         if directory.exists():
             os.replace(directory, old)
