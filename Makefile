@@ -38,10 +38,11 @@ embed index query filter emit run: setup data
 bench: bench-embed bench-index
 
 bench-embed: setup data
-	$(PY) benchmarks/bench_embed.py --out BENCHMARKS.md
+	$(PY) -m benchmarks.bench_embed --out BENCHMARKS.md
 
 bench-index: setup data
-	$(PY) benchmarks/bench_index.py --out BENCHMARKS.md
+	$(ALBAT) embed --config $(CONFIG) --quiet
+	$(PY) -m benchmarks.bench_index --store $(WORK)/store --out BENCHMARKS.md
 
 clean:
 	rm -rf work

@@ -44,6 +44,7 @@ OPTIONS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("query", "--k", "k", dict(type=int, help="neighbours retrieved per adaptation example")),
     ("query", "--dedup-threshold", "dedup_threshold", dict(type=float, help="cosine above which a corpus row is a near-duplicate")),
     ("query", "--dedup-k", "dedup_k", dict(type=int, help="neighbours checked for near-duplicates per example")),
+    ("query", "--rerank-factor", "rerank_factor", dict(type=int, help="PQ index: retrieve k*factor, re-rank exactly")),
     ("filter", "--method", "method", dict(help="selection method: knn, random")),
     ("filter", "--budget", "budget", dict(type=int, help="number m of backbone examples to select")),
     ("emit", "--emit-shard-rows", "shard_rows", dict(type=int, help="rows per emitted Parquet shard")),

@@ -6,6 +6,7 @@ and relative paths in a config file are resolved against the file's directory.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import sys
 from pathlib import Path
@@ -53,6 +54,7 @@ DEFAULTS: dict[str, Any] = {
         "k": 32,
         "dedup_threshold": 0.95,
         "dedup_k": 16,
+        "rerank_factor": 4,  # PQ indexes: retrieve k*factor, re-rank exactly from the stored vectors
     },
     "filter": {
         "method": "knn",
@@ -143,11 +145,15 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
 def parse_bytes(value: str | int | float) -> int:
     """'4GB' -> 4e9, '512MiB' -> 536870912, 1000 -> 1000."""
     if isinstance(value, (int, float)):
-        return int(value)
-    text = str(value).strip().upper().replace(" ", "")
-    number = text.rstrip("KMGTIB")
-    unit = text[len(number):]
-    try:
-        return int(float(number) * _UNITS[unit])
-    except (ValueError, KeyError):
-        raise AlbatError(f"memory budget '{value}' not understood; write e.g. 4GB or 512MiB") from None
+        number, unit = float(value), ""
+    else:
+        text = str(value).strip().upper().replace(" ", "")
+        digits = text.rstrip("KMGTIB")
+        unit = text[len(digits):]
+        try:
+            number = float(digits)
+        except ValueError:
+            number = math.nan
+    if unit not in _UNITS or not math.isfinite(number) or number < 0:
+        raise AlbatError(f"memory budget '{value}' not understood; write e.g. 4GB or 512MiB")
+    return int(number * _UNITS[unit])

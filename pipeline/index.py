@@ -1,6 +1,7 @@
 """Stage 2, index: build the FAISS index the plan chooses, tune nprobe, measure recall@k."""
 from __future__ import annotations
 
+import re
 import resource
 import time
 from typing import Any
@@ -43,12 +44,24 @@ def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean(hits)) if hits else 0.0
 
 
+_IVF_PART = re.compile(r"^IVF(\d+)(?:_.*)?$")
+
+
+def forced_plan(key: str) -> IndexPlan:
+    """Describe a user-given factory string: Flat, or any key with one IVF{nlist} part."""
+    if key == "Flat":
+        return IndexPlan("Flat", "flat", 0, 0, 0, "forced by index_key")
+    lists = [int(m.group(1)) for part in key.split(",") if (m := _IVF_PART.match(part))]
+    if len(lists) != 1:
+        raise AlbatError(f"index key '{key}' is not supported: use Flat or an IVF index (e.g. IVF1024,Flat, "
+                         "IVF4096,PQ48x8), or drop --index-key to let albat plan")
+    kind = "ivf_pq" if "PQ" in key.split(",")[-1] else "ivf_flat"
+    return IndexPlan(key, kind, lists[0], 0, 0, "forced by index_key")
+
+
 def _plan(options: dict[str, Any], n: int, d: int) -> IndexPlan:
-    forced = options.get("index_key")
-    if forced:
-        kind = "flat" if forced == "Flat" else ("ivf_pq" if "PQ" in forced else "ivf_flat")
-        nlist = int(forced.split(",")[0][3:]) if forced.startswith("IVF") else 0
-        return IndexPlan(forced, kind, nlist, 0, 0, "forced by index_key")
+    if options.get("index_key"):
+        return forced_plan(str(options["index_key"]))
     try:
         return plan_index(n, d, int(options["memory_budget_bytes"]), int(options["flat_max_rows"]))
     except MemoryError as exc:
@@ -64,12 +77,20 @@ def build_index(store: EmbeddingStore, plan: IndexPlan, seed: int, show_progress
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(d))
         train_seconds = 0.0
     else:
-        index = faiss.index_factory(d, plan.key, faiss.METRIC_INNER_PRODUCT)
+        try:
+            index = faiss.index_factory(d, plan.key, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError:
+            raise AlbatError(f"'{plan.key}' is not a FAISS index factory string for dimension {d}; "
+                             "see the FAISS index_factory docs, or drop --index-key") from None
         rng = np.random.default_rng(seed)
         n_train = min(n, max(plan.nlist * TRAIN_POINTS_PER_LIST, 10_000), MAX_TRAIN_POINTS)
         sample = np.sort(rng.choice(n, size=n_train, replace=False))
         started = time.perf_counter()
-        index.train(store.vectors_at(sample))
+        try:
+            index.train(store.vectors_at(sample))
+        except RuntimeError as exc:
+            raise AlbatError(f"FAISS cannot train {plan.key} on {n_train} vectors ({str(exc).splitlines()[0][:200]}); "
+                             "drop --index-key to let albat plan, or choose fewer lists/PQ bits") from None
         train_seconds = time.perf_counter() - started
     with progress_bar(total=n, desc="index", enabled=show_progress) as bar:
         for _, ids, vectors in store.iter_shards():

@@ -36,17 +36,37 @@ def exact_similarity(pairs: pa.Table, query_vectors: np.ndarray, store: Embeddin
     return np.einsum("ij,ij->i", query_vectors[q], vectors[inverse]).astype(np.float32)
 
 
-def near_duplicates(vectors: np.ndarray, index: Any, k: int, threshold: float, kind: str) -> dict[int, tuple[float, str]]:
-    """Corpus ids within `threshold` cosine of any example: id -> (similarity, reason)."""
+def near_duplicates(vectors: np.ndarray, index: Any, k: int, threshold: float, kind: str,
+                    store: EmbeddingStore) -> dict[int, tuple[float, str]]:
+    """Corpus ids within `threshold` cosine of any example: id -> (similarity, reason).
+    Similarities come from the stored vectors, so a compressed (PQ) index cannot blur the test."""
     blocked: dict[int, tuple[float, str]] = {}
     if len(vectors) == 0:
         return blocked
-    sims, ids = index.search(np.ascontiguousarray(vectors), k)
-    for example, rank in zip(*np.nonzero((sims >= threshold) & (ids >= 0))):
-        cid, sim = int(ids[example, rank]), float(sims[example, rank])
+    pairs = search_pairs(vectors, index, k)
+    sims = exact_similarity(pairs, vectors, store)
+    examples = pairs.column("query_idx").to_numpy()
+    ids = pairs.column("candidate_id").to_numpy()
+    for row in np.nonzero(sims >= threshold)[0]:
+        cid, sim, example = int(ids[row]), float(sims[row]), int(examples[row])
         if cid not in blocked or sim > blocked[cid][0]:
             blocked[cid] = (sim, f"near-duplicate of {kind} example {example} (similarity {sim:.3f})")
     return blocked
+
+
+def top_k_per_query(pairs: pa.Table, k: int) -> pa.Table:
+    """Keep each example's k most similar pairs, re-ranked by (exact) similarity."""
+    q = pairs.column("query_idx").to_numpy()
+    sims = pairs.column("similarity").to_numpy()
+    order = np.lexsort((-sims, q))
+    q_sorted = q[order]
+    starts = np.searchsorted(q_sorted, q_sorted, side="left")
+    rank = np.arange(len(order)) - starts
+    keep = order[rank < k]
+    return pa.table({"candidate_id": pairs.column("candidate_id").take(keep),
+                     "query_idx": pairs.column("query_idx").take(keep),
+                     "rank": pa.array(rank[rank < k], pa.int32()),
+                     "similarity": pairs.column("similarity").take(keep)})
 
 
 def exact_duplicates(texts: list[str], store: EmbeddingStore, kind: str) -> dict[int, tuple[float, str]]:
@@ -143,14 +163,17 @@ def run_query(config: dict[str, Any], work: Workdir, show_progress: bool = True)
     vectors = encoder.encode(texts)
     exclude_vectors = encoder.encode(exclude_texts)
 
-    k = min(int(options["k"]), int(info["rows"]))
-    pairs = search_pairs(vectors, index, k)
+    rows = int(info["rows"])
+    k = min(int(options["k"]), rows)
+    factor = max(1, int(options["rerank_factor"])) if infos["kind"] == "ivf_pq" else 1
+    pairs = search_pairs(vectors, index, min(k * factor, rows))
     pairs = pairs.set_column(3, "similarity", pa.array(exact_similarity(pairs, vectors, store)))
-    dedup_k, threshold = min(int(options["dedup_k"]), int(info["rows"])), float(options["dedup_threshold"])
+    pairs = top_k_per_query(pairs, k)
+    dedup_k, threshold = min(int(options["dedup_k"]) * factor, rows), float(options["dedup_threshold"])
     blocked = merge_blocked(exact_duplicates(texts, store, "adaptation"),
                             exact_duplicates(exclude_texts, store, "exclude"),
-                            near_duplicates(vectors, index, dedup_k, threshold, "adaptation"),
-                            near_duplicates(exclude_vectors, index, dedup_k, threshold, "exclude"))
+                            near_duplicates(vectors, index, dedup_k, threshold, "adaptation", store),
+                            near_duplicates(exclude_vectors, index, dedup_k, threshold, "exclude", store))
     candidates = aggregate_candidates(pairs, blocked)
 
     work.query.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,8 @@ from stores.workdir import Workdir
 
 
 def check_read_only(con, sql: str) -> None:
-    """Accept exactly one SELECT-like statement (SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN)."""
+    """Accept exactly one SELECT-like statement (SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE). EXPLAIN is
+    refused: EXPLAIN ANALYZE executes its statement, which may write (COPY)."""
     import duckdb
 
     try:
@@ -19,7 +20,7 @@ def check_read_only(con, sql: str) -> None:
         raise AlbatError(f"SQL does not parse ({str(exc).splitlines()[0]})") from None
     if len(statements) != 1:
         raise AlbatError(f"give exactly one SQL statement, got {len(statements)}")
-    if statements[0].type not in (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN):
+    if statements[0].type != duckdb.StatementType.SELECT:
         raise AlbatError(f"only read-only queries (SELECT, WITH, DESCRIBE, SHOW) are allowed, not "
                          f"{statements[0].type.name}; use --out FILE to save results")
 

@@ -71,13 +71,26 @@ def resolve_files(spec: CorpusSpec) -> list[tuple[Path, str]]:
             if _is_hf_dir(path) or (path.is_dir() and spec.format == "hf"):
                 found.append((path, "hf"))
             elif path.is_dir():
-                inner = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _SUFFIX_FORMAT
-                               and not p.name.startswith("."))
+                inner = _expand_dir(path, spec.format)
                 if not inner:
                     raise AlbatError(f"{path}: directory holds no .parquet, .jsonl or .txt files")
-                found.extend((p, _format_of(p, spec.format)) for p in inner)
+                found.extend(inner)
             else:
                 found.append((path, _format_of(path, spec.format)))
+    return found
+
+
+def _expand_dir(directory: Path, fmt: str) -> list[tuple[Path, str]]:
+    """Corpus files below a directory in sorted order; saved HF datasets count as one input,
+    hidden files and folders (.ipynb_checkpoints, .cache) are skipped."""
+    found: list[tuple[Path, str]] = []
+    for child in sorted(directory.iterdir()):
+        if child.name.startswith("."):
+            continue
+        if child.is_dir():
+            found.extend([(child, "hf")] if _is_hf_dir(child) else _expand_dir(child, fmt))
+        elif child.suffix in _SUFFIX_FORMAT:
+            found.append((child, _format_of(child, fmt)))
     return found
 
 
@@ -120,7 +133,7 @@ def _validate(table: pa.Table, source: str, rows: pa.Array, spec: CorpusSpec) ->
         table, rows = table.filter(keep), rows.filter(keep)
     if spec.id_column:
         ids = table.column(spec.id_column)
-        if not pa.types.is_integer(ids.type):
+        if not pa.types.is_integer(ids.type) and not pa.types.is_null(ids.type):
             raise AlbatError(f"{source}: id column '{spec.id_column}' holds {ids.type}, not integers; "
                              "pass an integer --id-column or none (ids are then row numbers)")
         if ids.null_count:
@@ -229,7 +242,7 @@ def iter_batches(spec: CorpusSpec, batch_rows: int = 4096) -> Iterator[CorpusBat
             if table.num_rows:
                 any_rows = True
                 yield CorpusBatch(table=table, source=str(path), rows=rows)
-        if not any_rows and fmt != "txt":
+        if not any_rows:
             _empty_file(path, spec)
 
 

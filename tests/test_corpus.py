@@ -325,6 +325,13 @@ def test_null_id_row_number_survives_skip_empty(tmp_path):
     assert "row 2" in msg and "null id" in msg  # row 2 of the file, not of the filtered table
 
 
+def test_null_id_alone_in_the_last_jsonl_batch_names_the_row(tmp_path):
+    path = _write_jsonl(tmp_path / "late_null_id.jsonl",
+                        [{"text": "a", "id": 1}, {"text": "b", "id": 2}, {"text": "c", "id": None}])
+    msg = _error(CorpusSpec(paths=[str(path)], id_column="id"), batch_rows=2)
+    assert "row 2" in msg and "null id" in msg
+
+
 def test_invalid_json_line_names_the_line_number(tmp_path, wiki_rows):
     path = tmp_path / "broken.jsonl"
     lines = [json.dumps({"text": wiki_rows[0]["text"]}), json.dumps({"text": wiki_rows[1]["text"]}),
@@ -420,6 +427,25 @@ def test_directory_expands_recursively_in_sorted_order(tmp_path):
     assert sources == [str(root / "a.jsonl")] * 2 + [str(root / "b.jsonl"), str(root / "sub" / "c.txt"),
                                                     str(root / "sub" / "p.parquet")]
     assert rows == [0, 1, 0, 0, 0]  # row numbers restart in each file
+
+
+def test_directory_expansion_skips_hidden_directories(tmp_path):
+    root = tmp_path / "corpus"
+    (root / ".ipynb_checkpoints").mkdir(parents=True)
+    _write_jsonl(root / "a.jsonl", [{"text": "real"}])
+    _write_jsonl(root / ".ipynb_checkpoints" / "a-checkpoint.jsonl", [{"text": "stale copy"}])
+    assert resolve_files(CorpusSpec(paths=[str(root)])) == [(root / "a.jsonl", "jsonl")]
+
+
+def test_directory_expansion_does_not_read_hf_metadata_as_jsonl(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    root = tmp_path / "corpus"
+    root.mkdir()
+    _write_jsonl(root / "a.jsonl", [{"text": "from jsonl"}])
+    datasets.Dataset.from_dict({"text": ["from hf"]}).save_to_disk(str(root / "hf"))
+    resolved = resolve_files(CorpusSpec(paths=[str(root)]))
+    assert (root / "a.jsonl", "jsonl") in resolved
+    assert not [p for p, fmt in resolved if fmt == "jsonl" and (root / "hf") in p.parents]
 
 
 def test_glob_expands_in_sorted_order(tmp_path):

@@ -200,3 +200,42 @@ def test_index_recall_is_recorded(run_dir: Path) -> None:
     assert infos["rows"] > 0 and infos["index_bytes"] > infos["rows"] * 384 * 4
     assert np.isclose(infos["recall_at_k"], 1.0, atol=0.02)
     assert os.path.exists(run_dir / "work" / "index" / "knn.index")
+
+
+def test_compressed_index_is_reranked_exactly(run_dir: Path, tmp_path: Path) -> None:
+    """With a forced IVF-PQ index, candidates are re-ranked with the stored vectors: similarities are
+    exact cosines and the candidate set stays close to the exact (Flat) one."""
+    import shutil
+
+    from stores.embedding_store import EmbeddingStore
+
+    work = tmp_path / "work"
+    shutil.copytree(run_dir / "work", work)
+    flat = set(pq.read_table(work / "query" / "candidates.parquet").column("candidate_id").to_pylist())
+    args = ("--config", run_dir / "run.toml", "--work", work, "--quiet")
+    assert albat("index", *args, "--index-key", "IVF4,PQ16x4") == 0
+    infos = json.loads((work / "index" / "index_infos.json").read_text())
+    assert infos["index_key"] == "IVF4,PQ16x4" and infos["kind"] == "ivf_pq"
+    overlap = {}
+    for factor in (1, 4):
+        assert albat("query", *args, "--rerank-factor", str(factor)) == 0
+        pairs = pq.read_table(work / "query" / "candidate_pairs.parquet").to_pydict()
+        overlap[factor] = len(set(pairs["candidate_id"]) & flat) / len(flat)
+    adaptation = np.load(work / "query" / "adaptation.npy")
+    vectors = EmbeddingStore(work / "store").vectors_for_ids(np.array(pairs["candidate_id"]))
+    expected = np.einsum("ij,ij->i", adaptation[pairs["query_idx"]], vectors)
+    assert np.allclose(pairs["similarity"], expected, atol=1e-5)
+    assert len(pairs["candidate_id"]) == 8 * 16 and max(pairs["rank"]) == 15
+    assert overlap[4] > overlap[1] and overlap[4] >= 0.8, overlap
+
+
+def test_forced_index_that_cannot_train_is_a_clear_error(run_dir: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(run_dir / "work", work)
+    capsys.readouterr()
+    assert albat("index", "--config", run_dir / "run.toml", "--work", work, "--quiet", "--index-key", "IVF4096,Flat") == 2
+    err = capsys.readouterr().err
+    assert "FAISS cannot train IVF4096,Flat" in err and "--index-key" in err
