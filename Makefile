@@ -29,7 +29,7 @@ test: setup data
 
 demo: setup data
 	$(ALBAT) run --config $(CONFIG)
-	$(ALBAT) sql $(WORK) "SELECT albat_method, albat_is_adaptation, count(*) AS n_rows, round(sum(albat_weight), 2) AS total_weight, any_value(title) AS example FROM shards GROUP BY ALL ORDER BY ALL"
+	$(ALBAT) sql $(WORK) "SELECT albat_method, albat_is_adaptation, count(*) AS n_rows, round(sum(albat_weight), 2) AS total_weight, left(min(text), 40) AS example FROM shards GROUP BY ALL ORDER BY ALL"
 	$(ALBAT) sql $(WORK) "SELECT albat_query AS adaptation_example, title, topic, round(albat_score, 3) AS similarity FROM shards WHERE NOT albat_is_adaptation ORDER BY albat_score DESC LIMIT 10"
 
 embed index query filter emit run: setup data

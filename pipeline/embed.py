@@ -135,7 +135,8 @@ def run_embed(config: dict[str, Any], work: Workdir, force: bool = False, show_p
             crash_point("embed.shard")
     if rows == 0:
         raise AlbatError(f"{', '.join(map(str, spec.paths))}: the corpus holds no rows; check the input")
-    _check_unique_ids(store, spec)
+    if spec.id_column:  # row positions are unique by construction
+        _check_unique_ids(store, spec)
     store.write_info({**{k: v for k, v in store.info.items() if k != "format_version"},
                       "rows": rows, "shards": shards, "complete": True})
     return {"skipped": False, "rows": rows, "shards": shards, "encoded_rows": encoded}

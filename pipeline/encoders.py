@@ -62,6 +62,12 @@ def _load(path: str, dtype: str, max_seq_length: int | None) -> Any:
     return model
 
 
+def normalize_rows(vectors: np.ndarray) -> np.ndarray:
+    """Unit rows in float32 (normalising inside a bfloat16 model leaves norms off by up to ~1%)."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
 @dataclass
 class TextEncoder:
     name: str
@@ -83,9 +89,9 @@ class TextEncoder:
         """L2-normalised float32 embeddings, so inner product is cosine similarity."""
         if not texts:
             return np.empty((0, self.dim), dtype=np.float32)
-        vectors = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
-                                    convert_to_numpy=True, show_progress_bar=False)
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        vectors = self.model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
+                                    show_progress_bar=False)
+        return normalize_rows(np.asarray(vectors, dtype=np.float32))
 
     def identity(self) -> dict[str, Any]:
         probe = self.encode([PROBE_TEXT])[0]

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.index_plan import IndexPlan, plan_index
+from pipeline.index_plan import MAX_TRAIN_POINTS, IndexPlan, plan_index
 from pipeline.progress import progress_bar
 from stores.embedding_store import EmbeddingStore
 from stores.errors import AlbatError
@@ -16,7 +16,6 @@ from stores.index_store import INFOS_FILE, write_index
 from stores.workdir import Workdir, fingerprint
 
 TRAIN_POINTS_PER_LIST = 64
-MAX_TRAIN_POINTS = 200_000
 
 
 def exact_search(store: EmbeddingStore, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

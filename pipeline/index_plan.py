@@ -4,7 +4,8 @@ Memory formulas (bytes, FAISS CPU, float32 vectors, int64 ids):
     Flat + IDMap2      n*(4d + 8) + n*ID_MAP_ENTRY      (the id->row hash map of IndexIDMap2)
     IVF{L},Flat        n*(4d + 8) + L*4d                (inverted lists hold vectors and ids)
     IVF{L},PQ{m}x8     n*(m + 8) + L*4d + 256*4d        (m-byte codes, ids, centroids, PQ codebooks)
-L follows the usual rule nlist ~ 4*sqrt(n), a power of two, with >= 39 training points per list.
+L follows the usual rule nlist ~ 4*sqrt(n), a power of two, with >= 39 training points per list
+among at most MAX_TRAIN_POINTS training vectors (k-means cost and memory stay bounded).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 ID_MAP_ENTRY = 40  # bytes per entry of std::unordered_map<int64, int64>, measured order of magnitude
 MIN_POINTS_PER_CENTROID = 39
+MAX_TRAIN_POINTS = 1_000_000  # 1.5 GB of float32 at d=384
 
 
 @dataclass(frozen=True)
@@ -40,12 +42,12 @@ def ivf_pq_bytes(n: int, d: int, nlist: int, m: int) -> int:
     return n * (m + 8) + nlist * 4 * d + 256 * 4 * d
 
 
-def choose_nlist(n: int) -> int:
+def choose_nlist(n: int, max_train_points: int = MAX_TRAIN_POINTS) -> int:
     """Power of two near 4*sqrt(n), capped so every list gets MIN_POINTS_PER_CENTROID training points."""
     if n < 2 * MIN_POINTS_PER_CENTROID:
         return 1
     target = 2 ** round(math.log2(4 * math.sqrt(n)))
-    cap = 2 ** int(math.log2(n // MIN_POINTS_PER_CENTROID))
+    cap = 2 ** int(math.log2(min(n, max_train_points) // MIN_POINTS_PER_CENTROID))
     return max(1, min(target, cap))
 
 

@@ -120,7 +120,7 @@ def aggregate_candidates(pairs: pa.Table, blocked: pa.Table) -> pa.Table:
     })
 
 
-def _read_examples(paths: list[str], text_column: str, fmt: str, what: str) -> tuple[pa.Table, list[str]]:
+def _read_examples(paths: list[str], text_column: str, fmt: str) -> tuple[pa.Table, list[str]]:
     spec = CorpusSpec(paths=paths, text_column=text_column, format=fmt)
     table, sources, rows = read_all(spec, limit_rows=MAX_QUERY_EXAMPLES)
     table = table.append_column("source", pa.array(sources, pa.string())).append_column("row", pa.array(rows, pa.int64()))
@@ -143,7 +143,8 @@ def run_query(config: dict[str, Any], work: Workdir, show_progress: bool = True)
         raise AlbatError(f"{work.index}: index was built from another store; rerun `albat index`")
     if not options["adaptation"]:
         raise AlbatError("no adaptation examples given; pass --adaptation FILE (Parquet, JSONL or one example a line)")
-    fp = fingerprint({"options": options, "index": infos["store_fingerprint"], "key": infos["index_key"],
+    index_record = work.stage_record("index") or {}
+    fp = fingerprint({"options": options, "index": index_record.get("fingerprint"), "key": infos["index_key"],
                       "adaptation": _signature(options["adaptation"], options["format"]),
                       "exclude": _signature(options["exclude"], "auto")})
     if work.is_stage_done("query", fp):
@@ -155,10 +156,10 @@ def run_query(config: dict[str, Any], work: Workdir, show_progress: bool = True)
         encoder = TextEncoder(name=options["encoder"], dtype=encoder.dtype, max_seq_length=encoder.max_seq_length)
     check_same_encoder(info["encoder"], encoder, str(options["adaptation"][0]))
 
-    adaptation, texts = _read_examples(options["adaptation"], options["text_column"], options["format"], "adaptation")
+    adaptation, texts = _read_examples(options["adaptation"], options["text_column"], options["format"])
     if not texts:
         raise AlbatError(f"{', '.join(options['adaptation'])}: zero adaptation examples; give at least one")
-    exclude, exclude_texts = (_read_examples(options["exclude"], options["exclude_text_column"], "auto", "exclude")
+    exclude, exclude_texts = (_read_examples(options["exclude"], options["exclude_text_column"], "auto")
                               if options["exclude"] else (None, []))
     vectors = encoder.encode(texts)
     exclude_vectors = encoder.encode(exclude_texts)

@@ -239,3 +239,16 @@ def test_forced_index_that_cannot_train_is_a_clear_error(run_dir: Path, tmp_path
     assert albat("index", "--config", run_dir / "run.toml", "--work", work, "--quiet", "--index-key", "IVF4096,Flat") == 2
     err = capsys.readouterr().err
     assert "FAISS cannot train IVF4096,Flat" in err and "--index-key" in err
+
+
+def test_the_notebook_runs_on_a_work_directory(run_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture) -> None:
+    notebook = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / "explore_work.ipynb").read_text())
+    monkeypatch.setenv("ALBAT_WORK", str(run_dir / "work"))
+    namespace: dict = {}
+    for cell in notebook["cells"]:
+        if cell["cell_type"] == "code":
+            exec("".join(cell["source"]), namespace)  # noqa: S102 (our own notebook)
+    out = capsys.readouterr().out
+    assert "exclude example" in out  # the blocked evaluation rows are shown
+    assert "total weight of backbone rows: 4.0\n" in out  # lambda * n_A = 0.5 * 8

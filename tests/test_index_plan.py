@@ -11,7 +11,8 @@ import math
 
 import pytest
 
-from pipeline.index_plan import (MIN_POINTS_PER_CENTROID, choose_nlist, plan_index, pq_m_candidates)
+from pipeline.index_plan import (MAX_TRAIN_POINTS, MIN_POINTS_PER_CENTROID, choose_nlist, plan_index,
+                                 pq_m_candidates)
 
 
 def flat_by_hand(n: int, d: int) -> int:
@@ -108,7 +109,7 @@ def test_choose_nlist_power_of_two_near_4_sqrt_n_with_enough_points(n):
     target = 4 * math.sqrt(n)
     # never above the nearest power of two to 4*sqrt(n) (it may be capped lower)
     assert nlist <= target * math.sqrt(2)
-    if n // 39 >= 3 * target:  # the cap does not bind: nlist is the power of two nearest 4*sqrt(n)
+    if min(n, MAX_TRAIN_POINTS) // 39 >= 3 * target:  # no cap binds: nlist is the power of two nearest 4*sqrt(n)
         assert target / math.sqrt(2) <= nlist <= target * math.sqrt(2)
 
 
@@ -140,3 +141,11 @@ def test_plan_to_dict_round_trips_fields():
     plan = plan_index(N, D, memory_budget=100_000_000)
     d = plan.to_dict()
     assert d["key"] == plan.key and d["pq_m"] == 64 and d["nlist"] == NLIST and d["kind"] == "ivf_pq"
+
+
+def test_choose_nlist_is_bounded_by_the_training_sample():
+    # 4*sqrt(1e9) ~ 126491 -> 2**17 lists would need 5.1M training points; the sample is capped
+    nlist = choose_nlist(10**9)
+    assert nlist * MIN_POINTS_PER_CENTROID <= MAX_TRAIN_POINTS
+    assert nlist == 2 ** int(math.log2(MAX_TRAIN_POINTS // MIN_POINTS_PER_CENTROID))
+    assert choose_nlist(10**9, max_train_points=10**8) == 2**17

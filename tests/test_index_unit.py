@@ -224,3 +224,13 @@ def test_forced_index_keys_that_are_supported():
     assert (pq_plan.kind, pq_plan.nlist, pq_plan.key) == ("ivf_pq", 256, "IVF256,PQ48x8")
     flat_ivf = _plan({"index_key": "IVF128,Flat"}, 10**6, 384)
     assert (flat_ivf.kind, flat_ivf.nlist) == ("ivf_flat", 128)
+
+
+def test_normalize_rows_gives_unit_float32_rows():
+    from pipeline.encoders import normalize_rows
+
+    raw = np.array([[3.0, 4.0], [0.0, 0.0], [1e-3, 0.0]], dtype=np.float64)
+    out = normalize_rows(raw)
+    assert out.dtype == np.float32 and out.flags["C_CONTIGUOUS"]
+    assert np.allclose(out[0], [0.6, 0.8]) and np.allclose(out[2], [1.0, 0.0])
+    assert np.all(out[1] == 0)  # a zero vector stays zero instead of becoming NaN
