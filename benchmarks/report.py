@@ -24,10 +24,21 @@ def machine() -> str:
 
 
 def commit() -> str:
+    """HEAD, marked when the working tree differs from it (the numbers then belong to no commit)."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "?"
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True).stdout.strip()
     except OSError:
         return "?"
+    return f"{head or '?'}{' + uncommitted changes' if dirty else ''}"
+
+
+def command_line() -> str:
+    """The command as typed: `python -m benchmarks.NAME ...` for a benchmark module."""
+    script = Path(sys.argv[0])
+    head = f"python -m benchmarks.{script.stem}" if script.parent.name == "benchmarks" else f"python {script}"
+    return " ".join([head, *sys.argv[1:]])
 
 
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:
@@ -38,7 +49,7 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
 
 def write_section(path: Path, name: str, title: str, body: str) -> None:
     """Replace (or append) the section `name` of the benchmark file."""
-    command = " ".join([Path(sys.executable).name, *sys.argv])
+    command = command_line()
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     section = (f"<!-- bench:{name} -->\n## {title}\n\n- machine: {machine()}\n- date: {stamp}, commit {commit()}\n"
                f"- command: `{command}`\n\n{body.strip()}\n<!-- /bench:{name} -->")
