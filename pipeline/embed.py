@@ -135,18 +135,17 @@ def run_embed(config: dict[str, Any], work: Workdir, force: bool = False, show_p
             crash_point("embed.shard")
     if rows == 0:
         raise AlbatError(f"{', '.join(map(str, spec.paths))}: the corpus holds no rows; check the input")
-    if spec.id_column:  # row positions are unique by construction
-        _check_unique_ids(store, spec)
+    _check_unique_ids(store.write_id_index(), spec)
     store.write_info({**{k: v for k, v in store.info.items() if k != "format_version"},
                       "rows": rows, "shards": shards, "complete": True})
     return {"skipped": False, "rows": rows, "shards": shards, "encoded_rows": encoded}
 
 
-def _check_unique_ids(store: EmbeddingStore, spec: CorpusSpec) -> None:
-    ids = store.all_ids()
-    uniq, counts = np.unique(ids, return_counts=True)
-    if (counts > 1).any():
-        dup = int(uniq[counts > 1][0])
-        raise AlbatError(f"id {dup} appears {int(counts[counts > 1][0])} times in column '{spec.id_column}' "
+def _check_unique_ids(sorted_ids: np.ndarray, spec: CorpusSpec) -> None:
+    repeated = np.nonzero(sorted_ids[1:] == sorted_ids[:-1])[0]
+    if len(repeated):
+        dup = int(sorted_ids[repeated[0]])
+        count = int(np.sum(sorted_ids == dup))
+        raise AlbatError(f"id {dup} appears {count} times in column '{spec.id_column}' "
                          f"of {', '.join(map(str, spec.paths))}; ids must be unique (fix them, or drop "
                          "--id-column to use row numbers), then rerun with --force")

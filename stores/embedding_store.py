@@ -5,6 +5,7 @@ Layout of `STORE/`:
     shards/part-00000.emb.npy       (rows, dim) float32, L2-normalised
     shards/part-00000.meta.parquet  albat_id, albat_source, albat_row, albat_text_hash + user columns
     shards/part-00000.done.json     completion record: rows, id range, checksums (written last)
+    ids.sorted.npy, ids.order.npy   every id sorted, and its row position (id lookup by binary search)
 
 Shard i holds rows [i*shard_rows, (i+1)*shard_rows) of the corpus stream (files in sorted order),
 so names and contents do not depend on batch size or worker count, and a rerun skips every shard
@@ -182,18 +183,46 @@ class EmbeddingStore:
             out[mask] = self.metadata(index, [ID]).column(ID).to_numpy()[rows]
         return out
 
+    # ----- id lookup ----------------------------------------------------------------------
+    @property
+    def _id_index_paths(self) -> tuple[Path, Path]:
+        return self.root / "ids.sorted.npy", self.root / "ids.order.npy"
+
+    def write_id_index(self) -> np.ndarray:
+        """Write the sorted ids and their row positions (memory-mapped at lookup time, so finding a
+        few ids in a billion-row store reads a few pages, not every id); returns the sorted ids."""
+        ids = self.all_ids()
+        order = np.argsort(ids, kind="stable")
+        sorted_ids = ids[order]
+        for path, array in zip(self._id_index_paths, (sorted_ids, order)):
+            with atomic_path(path) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, array, allow_pickle=False)
+        return sorted_ids
+
+    def _id_index(self) -> tuple[np.ndarray, np.ndarray]:
+        sorted_path, order_path = self._id_index_paths
+        if sorted_path.exists() and order_path.exists():
+            return (np.load(sorted_path, mmap_mode="r", allow_pickle=False),
+                    np.load(order_path, mmap_mode="r", allow_pickle=False))
+        ids = self.all_ids()  # a store still being built: sort in memory
+        order = np.argsort(ids, kind="stable")
+        return ids[order], order
+
     def id_positions(self, ids: np.ndarray) -> np.ndarray:
         """Global row position of each id; an AlbatError names any id the store lacks."""
-        all_ids = self.all_ids()
-        order = np.argsort(all_ids, kind="stable")
-        found = np.searchsorted(all_ids, ids, sorter=order)
-        found = np.clip(found, 0, max(len(all_ids) - 1, 0))
-        positions = order[found] if len(all_ids) else np.zeros(len(ids), dtype=np.int64)
-        missing = ~np.isin(ids, all_ids) if len(ids) else np.zeros(0, bool)
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) == 0:
+            return np.empty(0, dtype=np.int64)
+        sorted_ids, order = self._id_index()
+        found = np.searchsorted(sorted_ids, ids)
+        clipped = np.minimum(found, max(len(sorted_ids) - 1, 0))
+        missing = (found >= len(sorted_ids)) | (np.asarray(sorted_ids[clipped]) != ids) if len(sorted_ids) else \
+            np.ones(len(ids), bool)
         if missing.any():
             raise AlbatError(f"{self.root}: id {int(ids[missing][0])} is not in the store; the index or "
                              "selection comes from another store, rebuild it")
-        return positions
+        return np.asarray(order[clipped], dtype=np.int64)
 
     def vectors_for_ids(self, ids: np.ndarray) -> np.ndarray:
         return self.vectors_at(self.id_positions(np.asarray(ids, dtype=np.int64)))

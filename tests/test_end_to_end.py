@@ -252,3 +252,15 @@ def test_the_notebook_runs_on_a_work_directory(run_dir: Path, monkeypatch: pytes
     out = capsys.readouterr().out
     assert "exclude example" in out  # the blocked evaluation rows are shown
     assert "total weight of backbone rows: 4.0\n" in out  # lambda * n_A = 0.5 * 8
+
+
+def test_id_lookup_reads_a_memory_mapped_index(run_dir: Path) -> None:
+    from stores.embedding_store import EmbeddingStore
+
+    store = EmbeddingStore(run_dir / "work" / "store")
+    sorted_ids, order = store._id_index()
+    assert isinstance(sorted_ids, np.memmap) and isinstance(order, np.memmap)
+    ids = store.all_ids()
+    assert np.array_equal(sorted_ids, np.sort(ids)) and np.array_equal(ids[order], sorted_ids)
+    wanted = ids[[5, 0, len(ids) - 1]]
+    assert np.array_equal(store.id_positions(wanted), [5, 0, len(ids) - 1])

@@ -33,22 +33,25 @@ class KnnMethod(SelectionMethod):
         chosen = order[: request.budget]
         cand = request.candidates
         cand_ids = cand.column("candidate_id").to_numpy()
-        position = {int(ids[i]): n for n, i in enumerate(chosen)}
-        keep = np.array([int(c) in position for c in cand_ids])
-        sel_rank = np.array([position.get(int(c), -1) for c in cand_ids], dtype=np.int64)
-        block_reason = cand.column("block_reason").to_pylist()
+        # for each candidate: its selection position and the pair that selected it (-1: not kept)
+        sorter = np.argsort(cand_ids)
+        slot = sorter[np.searchsorted(cand_ids, ids[chosen], sorter=sorter)]
+        sel_rank = np.full(len(cand_ids), -1, dtype=np.int64)
+        sel_rank[slot] = np.arange(len(chosen))
+        pair_of = np.full(len(cand_ids), -1, dtype=np.int64)
+        pair_of[slot] = chosen
+        keep = sel_rank >= 0
+        query_idx = np.where(keep, q[pair_of], cand.column("query_idx").to_numpy()).astype(np.int32)
+        score = np.where(keep, sims[pair_of], cand.column("similarity").to_numpy())
         reasons = []
-        for c, k, r, b, rk in zip(cand_ids, keep, sel_rank, block_reason, cand.column("rank").to_numpy()):
-            if k:
-                reasons.append(f"kept: neighbour rank {int(rank[chosen[r]])} of adaptation example "
-                               f"{int(q[chosen[r]])}, round-robin position {int(r)}")
-            elif b:
-                reasons.append(f"rejected: {b}")
+        for pair, position, blocked, best_rank in zip(pair_of, sel_rank, cand.column("block_reason").to_pylist(),
+                                                      cand.column("rank").to_numpy()):
+            if position >= 0:
+                reasons.append(f"kept: neighbour rank {int(rank[pair])} of adaptation example {int(q[pair])}, "
+                               f"round-robin position {int(position)}")
+            elif blocked:
+                reasons.append(f"rejected: {blocked}")
             else:
-                reasons.append(f"rejected: budget {request.budget} filled before its rank {int(rk)}")
-        query_idx = np.where(keep, [int(q[chosen[r]]) if r >= 0 else -1 for r in sel_rank],
-                             cand.column("query_idx").to_numpy()).astype(np.int32)
-        score = np.where(keep, [sims[chosen[r]] if r >= 0 else 0.0 for r in sel_rank],
-                         cand.column("similarity").to_numpy())
+                reasons.append(f"rejected: budget {request.budget} filled before its rank {int(best_rank)}")
         return SelectionResult(ids=cand_ids, score=score, keep=keep, reason=reasons, rank=sel_rank,
                                query_idx=query_idx)
