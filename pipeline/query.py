@@ -12,11 +12,13 @@ from pipeline.encoders import TextEncoder, check_same_encoder, encoder_from_iden
 from stores.corpus import CorpusSpec, read_all, resolve_files
 from stores.embedding_store import ID, TEXT_HASH, EmbeddingStore, text_hash
 from stores.errors import AlbatError
+from stores.atomic import staged_directory
 from stores.index_store import read_index
 from stores.tables import write_array, write_table
 from stores.workdir import Workdir, fingerprint
 
 MAX_QUERY_EXAMPLES = 100_000  # adaptation and exclusion sets are read whole
+CANDIDATES_FILE = "candidates.parquet"
 
 
 def search_pairs(query_vectors: np.ndarray, index: Any, k: int) -> pa.Table:
@@ -147,7 +149,7 @@ def run_query(config: dict[str, Any], work: Workdir, show_progress: bool = True)
     fp = fingerprint({"options": options, "index": index_record.get("fingerprint"), "key": infos["index_key"],
                       "adaptation": _signature(options["adaptation"], options["format"]),
                       "exclude": _signature(options["exclude"], "auto")})
-    if work.is_stage_done("query", fp):
+    if work.is_stage_done("query", fp) and (work.query / CANDIDATES_FILE).exists():
         return {"skipped": True, **work.stage_record("query")["summary"]}
     work.forget_stage("query")
 
@@ -177,15 +179,15 @@ def run_query(config: dict[str, Any], work: Workdir, show_progress: bool = True)
                             near_duplicates(exclude_vectors, index, dedup_k, threshold, "exclude", store))
     candidates = aggregate_candidates(pairs, blocked)
 
-    work.query.mkdir(parents=True, exist_ok=True)
     adaptation = adaptation.add_column(0, "query_idx", pa.array(np.arange(len(texts)), pa.int32()))
-    write_table(adaptation, work.query / "adaptation.parquet")
-    write_array(vectors, work.query / "adaptation.npy")
-    if exclude is not None:
-        write_table(exclude, work.query / "exclude.parquet")
-    write_table(pairs, work.query / "candidate_pairs.parquet")
-    write_table(blocked, work.query / "blocked.parquet")
-    write_table(candidates, work.query / "candidates.parquet")
+    with staged_directory(work.query) as out:  # the query tables change together or not at all
+        write_table(adaptation, out / "adaptation.parquet")
+        write_array(vectors, out / "adaptation.npy")
+        if exclude is not None:
+            write_table(exclude, out / "exclude.parquet")
+        write_table(pairs, out / "candidate_pairs.parquet")
+        write_table(blocked, out / "blocked.parquet")
+        write_table(candidates, out / CANDIDATES_FILE)
     summary = {"adaptation": len(texts), "exclude": len(exclude_texts), "k": k, "pairs": pairs.num_rows,
                "candidates": candidates.num_rows, "blocked": blocked.num_rows,
                "blocked_candidates": int(np.sum(candidates.column("blocked").to_numpy(zero_copy_only=False)))}

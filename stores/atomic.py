@@ -47,6 +47,32 @@ def atomic_path(final: Path) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def staged_directory(final: Path) -> Iterator[Path]:
+    """Yield an empty hidden staging directory; on success swap it in for `final` by rename, so a
+    reader sees the previous complete directory or the new one, never a mix; on failure delete it."""
+    from stores.faults import crash_point
+
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in [*final.parent.glob(f".{final.name}.staging-*"), *final.parent.glob(f".{final.name}.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)  # left by a killed run; never read
+    staging = final.with_name(f".{final.name}.staging-{os.getpid()}")
+    staging.mkdir()
+    try:
+        yield staging
+        crash_point(f"{final.name}.before_swap")
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        if final.exists():
+            os.replace(final, old)
+        os.replace(staging, final)
+        _fsync_dir(final.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Atomically write `obj` as sorted, indented JSON (stable bytes for stable content)."""
     with atomic_path(path) as tmp:

@@ -6,15 +6,13 @@ the previous complete set or the new complete set, never a half-written shard.
 """
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stores.atomic import read_json, sha256_file, write_json
+from stores.atomic import read_json, sha256_file, staged_directory, write_json
 from stores.errors import AlbatError
 from stores.faults import crash_point
 
@@ -27,12 +25,7 @@ def shard_file(index: int) -> str:
 
 def publish_shards(directory: Path, tables: Iterable[pa.Table], manifest: dict[str, Any]) -> dict[str, Any]:
     """Write each table as one shard, then the manifest, then swap the whole set in."""
-    directory = Path(directory)
-    for stale in directory.parent.glob(f".{directory.name}.staging-*"):
-        shutil.rmtree(stale, ignore_errors=True)  # left by a killed run; never read
-    staging = directory.with_name(f".{directory.name}.staging-{os.getpid()}")
-    staging.mkdir(parents=True)
-    try:
+    with staged_directory(Path(directory)) as staging:
         shards = []
         for index, table in enumerate(tables):
             path = staging / shard_file(index)
@@ -41,15 +34,6 @@ def publish_shards(directory: Path, tables: Iterable[pa.Table], manifest: dict[s
             crash_point("emit.shard")
         manifest = {**manifest, "shards": shards, "rows": sum(s["rows"] for s in shards)}
         write_json(staging / MANIFEST, manifest)
-        crash_point("emit.before_swap")
-        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-        if directory.exists():
-            os.replace(directory, old)
-        os.replace(staging, directory)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return manifest
 
 

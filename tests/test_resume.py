@@ -86,7 +86,7 @@ def test_embed_resumes_after_sigkill(kill_at: str, small_wiki: SmallWiki, tiny_e
     assert not list((tmp_path / "work" / "store").rglob(".*tmp-*"))
 
 
-@pytest.mark.parametrize("kill_at", ["emit.shard:3", "emit.before_swap:1"])
+@pytest.mark.parametrize("kill_at", ["emit.shard:3", "output.before_swap:1"])
 def test_emit_killed_mid_way_publishes_nothing_partial(kill_at: str, small_wiki: SmallWiki, tiny_encoder: str,
                                                        reference: Path, tmp_path: Path) -> None:
     config = _config(tmp_path, small_wiki, tiny_encoder)
@@ -132,3 +132,18 @@ def test_a_second_writer_is_refused(small_wiki: SmallWiki, tiny_encoder: str, tm
         holder.unlock()
     assert result.returncode == 2
     assert "in use by pid" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_query_killed_before_publishing_keeps_the_previous_tables(small_wiki: SmallWiki, tiny_encoder: str,
+                                                                   tmp_path: Path) -> None:
+    config = _config(tmp_path, small_wiki, tiny_encoder)
+    assert _albat("run", "--config", config).returncode == 0
+    query_dir = tmp_path / "work" / "query"
+    before = {p.name: p.read_bytes() for p in query_dir.iterdir()}
+    killed = _albat("query", "--config", config, "--k", "4", kill_at="query.before_swap:1")
+    assert killed.returncode == -signal.SIGKILL
+    assert {p.name: p.read_bytes() for p in query_dir.iterdir()} == before  # old set intact, no mix
+    resumed = _albat("query", "--config", config, "--k", "4")
+    assert resumed.returncode == 0, resumed.stderr
+    assert pq.read_table(query_dir / "candidate_pairs.parquet").num_rows == 8 * 4
+    assert not list(query_dir.parent.glob(".query.*"))
