@@ -31,7 +31,8 @@ DEFAULTS: dict[str, Any] = {
         "encoder": "all-MiniLM-L6-v2",
         "batch_size": 64,
         "shard_rows": 8192,
-        "dtype": "float32",  # float32 | bfloat16 (encoder compute; stored vectors stay float32)
+        "dtype": "float32",  # float32 | bfloat16 | float16 (encoder compute; stored vectors stay float32)
+        "device": "auto",  # auto (CUDA when present) | cpu | cuda | cuda:N
         "max_seq_length": None,
         "skip_empty": False,
         "threads": 0,  # 0: all cores
@@ -51,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
         "exclude": [],
         "exclude_text_column": "text",
         "encoder": None,  # must match the store's; default: the store's own
+        "device": "auto",
         "k": 32,
         "dedup_threshold": 0.95,
         "dedup_k": 16,

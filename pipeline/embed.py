@@ -109,8 +109,8 @@ def run_embed(config: dict[str, Any], work: Workdir, force: bool = False, show_p
         if info.get("complete"):
             return {"skipped": True, "rows": info["rows"], "shards": info["shards"]}
     set_threads(int(options["threads"]))
-    encoder = TextEncoder(name=options["encoder"], dtype=options["dtype"],
-                          max_seq_length=options["max_seq_length"], batch_size=int(options["batch_size"]))
+    encoder = TextEncoder(name=options["encoder"], dtype=options["dtype"], max_seq_length=options["max_seq_length"],
+                          batch_size=int(options["batch_size"]), device=options["device"])
     base_info = {"fingerprint": fp, "encoder": encoder.identity() if not store.exists() else store.info["encoder"],
                  "dim": encoder.dim, "normalized": True, "metric": "inner_product",
                  "shard_rows": int(options["shard_rows"]), "text_column": spec.text_column,

@@ -38,8 +38,19 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads if threads > 0 else (os.cpu_count() or 1))
 
 
+def resolve_device(device: str) -> str:
+    """'auto' is CUDA when torch sees a GPU, else CPU; an explicit device must exist."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise AlbatError(f"device '{device}' asked for, but torch sees no CUDA GPU; use --device cpu or auto")
+    return device
+
+
 @lru_cache(maxsize=4)
-def _load(path: str, dtype: str, max_seq_length: int | None) -> Any:
+def _load(path: str, dtype: str, max_seq_length: int | None, device: str = "cpu") -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     import torch
@@ -48,11 +59,11 @@ def _load(path: str, dtype: str, max_seq_length: int | None) -> Any:
 
     hf_logging.disable_progress_bar()  # the per-load "Loading weights" bar is noise in a pipeline log
 
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(dtype)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if torch_dtype is None:
-        raise AlbatError(f"encoder dtype '{dtype}' not supported; use float32 or bfloat16")
+        raise AlbatError(f"encoder dtype '{dtype}' not supported; use float32, bfloat16 or float16 (GPU)")
     try:
-        model = SentenceTransformer(path, device="cpu", model_kwargs={"torch_dtype": torch_dtype})
+        model = SentenceTransformer(path, device=device, model_kwargs={"torch_dtype": torch_dtype})
     except Exception as exc:  # sentence-transformers raises OSError, ValueError, HF errors...
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise AlbatError(f"encoder '{path}' could not be loaded offline ({first}); pass a local model "
@@ -74,10 +85,11 @@ class TextEncoder:
     dtype: str = "float32"
     max_seq_length: int | None = None
     batch_size: int = 64
+    device: str = "auto"
 
     @property
     def model(self) -> Any:
-        return _load(resolve_encoder_path(self.name), self.dtype, self.max_seq_length)
+        return _load(resolve_encoder_path(self.name), self.dtype, self.max_seq_length, resolve_device(self.device))
 
     @property
     def dim(self) -> int:
@@ -100,9 +112,9 @@ class TextEncoder:
                 "normalized": True, "probe": [round(float(x), 6) for x in probe]}
 
 
-def encoder_from_identity(identity: dict[str, Any], batch_size: int = 64) -> TextEncoder:
+def encoder_from_identity(identity: dict[str, Any], batch_size: int = 64, device: str = "auto") -> TextEncoder:
     return TextEncoder(name=identity["name"], dtype=identity.get("dtype", "float32"),
-                       max_seq_length=identity.get("max_seq_length"), batch_size=batch_size)
+                       max_seq_length=identity.get("max_seq_length"), batch_size=batch_size, device=device)
 
 
 def check_same_encoder(store_identity: dict[str, Any], encoder: TextEncoder, where: str) -> None:

@@ -153,9 +153,10 @@ def run_query(config: dict[str, Any], work: Workdir, show_progress: bool = True)
         return {"skipped": True, **work.stage_record("query")["summary"]}
     work.forget_stage("query")
 
-    encoder = encoder_from_identity(info["encoder"])
+    encoder = encoder_from_identity(info["encoder"], device=options["device"])
     if options.get("encoder"):
-        encoder = TextEncoder(name=options["encoder"], dtype=encoder.dtype, max_seq_length=encoder.max_seq_length)
+        encoder = TextEncoder(name=options["encoder"], dtype=encoder.dtype, max_seq_length=encoder.max_seq_length,
+                              device=options["device"])
     check_same_encoder(info["encoder"], encoder, str(options["adaptation"][0]))
 
     adaptation, texts = _read_examples(options["adaptation"], options["text_column"], options["format"])
