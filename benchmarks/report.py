@@ -27,8 +27,8 @@ def commit() -> str:
     """HEAD, marked when the working tree differs from it (the numbers then belong to no commit)."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":!BENCHMARKS.md"], capture_output=True, text=True).stdout.strip()
     except OSError:
         return "?"
     return f"{head or '?'}{' + uncommitted changes' if dirty else ''}"
