@@ -9,7 +9,7 @@ WORK ?= work/demo
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup data test demo embed index query filter emit run sql bench bench-embed bench-index clean
+.PHONY: setup data test demo embed index query filter emit run bench bench-embed bench-index bench-scale clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,7 @@ demo: setup data
 embed index query filter emit run: setup data
 	$(ALBAT) $@ --config $(CONFIG)
 
-bench: bench-embed bench-index
+bench: bench-embed bench-index bench-scale
 
 bench-embed: setup data
 	$(PY) -m benchmarks.bench_embed --out BENCHMARKS.md
@@ -43,6 +43,9 @@ bench-embed: setup data
 bench-index: setup data
 	$(ALBAT) embed --config $(CONFIG) --quiet
 	$(PY) -m benchmarks.bench_index --store $(WORK)/store --out BENCHMARKS.md
+
+bench-scale: setup
+	$(PY) -m benchmarks.bench_scale --out BENCHMARKS.md
 
 clean:
 	rm -rf work

@@ -47,13 +47,14 @@ def selected_rows(store: EmbeddingStore, selection_path: str) -> pa.Table:
 
 
 def assemble(backbone: pa.Table, adaptation: pa.Table | None, store_info: dict[str, Any],
-             adaptation_text_column: str, lam: float) -> pa.Table:
-    """One table: user columns first, then albat provenance; adaptation rows flagged."""
+             adaptation_text_column: str, lam: float, n_adaptation: int) -> pa.Table:
+    """One table: user columns first, then albat provenance; adaptation rows (if given) flagged.
+    `n_adaptation` is n_A of the weight formula, whether or not the adaptation rows are written."""
     n_adapt = adaptation.num_rows if adaptation is not None else 0
     user_cols = [c for c in backbone.column_names if c not in (ID, SOURCE, ROW, "albat_method", "albat_score",
                                                                 "w_b", "albat_query")]
     query = backbone.column("albat_query").to_numpy(zero_copy_only=False)
-    weights = backbone_weights(backbone.column("w_b").to_numpy(zero_copy_only=False), max(n_adapt, 1), lam)
+    weights = backbone_weights(backbone.column("w_b").to_numpy(zero_copy_only=False), n_adaptation, lam)
     out = {c: backbone.column(c) for c in user_cols}
     out.update({
         "albat_id": backbone.column(ID),
@@ -94,15 +95,14 @@ def run_emit(config: dict[str, Any], work: Workdir, show_progress: bool = True) 
     fp = fingerprint({"options": options, "filter": filter_record["fingerprint"]})
     if work.is_stage_done("emit", fp) and (work.output / MANIFEST).exists():
         return {"skipped": True, **work.stage_record("emit")["summary"]}
-    work.forget_stage("emit")
     store = EmbeddingStore(work.store)
     info = store.require_complete()
     backbone = selected_rows(store, str(work.filter / SELECTION_FILE))
     adaptation = read_table(work.query / "adaptation.parquet", "query") if options["include_adaptation"] else None
     lam = float(options["backbone_weight"])
-    table = assemble(backbone, adaptation, info, config["query"]["text_column"], lam)
-    index_infos = read_infos(work.index)
     query_summary = work.stage_record("query")["summary"]
+    table = assemble(backbone, adaptation, info, config["query"]["text_column"], lam, int(query_summary["adaptation"]))
+    index_infos = read_infos(work.index)
     encoder = {k: v for k, v in info["encoder"].items() if k != "probe"}
     manifest = {
         "format_version": 1, "created_by": f"albat {__version__}", "method": filter_record["summary"]["method"],
@@ -118,6 +118,7 @@ def run_emit(config: dict[str, Any], work: Workdir, show_progress: bool = True) 
         "stages": {s: (work.stage_record(s) or {}).get("fingerprint") for s in ("index", "query", "filter")},
         "config": config,
     }
+    work.forget_stage("emit")  # from here until the new record, a kill means "not done"
     manifest = publish_shards(work.output, split_shards(table, int(options["shard_rows"])), manifest)
     summary = {"rows": manifest["rows"], "shards": len(manifest["shards"]), "selected": backbone.num_rows,
                "output": str(work.output)}

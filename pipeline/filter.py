@@ -31,7 +31,6 @@ def run_filter(config: dict[str, Any], work: Workdir, show_progress: bool = True
     fp = fingerprint({"options": options, "seed": seed, "query": query_record["fingerprint"]})
     if work.is_stage_done("filter", fp) and (work.filter / SELECTION_FILE).exists():
         return {"skipped": True, **work.stage_record("filter")["summary"]}
-    work.forget_stage("filter")
     method = get_method(options["method"], **method_options(options))
     adaptation = read_table(work.query / "adaptation.parquet", "query")
     text_column = config["query"]["text_column"]
@@ -53,6 +52,7 @@ def run_filter(config: dict[str, Any], work: Workdir, show_progress: bool = True
         raise RuntimeError(f"method {method.name} kept a blocked (leaking) id")
     table = result.to_table(method.name)
     work.filter.mkdir(parents=True, exist_ok=True)
+    work.forget_stage("filter")  # from here until the new record, a kill means "not done"
     write_table(table, work.filter / SELECTION_FILE)
     summary = {"method": method.name, "budget": budget, "kept": kept, "considered": table.num_rows,
                "seed": seed, "seconds": round(seconds, 3)}

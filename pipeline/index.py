@@ -133,7 +133,6 @@ def run_index(config: dict[str, Any], work: Workdir, show_progress: bool = True)
     fp = index_fingerprint(info, options, seed)
     if work.is_stage_done("index", fp) and (work.index / INFOS_FILE).exists():
         return {"skipped": True, **work.stage_record("index")["summary"]}
-    work.forget_stage("index")
     n, d = int(info["rows"]), int(info["dim"])
     plan = _plan(options, n, d)
     started = time.perf_counter()
@@ -160,6 +159,7 @@ def run_index(config: dict[str, Any], work: Workdir, show_progress: bool = True)
              "queries_per_s": round(len(queries) / max(search_seconds, 1e-9), 1),
              "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
              "seed": seed, "store_fingerprint": info["fingerprint"], "encoder": info["encoder"]["name"]}
+    work.forget_stage("index")  # from here until the new record, a kill means "not done"
     write_index(index, work.index, infos)
     summary = {k_: infos[k_] for k_ in ("index_key", "rows", "recall_at_k", "recall_k", "nprobe", "build_seconds")}
     work.mark_stage_done("index", fp, options, summary)

@@ -151,7 +151,6 @@ def run_query(config: dict[str, Any], work: Workdir, show_progress: bool = True)
                       "exclude": _signature(options["exclude"], "auto")})
     if work.is_stage_done("query", fp) and (work.query / CANDIDATES_FILE).exists():
         return {"skipped": True, **work.stage_record("query")["summary"]}
-    work.forget_stage("query")
 
     encoder = encoder_from_identity(info["encoder"], device=options["device"])
     if options.get("encoder"):
@@ -181,6 +180,7 @@ def run_query(config: dict[str, Any], work: Workdir, show_progress: bool = True)
     candidates = aggregate_candidates(pairs, blocked)
 
     adaptation = adaptation.add_column(0, "query_idx", pa.array(np.arange(len(texts)), pa.int32()))
+    work.forget_stage("query")  # from here until the new record, a kill means "not done"
     with staged_directory(work.query) as out:  # the query tables change together or not at all
         write_table(adaptation, out / "adaptation.parquet")
         write_array(vectors, out / "adaptation.npy")

@@ -135,3 +135,21 @@ def test_query_refuses_a_changed_checkpoint(tmp_path: Path, small_wiki: SmallWik
     err = _error(capsys, "query", "--work", work, "--adaptation", small_wiki.adaptation)
     assert "gives different embeddings than when the store was built" in err
     assert not (work / "query").exists()
+
+
+def test_a_failed_rerun_keeps_the_completed_stage(tmp_path: Path, small_wiki: SmallWiki, tiny_encoder: str,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    """Bad options on a rerun fail before anything is replaced: the earlier results stay complete."""
+    work = tmp_path / "w"
+    common = ("--work", work, "--quiet")
+    assert albat("run", *common, "--input", small_wiki.corpus, "--encoder", tiny_encoder, "--adaptation",
+                 small_wiki.adaptation, "--dedup-threshold", "0.99999", "--budget", "5") == 0
+    before = {p: p.read_bytes() for p in work.rglob("*") if p.is_file() and p.name != ".lock"}
+    _error(capsys, "query", *common, "--adaptation", small_wiki.adaptation, "--query-encoder", "all-MiniLM-L6-v2")
+    _error(capsys, "filter", *common, "--budget", "100000")
+    after = {p: p.read_bytes() for p in work.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == before
+    capsys.readouterr()
+    assert albat("run", *common, "--input", small_wiki.corpus, "--encoder", tiny_encoder, "--adaptation",
+                 small_wiki.adaptation, "--dedup-threshold", "0.99999", "--budget", "5") == 0
+    assert capsys.readouterr().out.count("skipped") == 5

@@ -264,3 +264,27 @@ def test_id_lookup_reads_a_memory_mapped_index(run_dir: Path) -> None:
     assert np.array_equal(sorted_ids, np.sort(ids)) and np.array_equal(ids[order], sorted_ids)
     wanted = ids[[5, 0, len(ids) - 1]]
     assert np.array_equal(store.id_positions(wanted), [5, 0, len(ids) - 1])
+
+
+def test_backbone_weights_formula() -> None:
+    from pipeline.emit import backbone_weights
+
+    assert np.allclose(backbone_weights(np.array([1.0, 1.0, 2.0]), n_adaptation=8, lam=0.5), [4 / 3, 4 / 3, 8 / 3])
+    assert backbone_weights(np.zeros(0), n_adaptation=8, lam=1.0).shape == (0,)
+
+
+def test_emit_without_adaptation_rows_keeps_the_weights(run_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from pipeline.sql import run_sql
+
+    work = tmp_path / "work"
+    shutil.copytree(run_dir / "work", work)
+    assert albat("emit", "--config", run_dir / "run.toml", "--work", work, "--quiet", "--no-adaptation") == 0
+    out = tmp_path / "w.csv"
+    run_sql(work, "SELECT count(*) AS n, sum(albat_weight) AS w, bool_or(albat_is_adaptation) AS a FROM shards",
+            out=str(out))
+    n, w, a = out.read_text().splitlines()[1].split(",")
+    manifest = _manifest(work)
+    assert int(n) == manifest["counts"]["selected"] and a == "false"
+    assert float(w) == pytest.approx(0.5 * 8)  # still lambda * n_A: n_A is the adaptation set's size
