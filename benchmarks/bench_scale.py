@@ -58,7 +58,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        store = synthetic_store(Path(tmp) / "store", args.rows, args.dim, 65_536, seed=0)
+        synthetic_store(Path(tmp) / "store", args.rows, args.dim, 65_536, seed=0)
         print(f"synthetic store: {args.rows} x {args.dim} in {time.perf_counter() - started:.0f} s", flush=True)
         for item in args.configs.split(","):
             budget, flat_max = item.split(":")

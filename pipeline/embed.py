@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -30,7 +29,7 @@ def corpus_spec(options: dict[str, Any]) -> CorpusSpec:
 def _input_signature(spec: CorpusSpec) -> list[list[Any]]:
     """Path, size and mtime of every input file: a changed corpus must not resume an old store."""
     out = []
-    for path, fmt in resolve_files(spec):
+    for path, _ in resolve_files(spec):
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
         for f in files:
             stat = f.stat()
@@ -83,7 +82,8 @@ def build_metadata(table: pa.Table, spec: CorpusSpec) -> pa.Table:
     return pa.table(columns)
 
 
-def encode_sorted(encoder: TextEncoder, texts: list[str], chunk: int, on_progress=lambda n: None) -> np.ndarray:
+def encode_sorted(encoder: TextEncoder, texts: list[str], chunk: int,
+                  on_progress: Callable[[int], object] = lambda _: None) -> np.ndarray:
     """Encode a shard longest-first in chunks (less padding per batch), rows back in input order."""
     order = np.argsort([-len(t) for t in texts], kind="stable")
     out = np.empty((len(texts), encoder.dim), dtype=np.float32)

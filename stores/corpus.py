@@ -103,7 +103,7 @@ def _format_of(path: Path, fmt: str) -> str:
     return _SUFFIX_FORMAT[path.suffix]
 
 
-def _check_columns(source: str, available: Sequence[str], spec: CorpusSpec, fmt: str) -> None:
+def _check_columns(source: str, available: Sequence[str], spec: CorpusSpec) -> None:
     for col in spec.columns:
         if col not in available:
             flag = "--text-column" if col == spec.text_column else (
@@ -146,7 +146,7 @@ def _validate(table: pa.Table, source: str, rows: pa.Array, spec: CorpusSpec) ->
 def _parquet_batches(path: Path, spec: CorpusSpec, batch_rows: int) -> Iterator[tuple[pa.Table, int]]:
     try:
         handle = pq.ParquetFile(path)
-        _check_columns(str(path), handle.schema_arrow.names, spec, "parquet")
+        _check_columns(str(path), handle.schema_arrow.names, spec)
         start = 0
         for batch in handle.iter_batches(batch_size=batch_rows, columns=spec.columns):
             yield pa.Table.from_batches([batch]).select(spec.columns), start
@@ -176,7 +176,7 @@ def _jsonl_batches(path: Path, spec: CorpusSpec, batch_rows: int) -> Iterator[tu
             if not isinstance(record, dict):
                 raise AlbatError(f"{path} line {lineno}: expected a JSON object per line")
             if not rows and start == 0:
-                _check_columns(f"{path} line {lineno}", list(record), spec, "jsonl")
+                _check_columns(f"{path} line {lineno}", list(record), spec)
             rows.append({c: record.get(c) for c in spec.columns})
             if len(rows) == batch_rows:
                 yield _table_from_rows(rows, spec, path), start
@@ -222,7 +222,7 @@ def _hf_batches(path: Path, spec: CorpusSpec, batch_rows: int) -> Iterator[tuple
         raise AlbatError(f"{path}: not a dataset saved with save_to_disk ({exc})") from None
     if isinstance(loaded, datasets.DatasetDict):
         raise AlbatError(f"{path}: holds splits {', '.join(loaded)}; pass {path}/SPLIT for one of them")
-    _check_columns(str(path), loaded.column_names, spec, "hf")
+    _check_columns(str(path), loaded.column_names, spec)
     start = 0
     for table in loaded.select_columns(spec.columns).with_format("arrow").iter(batch_size=batch_rows):
         yield table.select(spec.columns), start

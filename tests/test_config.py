@@ -145,7 +145,7 @@ def test_relative_paths_resolve_against_the_config_directory(tmp_path, monkeypat
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # the working directory must not matter
     absolute = str(tmp_path / "abs" / "corpus.parquet")
-    path = _write(conf_dir / "albat.toml", f"""
+    _write(conf_dir / "albat.toml", f"""
 work = "runs/w1"
 [embed]
 input = ["data/a.parquet", "../shared/b.jsonl", "{absolute}"]

@@ -33,7 +33,7 @@ def test_bundled_default_resolves_to_a_local_directory() -> None:
     assert resolve_encoder_path("sentence-transformers/all-MiniLM-L6-v2") == str(path)
 
 
-def test_unknown_model_name_fails_offline_with_the_fix(tmp_path) -> None:
+def test_unknown_model_name_fails_offline_with_the_fix() -> None:
     with pytest.raises(AlbatError, match="could not be loaded offline"):
         TextEncoder(name="no-such-org/no-such-model-xyz", device="cpu").encode(["x"])
 

@@ -149,7 +149,7 @@ def test_every_candidate_has_a_decision_and_reason(run_dir: Path) -> None:
     assert len(set(candidates["candidate_id"])) == len(candidates["candidate_id"])  # the union, deduplicated
 
 
-def test_rerun_is_a_no_op(run_dir: Path, small_wiki: SmallWiki, capsys: pytest.CaptureFixture) -> None:
+def test_rerun_is_a_no_op(run_dir: Path, capsys: pytest.CaptureFixture) -> None:
     work = run_dir / "work"
     before = {p: p.stat().st_mtime_ns for p in work.rglob("*") if p.is_file() and p.name != ".lock"}
     capsys.readouterr()
@@ -160,7 +160,7 @@ def test_rerun_is_a_no_op(run_dir: Path, small_wiki: SmallWiki, capsys: pytest.C
     assert before == after
 
 
-def test_random_baseline_through_the_same_stages(small_wiki: SmallWiki, run_dir: Path, tmp_path: Path) -> None:
+def test_random_baseline_through_the_same_stages(small_wiki: SmallWiki, run_dir: Path) -> None:
     """A second method reuses the store and index, and draws uniformly from the whole corpus."""
     work = run_dir / "work"
     store_mtime = (work / "store" / "store.json").stat().st_mtime_ns
