@@ -8,12 +8,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 from benchmarks.report import markdown_table, write_section
 from pipeline.index import build_index, exact_search, recall_at_k, tune_nprobe
 from pipeline.index_plan import IndexPlan, choose_nlist, flat_bytes, ivf_flat_bytes, ivf_pq_bytes, plan_index
-from pipeline.query import exact_similarity, search_pairs, top_k_per_query
+from pipeline.query import exact_pairs, top_k_per_query
 from stores.embedding_store import EmbeddingStore
 
 
@@ -23,11 +22,6 @@ def rss_bytes() -> int:
 
 
 RERANK = 4  # the query stage's default rerank_factor
-
-
-def _exact_pairs(index, queries: np.ndarray, store: EmbeddingStore, k: int):
-    pairs = search_pairs(queries, index, k)
-    return pairs.set_column(3, "similarity", pa.array(exact_similarity(pairs, queries, store)))
 
 
 def _id_matrix(pairs, n_queries: int, k: int) -> np.ndarray:
@@ -74,7 +68,7 @@ def main() -> None:
         search = time.perf_counter() - started
         reranked = "-"
         if plan.kind == "ivf_pq":  # what `albat query` delivers: k*RERANK neighbours re-ranked exactly
-            pairs = top_k_per_query(_exact_pairs(index, queries, store, args.k * RERANK), args.k)
+            pairs = top_k_per_query(exact_pairs(queries, index, args.k * RERANK, store), args.k)
             reranked = f"{recall_at_k(_id_matrix(pairs, len(queries), args.k), exact):.3f}"
         size = len(faiss.serialize_index(index))
         rows.append([plan.key, f"{build:.2f}", f"{train_seconds:.2f}", f"{size / 2**20:.1f}",

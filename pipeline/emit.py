@@ -93,8 +93,8 @@ def run_emit(config: dict[str, Any], work: Workdir, show_progress: bool = True) 
     if not filter_record or not (work.filter / SELECTION_FILE).exists():
         raise AlbatError(f"{work.filter}: no completed filter stage; run `albat filter` first")
     fp = fingerprint({"options": options, "filter": filter_record["fingerprint"]})
-    if work.is_stage_done("emit", fp) and (work.output / MANIFEST).exists():
-        return {"skipped": True, **work.stage_record("emit")["summary"]}
+    if (done := work.finished_summary("emit", fp, work.output / MANIFEST)) is not None:
+        return {"skipped": True, **done}
     store = EmbeddingStore(work.store)
     info = store.require_complete()
     backbone = selected_rows(store, str(work.filter / SELECTION_FILE))

@@ -29,8 +29,8 @@ def run_filter(config: dict[str, Any], work: Workdir, show_progress: bool = True
     if not query_record:
         raise AlbatError(f"{work.query}: no completed query stage; run `albat query` first")
     fp = fingerprint({"options": options, "seed": seed, "query": query_record["fingerprint"]})
-    if work.is_stage_done("filter", fp) and (work.filter / SELECTION_FILE).exists():
-        return {"skipped": True, **work.stage_record("filter")["summary"]}
+    if (done := work.finished_summary("filter", fp, work.filter / SELECTION_FILE)) is not None:
+        return {"skipped": True, **done}
     method = get_method(options["method"], **method_options(options))
     adaptation = read_table(work.query / "adaptation.parquet", "query")
     text_column = config["query"]["text_column"]

@@ -131,8 +131,8 @@ def run_index(config: dict[str, Any], work: Workdir, show_progress: bool = True)
     store = EmbeddingStore(work.store)
     info = store.require_complete()
     fp = index_fingerprint(info, options, seed)
-    if work.is_stage_done("index", fp) and (work.index / INFOS_FILE).exists():
-        return {"skipped": True, **work.stage_record("index")["summary"]}
+    if (done := work.finished_summary("index", fp, work.index / INFOS_FILE)) is not None:
+        return {"skipped": True, **done}
     n, d = int(info["rows"]), int(info["dim"])
     plan = _plan(options, n, d)
     started = time.perf_counter()

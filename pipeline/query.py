@@ -11,8 +11,8 @@ import pyarrow as pa
 from pipeline.encoders import TextEncoder, check_same_encoder, encoder_from_identity
 from stores.corpus import CorpusSpec, read_all, resolve_files
 from stores.embedding_store import ID, TEXT_HASH, EmbeddingStore, text_hash
-from stores.errors import AlbatError
 from stores.atomic import staged_directory
+from stores.errors import AlbatError
 from stores.index_store import read_index
 from stores.tables import write_array, write_table
 from stores.workdir import Workdir, fingerprint
@@ -38,6 +38,12 @@ def exact_similarity(pairs: pa.Table, query_vectors: np.ndarray, store: Embeddin
     return np.einsum("ij,ij->i", query_vectors[q], vectors[inverse]).astype(np.float32)
 
 
+def exact_pairs(query_vectors: np.ndarray, index: Any, k: int, store: EmbeddingStore) -> pa.Table:
+    """`search_pairs` with each similarity replaced by the exact cosine from the stored vectors."""
+    pairs = search_pairs(query_vectors, index, k)
+    return pairs.set_column(3, "similarity", pa.array(exact_similarity(pairs, query_vectors, store)))
+
+
 def near_duplicates(vectors: np.ndarray, index: Any, k: int, threshold: float, kind: str,
                     store: EmbeddingStore) -> dict[int, tuple[float, str]]:
     """Corpus ids within `threshold` cosine of any example: id -> (similarity, reason).
@@ -45,8 +51,8 @@ def near_duplicates(vectors: np.ndarray, index: Any, k: int, threshold: float, k
     blocked: dict[int, tuple[float, str]] = {}
     if len(vectors) == 0:
         return blocked
-    pairs = search_pairs(vectors, index, k)
-    sims = exact_similarity(pairs, vectors, store)
+    pairs = exact_pairs(vectors, index, k, store)
+    sims = pairs.column("similarity").to_numpy()
     examples = pairs.column("query_idx").to_numpy()
     ids = pairs.column("candidate_id").to_numpy()
     for row in np.nonzero(sims >= threshold)[0]:
@@ -149,8 +155,8 @@ def run_query(config: dict[str, Any], work: Workdir, show_progress: bool = True)
     fp = fingerprint({"options": options, "index": index_record.get("fingerprint"), "key": infos["index_key"],
                       "adaptation": _signature(options["adaptation"], options["format"]),
                       "exclude": _signature(options["exclude"], "auto")})
-    if work.is_stage_done("query", fp) and (work.query / CANDIDATES_FILE).exists():
-        return {"skipped": True, **work.stage_record("query")["summary"]}
+    if (done := work.finished_summary("query", fp, work.query / CANDIDATES_FILE)) is not None:
+        return {"skipped": True, **done}
 
     encoder = encoder_from_identity(info["encoder"], device=options["device"])
     if options.get("encoder"):
@@ -169,9 +175,7 @@ def run_query(config: dict[str, Any], work: Workdir, show_progress: bool = True)
     rows = int(info["rows"])
     k = min(int(options["k"]), rows)
     factor = max(1, int(options["rerank_factor"])) if infos["kind"] == "ivf_pq" else 1
-    pairs = search_pairs(vectors, index, min(k * factor, rows))
-    pairs = pairs.set_column(3, "similarity", pa.array(exact_similarity(pairs, vectors, store)))
-    pairs = top_k_per_query(pairs, k)
+    pairs = top_k_per_query(exact_pairs(vectors, index, min(k * factor, rows), store), k)
     dedup_k, threshold = min(int(options["dedup_k"]) * factor, rows), float(options["dedup_threshold"])
     blocked = merge_blocked(exact_duplicates(texts, store, "adaptation"),
                             exact_duplicates(exclude_texts, store, "exclude"),

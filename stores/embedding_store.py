@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from stores.atomic import atomic_path, read_json, remove_stale_temps, sha256_file, write_json
 from stores.errors import AlbatError
 from stores.faults import crash_point
+from stores.tables import write_array
 
 FORMAT_VERSION = 1
 ID = "albat_id"
@@ -100,9 +101,7 @@ class EmbeddingStore:
             raise ValueError("vectors and metadata disagree on the row count")
         self.shard_dir.mkdir(parents=True, exist_ok=True)
         paths = self.paths(index)
-        with atomic_path(paths.emb) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
+        write_array(np.ascontiguousarray(vectors, dtype=np.float32), paths.emb)
         with atomic_path(paths.meta) as tmp:
             pq.write_table(meta, tmp, compression="zstd")
         crash_point("store.before_done")
@@ -188,16 +187,18 @@ class EmbeddingStore:
     def _id_index_paths(self) -> tuple[Path, Path]:
         return self.root / "ids.sorted.npy", self.root / "ids.order.npy"
 
+    def _sorted_ids(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every id in ascending order, and the row position of each."""
+        ids = self.all_ids()
+        order = np.argsort(ids, kind="stable")
+        return ids[order], order
+
     def write_id_index(self) -> np.ndarray:
         """Write the sorted ids and their row positions (memory-mapped at lookup time, so finding a
         few ids in a billion-row store reads a few pages, not every id); returns the sorted ids."""
-        ids = self.all_ids()
-        order = np.argsort(ids, kind="stable")
-        sorted_ids = ids[order]
+        sorted_ids, order = self._sorted_ids()
         for path, array in zip(self._id_index_paths, (sorted_ids, order)):
-            with atomic_path(path) as tmp:
-                with open(tmp, "wb") as fh:
-                    np.save(fh, array, allow_pickle=False)
+            write_array(array, path)
         return sorted_ids
 
     def _id_index(self) -> tuple[np.ndarray, np.ndarray]:
@@ -205,9 +206,7 @@ class EmbeddingStore:
         if sorted_path.exists() and order_path.exists():
             return (np.load(sorted_path, mmap_mode="r", allow_pickle=False),
                     np.load(order_path, mmap_mode="r", allow_pickle=False))
-        ids = self.all_ids()  # a store still being built: sort in memory
-        order = np.argsort(ids, kind="stable")
-        return ids[order], order
+        return self._sorted_ids()  # a store still being built: sort in memory
 
     def id_positions(self, ids: np.ndarray) -> np.ndarray:
         """Global row position of each id; an AlbatError names any id the store lacks."""
@@ -216,13 +215,12 @@ class EmbeddingStore:
             return np.empty(0, dtype=np.int64)
         sorted_ids, order = self._id_index()
         found = np.searchsorted(sorted_ids, ids)
-        clipped = np.minimum(found, max(len(sorted_ids) - 1, 0))
-        missing = (found >= len(sorted_ids)) | (np.asarray(sorted_ids[clipped]) != ids) if len(sorted_ids) else \
-            np.ones(len(ids), bool)
+        missing = found >= len(sorted_ids)
+        missing[~missing] = np.asarray(sorted_ids[found[~missing]]) != ids[~missing]
         if missing.any():
             raise AlbatError(f"{self.root}: id {int(ids[missing][0])} is not in the store; the index or "
                              "selection comes from another store, rebuild it")
-        return np.asarray(order[clipped], dtype=np.int64)
+        return np.asarray(order[found], dtype=np.int64)
 
     def vectors_for_ids(self, ids: np.ndarray) -> np.ndarray:
         return self.vectors_at(self.id_positions(np.asarray(ids, dtype=np.int64)))

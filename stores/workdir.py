@@ -40,9 +40,12 @@ class Workdir:
         path = self.stages / f"{stage}.json"
         return read_json(path) if path.exists() else None
 
-    def is_stage_done(self, stage: str, config_fingerprint: str) -> bool:
+    def finished_summary(self, stage: str, config_fingerprint: str, output: Path) -> dict[str, Any] | None:
+        """The summary of a stage already run with this config whose output is present, else None."""
         record = self.stage_record(stage)
-        return bool(record) and record.get("fingerprint") == config_fingerprint
+        if record and record.get("fingerprint") == config_fingerprint and Path(output).exists():
+            return record["summary"]
+        return None
 
     def mark_stage_done(self, stage: str, config_fingerprint: str, config: Any, summary: dict[str, Any]) -> None:
         write_json(self.stages / f"{stage}.json",
