@@ -72,8 +72,13 @@ class SelectionMethod(ABC):
 
 # name -> "module:Class"; modules are imported only when their method is used.
 REGISTRY: dict[str, str] = {
-    "knn": "pipeline.methods.knn:KnnMethod",
+    "none": "pipeline.methods.none_method:NoneMethod",
     "random": "pipeline.methods.random_method:RandomMethod",
+    "knn": "pipeline.methods.knn:KnnMethod",
+    "dsir": "pipeline.methods.dsir:DsirMethod",
+    "classifier": "pipeline.methods.classifier:ClassifierMethod",
+    "gradalign": "pipeline.methods.gradalign:GradAlignMethod",
+    "albat": "pipeline.methods.albat:AlbatMethod",
 }
 
 
