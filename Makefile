@@ -24,6 +24,13 @@ data/wiki/backbone.parquet: scripts/fetch_wiki.py | $(VENV)/.installed
 
 data: data/wiki/backbone.parquet
 
+# The data-selection benchmark (WordNet, FOLDOC and wiki pairs, held-out domains): scripts/fetch_select_bench.py
+.PHONY: data-select
+data/select/pool.parquet: scripts/fetch_select_bench.py data/wiki/backbone.parquet | $(VENV)/.installed
+	$(PY) scripts/fetch_select_bench.py --out data/select --wiki data/wiki --force
+
+data-select: data/select/pool.parquet
+
 test: setup data
 	$(PY) -m pytest -q tests
 
