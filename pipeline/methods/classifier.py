@@ -1,0 +1,84 @@
+"""`classifier`: a logistic regression that tells adaptation embeddings from backbone embeddings;
+the candidates it finds most adaptation-like are kept.
+
+Why: the embedding-space analogue of DSIR and the usual "quality/domain classifier" filter (as in
+GPT-3 and DSIR's own baselines). It asks "does this row look like the target?" with a learnt
+direction instead of the nearest-neighbour distance `knn` uses, so it tells whether a learnt
+domain score adds anything over plain retrieval.
+
+Positives (label 1) are the adaptation vectors; negatives (label 0) a seeded uniform sample of
+store vectors without the blocked rows (duplicates of adaptation data must not be labelled as
+backbone), `negatives` rows by default max(10 x n_A, 1000) capped by what the store has. The classes
+are weighted to equal total weight, so a sample 10x larger than D_A does not just shift every
+score down. Every candidate is scored by its predicted log-odds; the `budget` highest non-blocked
+ones are kept, ties broken by the smaller id. Options: `negatives` (0 = the default size), `C`
+(inverse L2 strength, 1.0). The lbfgs solver is deterministic, so the seed fixes the result.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+from pipeline.methods.base import SelectionMethod, SelectionRequest, SelectionResult
+from pipeline.methods.random_method import uniform_draw
+from pipeline.methods.ranked import candidate_columns, check_budget, ranked_result, typed_options
+from stores.embedding_store import EmbeddingStore
+from stores.errors import AlbatError
+
+DEFAULTS = {"negatives": 0, "C": 1.0}
+
+
+def default_negatives(n_adaptation: int, available: int) -> int:
+    """max(10 x n_A, 1000) backbone rows, capped by the rows there are."""
+    return min(max(10 * n_adaptation, 1000), available)
+
+
+def sample_negatives(store: EmbeddingStore, blocked_ids: np.ndarray, n_adaptation: int, requested: int,
+                     seed: int) -> np.ndarray:
+    """Vectors of a seeded uniform sample of unblocked store rows (`requested`, or the default size if 0)."""
+    rows = int(store.info["rows"])
+    blocked_positions = store.id_positions(np.unique(blocked_ids))
+    available = rows - len(blocked_positions)
+    size = min(requested, available) or default_negatives(n_adaptation, available)
+    if size == 0:
+        raise AlbatError("method classifier found no unblocked backbone rows to use as negatives")
+    return store.vectors_at(uniform_draw(rows, size, blocked_positions, seed))
+
+
+def fit_classifier(positives: np.ndarray, negatives: np.ndarray, C: float, seed: int) -> LogisticRegression:
+    """Class-balanced L2 logistic regression, positives labelled 1."""
+    x = np.concatenate([positives, negatives]).astype(np.float64)
+    y = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives))])
+    return LogisticRegression(C=C, class_weight="balanced", max_iter=1000, random_state=seed).fit(x, y)
+
+
+def log_odds(model: LogisticRegression, vectors: np.ndarray) -> np.ndarray:
+    """log P(adaptation | x) / P(backbone | x) under the balanced model."""
+    return model.decision_function(np.asarray(vectors, np.float64)).astype(np.float64)
+
+
+class ClassifierMethod(SelectionMethod):
+    name = "classifier"
+
+    def select(self, request: SelectionRequest) -> SelectionResult:
+        opts = typed_options({**request.options, **self.options}, DEFAULTS, self.name)
+        if opts["negatives"] < 0 or opts["C"] <= 0:
+            raise AlbatError(f"method classifier needs negatives >= 0 and C > 0, got {opts['negatives']} and {opts['C']}")
+        positives = np.asarray(request.adaptation_vectors)
+        if len(positives) == 0:
+            raise AlbatError("method classifier needs adaptation examples to train on; the adaptation set is empty")
+        ids, query_idx, block_reason = candidate_columns(request.candidates)
+        blocked = np.isin(ids, request.blocked_ids)
+        check_budget(request.budget, int((~blocked).sum()), "the candidate pool; raise query.k")
+        negatives = sample_negatives(request.store, request.blocked_ids, len(positives), opts["negatives"], request.seed)
+        model = fit_classifier(positives, negatives, opts["C"], request.seed)
+        score = log_odds(model, request.store.vectors_for_ids(ids)) if len(ids) else np.zeros(0)
+        order = np.lexsort((ids, -score))
+        chosen = order[~blocked[order]][: request.budget]
+        m, n_neg, seed = len(chosen), len(negatives), request.seed
+        cut = f"lowest kept {score[chosen[-1]]:.3f}" if m else "budget 0"
+        return ranked_result(
+            ids, score, chosen, query_idx, blocked, block_reason,
+            kept_reason=lambda row, pos: (f"kept: classifier log-odds {score[row]:.3f}, rank {pos} of {m} "
+                                          f"({n_neg} negatives, seed {seed})"),
+            rejected_reason=lambda row: f"rejected: classifier log-odds {score[row]:.3f} below the {m} kept ({cut})")

@@ -1,0 +1,105 @@
+"""The adaptation-vs-backbone classifier: balanced logistic regression, seeded negatives, top log-odds."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from method_fixtures import make_request, make_store
+
+from pipeline.methods.base import get_method
+from pipeline.methods.classifier import (ClassifierMethod, default_negatives, fit_classifier, log_odds,
+                                         sample_negatives)
+from stores.errors import AlbatError
+
+
+def test_default_negatives_by_hand():
+    assert default_negatives(5, 50_000) == 1_000  # at least 1000
+    assert default_negatives(300, 50_000) == 3_000  # 10 x n_A
+    assert default_negatives(5, 300) == 300  # capped by the corpus
+    assert default_negatives(0, 10) == 10
+
+
+@pytest.mark.parametrize("C", [1.0, 0.5])
+def test_fit_classifier_balances_the_classes_by_hand(C):
+    # 1 positive at +1, 9 negatives at -1. Balanced weights give each class a total weight of 5, so
+    # by symmetry the intercept is 0 and the slope w solves w = C * (5 + 5) * sigmoid(-w)
+    # (the intercept is not penalised). Unbalanced, the intercept would be about log(1/9).
+    model = fit_classifier(np.array([[1.0]]), np.full((9, 1), -1.0), C=C, seed=0)
+    at_zero, w, minus_w = log_odds(model, np.array([[0.0], [1.0], [-1.0]]))
+    assert at_zero == pytest.approx(0.0, abs=1e-3)
+    assert w == pytest.approx(10 * C / (1 + math.exp(w)), abs=5e-3)
+    assert minus_w == pytest.approx(-w, abs=1e-3)
+    assert w == pytest.approx({1.0: 1.6335, 0.5: 1.1775}[C], abs=5e-3)  # the fixed points, solved numerically
+
+
+BLOCK = "near-duplicate of adaptation example 0 (similarity 1.000)"
+ADAPTATION = np.array([[1.0, 0.1], [1.0, -0.1], [0.9, 0.0], [1.0, 0.0]], np.float32)
+
+
+def _store(tmp_path):
+    """30 backbone rows spread over angles 60..300 degrees (away from the target direction +x),
+    then the candidates: 50 on +x (blocked), 51 and 52 identical, 53 on +y, 54 on -x."""
+    angles = np.radians(np.linspace(60, 300, 30))
+    vectors = np.concatenate([np.stack([np.cos(angles), np.sin(angles)], 1),
+                              [[1.0, 0.0], [0.8, 0.6], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.0]]])
+    ids = list(range(1, 31)) + [50, 51, 52, 53, 54]
+    return make_store(tmp_path / "s", ids, [""] * len(ids), vectors, shard_rows=8)
+
+
+@pytest.mark.parametrize("budget, kept", [(0, []), (2, [51, 52]), (3, [51, 52, 53]), (4, [51, 52, 53, 54])])
+def test_classifier_keeps_top_log_odds_unblocked_ties_by_id(tmp_path, budget, kept):
+    store = _store(tmp_path)
+    request = make_request(store, [54, 53, 52, 51, 50], {50: BLOCK}, budget=budget, seed=3, vectors=ADAPTATION)
+    result = ClassifierMethod().select(request)
+    assert result.ids.tolist() == [50, 51, 52, 53, 54]
+    score = dict(zip(result.ids.tolist(), result.score))
+    assert score[50] > score[51] == score[52] > score[53] > score[54]  # the blocked row scores highest
+    assert result.ids[np.argsort(np.where(result.keep, result.rank, 99))][:budget].tolist() == kept
+    reasons = dict(zip(result.ids.tolist(), result.reason))
+    assert reasons[50] == f"rejected: {BLOCK}"
+    for position, cid in enumerate(kept):
+        assert reasons[cid] == (f"kept: classifier log-odds {score[cid]:.3f}, rank {position} of {budget} "
+                                "(34 negatives, seed 3)")  # every unblocked row: fewer than 1000
+    for cid in set(score) - set(kept) - {50}:
+        assert reasons[cid].startswith(f"rejected: classifier log-odds {score[cid]:.3f} below the {budget} kept")
+
+
+def test_classifier_budget_above_unblocked_candidates_raises(tmp_path):
+    request = make_request(_store(tmp_path), [54, 53, 52, 51, 50], {50: BLOCK}, budget=5, vectors=ADAPTATION)
+    with pytest.raises(AlbatError, match="budget 5 exceeds the 4 selectable rows of the candidate pool"):
+        ClassifierMethod().select(request)
+
+
+def test_negatives_are_seeded_and_never_blocked(tmp_path):
+    store = _store(tmp_path)
+    blocked = np.array([50, 51, 1])
+    everything = sample_negatives(store, blocked, n_adaptation=4, requested=0, seed=0)
+    assert len(everything) == 32  # the default (1000) capped by the 35 - 3 unblocked rows
+    on_x = np.isclose(everything, [1.0, 0.0]).all(1)
+    assert not on_x.any()  # row 50, the only one on +x, is blocked
+    a, b, c = (sample_negatives(store, blocked, 4, requested=5, seed=s) for s in (7, 7, 8))
+    assert a.shape == (5, 2) and np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_classifier_is_deterministic_under_the_seed_and_reads_string_options(tmp_path):
+    store = _store(tmp_path)
+
+    def scores(seed, **options):
+        request = make_request(store, [54, 53, 52, 51], {50: BLOCK}, budget=2, seed=seed, vectors=ADAPTATION)
+        return get_method("classifier", **options).select(request).score
+
+    assert np.array_equal(scores(1, negatives="6", C="0.5"), scores(1, negatives="6", C="0.5"))
+    assert not np.allclose(scores(1, negatives="6"), scores(2, negatives="6"))  # another negative sample
+    assert not np.allclose(scores(1, negatives="6", C="0.5"), scores(1, negatives="6", C="5"))
+
+
+def test_classifier_option_and_input_errors(tmp_path):
+    store = _store(tmp_path)
+    request = make_request(store, [51], {}, budget=1, vectors=ADAPTATION)
+    with pytest.raises(AlbatError, match="C='strong' must be of type float"):
+        get_method("classifier", C="strong").select(request)
+    with pytest.raises(AlbatError, match="needs negatives >= 0 and C > 0"):
+        get_method("classifier", negatives=-1).select(request)
+    with pytest.raises(AlbatError, match="adaptation set is empty"):
+        ClassifierMethod().select(make_request(store, [51], {}, budget=1))
