@@ -26,6 +26,7 @@ DEFAULTS: dict[str, Any] = {
         "input": [],  # Parquet/JSONL/text files, globs, directories, or a saved HF dataset dir
         "format": "auto",
         "text_column": "text",
+        "pair_column": None,  # query side of (query, document) pairs, embedded beside the text
         "id_column": None,  # the corpus's own integer ids; default: row number in the stream
         "keep_columns": [],
         "encoder": "all-MiniLM-L6-v2",
@@ -49,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
         "adaptation": [],
         "format": "auto",
         "text_column": "text",
+        "pair_column": None,  # the adaptation set's query side; default: the store's pair column name
         "exclude": [],
         "exclude_text_column": "text",
         "encoder": None,  # must match the store's; default: the store's own

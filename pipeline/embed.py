@@ -19,7 +19,8 @@ from stores.workdir import Workdir, fingerprint
 def corpus_spec(options: dict[str, Any]) -> CorpusSpec:
     spec = CorpusSpec(paths=list(options["input"]), text_column=options["text_column"],
                       id_column=options["id_column"], keep_columns=tuple(options["keep_columns"]),
-                      format=options["format"], skip_empty=bool(options["skip_empty"]))
+                      format=options["format"], skip_empty=bool(options["skip_empty"]),
+                      pair_column=options["pair_column"] or None)
     for col in spec.columns:
         if col in RESERVED:
             raise AlbatError(f"column '{col}' collides with albat's own metadata; rename it in the corpus")
@@ -114,6 +115,7 @@ def run_embed(config: dict[str, Any], work: Workdir, force: bool = False, show_p
     base_info = {"fingerprint": fp, "encoder": encoder.identity() if not store.exists() else store.info["encoder"],
                  "dim": encoder.dim, "normalized": True, "metric": "inner_product",
                  "shard_rows": int(options["shard_rows"]), "text_column": spec.text_column,
+                 "pair_column": spec.pair_column,
                  "id_column": spec.id_column, "keep_columns": list(spec.keep_columns),
                  "inputs": [str(p) for p, _ in resolve_files(spec)], "complete": False}
     store.clean_temps()
@@ -127,10 +129,12 @@ def run_embed(config: dict[str, Any], work: Workdir, force: bool = False, show_p
                 bar.update(table.num_rows)
                 continue
             vectors = encode_sorted(encoder, table.column(spec.text_column).to_pylist(), chunk, bar.update)
+            pair_vectors = (encode_sorted(encoder, table.column(spec.pair_column).to_pylist(), chunk)
+                            if spec.pair_column else None)
             crash_point("embed.before_shard_write")
             if not store.exists():  # first output: nothing is written before the first shard is ready
                 store.write_info(base_info)
-            store.write_shard(index, vectors, build_metadata(table, spec))
+            store.write_shard(index, vectors, build_metadata(table, spec), pair_vectors)
             encoded += table.num_rows
             crash_point("embed.shard")
     if rows == 0:

@@ -41,7 +41,9 @@ def run_filter(config: dict[str, Any], work: Workdir, show_progress: bool = True
         store=EmbeddingStore(work.store),
         adaptation_texts=adaptation.column(text_column).to_pylist(),
         adaptation_vectors=read_array(work.query / "adaptation.npy"),
-        budget=budget, seed=seed, options=method_options(options))
+        budget=budget, seed=seed, options=method_options(options),
+        adaptation_pair_vectors=(read_array(work.query / "adaptation.pair.npy")
+                                 if (work.query / "adaptation.pair.npy").exists() else None))
     started = time.perf_counter()
     result = method.select(request)
     seconds = time.perf_counter() - started
@@ -55,6 +57,6 @@ def run_filter(config: dict[str, Any], work: Workdir, show_progress: bool = True
     work.forget_stage("filter")  # from here until the new record, a kill means "not done"
     write_table(table, work.filter / SELECTION_FILE)
     summary = {"method": method.name, "budget": budget, "kept": kept, "considered": table.num_rows,
-               "seed": seed, "seconds": round(seconds, 3)}
+               "seed": seed, "seconds": round(seconds, 3), **result.report}
     work.mark_stage_done("filter", fp, options, summary)
     return {"skipped": False, **summary}

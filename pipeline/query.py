@@ -128,8 +128,9 @@ def aggregate_candidates(pairs: pa.Table, blocked: pa.Table) -> pa.Table:
     })
 
 
-def _read_examples(paths: list[str], text_column: str, fmt: str) -> tuple[pa.Table, list[str]]:
-    spec = CorpusSpec(paths=paths, text_column=text_column, format=fmt)
+def _read_examples(paths: list[str], text_column: str, fmt: str,
+                   pair_column: str | None = None) -> tuple[pa.Table, list[str]]:
+    spec = CorpusSpec(paths=paths, text_column=text_column, format=fmt, pair_column=pair_column)
     table, sources, rows = read_all(spec, limit_rows=MAX_QUERY_EXAMPLES)
     table = table.append_column("source", pa.array(sources, pa.string())).append_column("row", pa.array(rows, pa.int64()))
     return table, table.column(text_column).to_pylist()
@@ -164,13 +165,15 @@ def run_query(config: dict[str, Any], work: Workdir, show_progress: bool = True)
                               device=options["device"])
     check_same_encoder(info["encoder"], encoder, str(options["adaptation"][0]))
 
-    adaptation, texts = _read_examples(options["adaptation"], options["text_column"], options["format"])
+    pair_column = (options["pair_column"] or info.get("pair_column")) if info.get("pair_column") else None
+    adaptation, texts = _read_examples(options["adaptation"], options["text_column"], options["format"], pair_column)
     if not texts:
         raise AlbatError(f"{', '.join(options['adaptation'])}: zero adaptation examples; give at least one")
     exclude, exclude_texts = (_read_examples(options["exclude"], options["exclude_text_column"], "auto")
                               if options["exclude"] else (None, []))
     vectors = encoder.encode(texts)
     exclude_vectors = encoder.encode(exclude_texts)
+    pair_vectors = encoder.encode(adaptation.column(pair_column).to_pylist()) if pair_column else None
 
     rows = int(info["rows"])
     k = min(int(options["k"]), rows)
@@ -188,6 +191,8 @@ def run_query(config: dict[str, Any], work: Workdir, show_progress: bool = True)
     with staged_directory(work.query) as out:  # the query tables change together or not at all
         write_table(adaptation, out / "adaptation.parquet")
         write_array(vectors, out / "adaptation.npy")
+        if pair_vectors is not None:  # the query side, for pair surrogates (pipeline.surrogates.contrastive)
+            write_array(pair_vectors, out / "adaptation.pair.npy")
         if exclude is not None:
             write_table(exclude, out / "exclude.parquet")
         write_table(pairs, out / "candidate_pairs.parquet")

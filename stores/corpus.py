@@ -33,11 +33,17 @@ class CorpusSpec:
     keep_columns: Sequence[str] = field(default_factory=tuple)
     format: str = "auto"
     skip_empty: bool = False
+    pair_column: str | None = None  # the query side of (query, document) pairs, embedded too
+
+    @property
+    def text_columns(self) -> list[str]:
+        """Columns the encoder reads: the text, and the pair side when there is one."""
+        return [self.text_column] + ([self.pair_column] if self.pair_column else [])
 
     @property
     def columns(self) -> list[str]:
         cols = [self.text_column]
-        for extra in [self.id_column, *self.keep_columns]:
+        for extra in [self.pair_column, self.id_column, *self.keep_columns]:
             if extra and extra not in cols:
                 cols.append(extra)
         return cols
@@ -106,31 +112,38 @@ def _format_of(path: Path, fmt: str) -> str:
 def _check_columns(source: str, available: Sequence[str], spec: CorpusSpec) -> None:
     for col in spec.columns:
         if col not in available:
-            flag = "--text-column" if col == spec.text_column else (
-                "--id-column" if col == spec.id_column else "--keep-columns")
+            flag = {spec.text_column: "--text-column", spec.pair_column: "--pair-column",
+                    spec.id_column: "--id-column"}.get(col, "--keep-columns")
             raise AlbatError(f"{source}: no column '{col}' (columns: {', '.join(available) or 'none'}); "
                              f"pass {flag} with one of them")
 
 
-def _validate(table: pa.Table, source: str, rows: pa.Array, spec: CorpusSpec) -> tuple[pa.Table, pa.Array]:
-    """Check text and id values; drop empty texts only when the user asked to."""
-    text = table.column(spec.text_column)
+def _validate_text(table: pa.Table, source: str, rows: pa.Array, column: str, text_col: str,
+                   skip_empty: bool) -> tuple[pa.Table, pa.Array]:
+    text = table.column(column)
     if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
-        if pa.types.is_null(text.type) and not spec.skip_empty:
-            raise AlbatError(f"{source} row {rows[0].as_py()}: column '{spec.text_column}' is null; "
+        if pa.types.is_null(text.type) and not skip_empty:
+            raise AlbatError(f"{source} row {rows[0].as_py()}: column '{column}' is null; "
                              "drop or fill those rows, or pass --skip-empty")
         if not pa.types.is_null(text.type):
-            raise AlbatError(f"{source}: column '{spec.text_column}' holds {text.type}, not text; "
-                             "pass --text-column naming a string column")
+            raise AlbatError(f"{source}: column '{column}' holds {text.type}, not text; "
+                             f"pass {'--pair-column' if column != text_col else '--text-column'} naming a string column")
     empty = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(text.cast(pa.string())), ""), True)
     if pc.any(empty).as_py():
-        if not spec.skip_empty:
+        if not skip_empty:
             bad = pc.index(empty, True).as_py()
             what = "null" if text[bad].as_py() is None else "empty"
             raise AlbatError(f"{source} row {rows[bad].as_py()}: {what} text in column "
-                             f"'{spec.text_column}'; drop or fill that row, or pass --skip-empty")
+                             f"'{column}'; drop or fill that row, or pass --skip-empty")
         keep = pc.invert(empty)
         table, rows = table.filter(keep), rows.filter(keep)
+    return table, rows
+
+
+def _validate(table: pa.Table, source: str, rows: pa.Array, spec: CorpusSpec) -> tuple[pa.Table, pa.Array]:
+    """Check text and id values; drop empty texts only when the user asked to."""
+    for column in spec.text_columns:
+        table, rows = _validate_text(table, source, rows, column, spec.text_column, spec.skip_empty)
     if spec.id_column:
         ids = table.column(spec.id_column)
         if not pa.types.is_integer(ids.type) and not pa.types.is_null(ids.type):

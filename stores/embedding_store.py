@@ -4,6 +4,7 @@ Layout of `STORE/`:
     store.json                      encoder, dimension, columns, shard size; `complete` once done
     shards/part-00000.emb.npy       (rows, dim) float32, L2-normalised
     shards/part-00000.meta.parquet  albat_id, albat_source, albat_row, albat_text_hash + user columns
+    shards/part-00000.pair.npy      (rows, dim) float32 of the pair column (query side), if one is set
     shards/part-00000.done.json     completion record: rows, id range, checksums (written last)
     ids.sorted.npy, ids.order.npy   every id sorted, and its row position (id lookup by binary search)
 
@@ -53,6 +54,7 @@ class ShardPaths:
     emb: Path
     meta: Path
     done: Path
+    pair: Path
 
 
 class EmbeddingStore:
@@ -90,18 +92,21 @@ class EmbeddingStore:
     def paths(self, index: int) -> ShardPaths:
         base = self.shard_dir / shard_name(index)
         return ShardPaths(emb=base.with_suffix(".emb.npy"), meta=base.with_suffix(".meta.parquet"),
-                          done=base.with_suffix(".done.json"))
+                          done=base.with_suffix(".done.json"), pair=base.with_suffix(".pair.npy"))
 
     def is_done(self, index: int) -> bool:
         return self.paths(index).done.exists()
 
-    def write_shard(self, index: int, vectors: np.ndarray, meta: pa.Table) -> dict[str, Any]:
+    def write_shard(self, index: int, vectors: np.ndarray, meta: pa.Table,
+                    pair_vectors: np.ndarray | None = None) -> dict[str, Any]:
         """Write one shard: vectors and metadata by rename, then the completion record."""
-        if len(vectors) != meta.num_rows:
+        if len(vectors) != meta.num_rows or (pair_vectors is not None and len(pair_vectors) != meta.num_rows):
             raise ValueError("vectors and metadata disagree on the row count")
         self.shard_dir.mkdir(parents=True, exist_ok=True)
         paths = self.paths(index)
         write_array(np.ascontiguousarray(vectors, dtype=np.float32), paths.emb)
+        if pair_vectors is not None:
+            write_array(np.ascontiguousarray(pair_vectors, dtype=np.float32), paths.pair)
         with atomic_path(paths.meta) as tmp:
             pq.write_table(meta, tmp, compression="zstd")
         crash_point("store.before_done")
@@ -109,6 +114,8 @@ class EmbeddingStore:
         record = {"shard": shard_name(index), "rows": meta.num_rows,
                   "min_id": int(ids.min()), "max_id": int(ids.max()),
                   "emb_sha256": sha256_file(paths.emb), "meta_sha256": sha256_file(paths.meta)}
+        if pair_vectors is not None:
+            record["pair_sha256"] = sha256_file(paths.pair)
         write_json(paths.done, record)
         return record
 
@@ -127,9 +134,15 @@ class EmbeddingStore:
         return str(self.shard_dir / "part-*.meta.parquet")
 
     # ----- reading -----------------------------------------------------------------------
-    def vectors(self, index: int) -> np.ndarray:
-        """Memory-mapped vectors of one shard (no copy, no pickle)."""
-        path = self.paths(index).emb
+    @property
+    def pair_column(self) -> str | None:
+        return self.info.get("pair_column")
+
+    def vectors(self, index: int, side: str = "text") -> np.ndarray:
+        """Memory-mapped vectors of one shard (no copy, no pickle); side "pair" reads the pair column's."""
+        if side == "pair" and not self.pair_column:
+            raise AlbatError(f"{self.root}: the store has no pair column; re-embed with --pair-column")
+        path = self.paths(index).pair if side == "pair" else self.paths(index).emb
         try:
             return np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
@@ -168,11 +181,11 @@ class EmbeddingStore:
             mask = shard_of == shard
             yield indices[shard], mask, positions[mask] - starts[shard]
 
-    def vectors_at(self, positions: np.ndarray) -> np.ndarray:
+    def vectors_at(self, positions: np.ndarray, side: str = "text") -> np.ndarray:
         """Vectors at global row positions, read shard by shard."""
         out = np.empty((len(positions), self.dim), dtype=np.float32)
         for index, mask, rows in self._locate(positions):
-            out[mask] = self.vectors(index)[rows]
+            out[mask] = self.vectors(index, side)[rows]
         return out
 
     def ids_at(self, positions: np.ndarray) -> np.ndarray:
@@ -222,5 +235,5 @@ class EmbeddingStore:
                              "selection comes from another store, rebuild it")
         return np.asarray(order[found], dtype=np.int64)
 
-    def vectors_for_ids(self, ids: np.ndarray) -> np.ndarray:
-        return self.vectors_at(self.id_positions(np.asarray(ids, dtype=np.int64)))
+    def vectors_for_ids(self, ids: np.ndarray, side: str = "text") -> np.ndarray:
+        return self.vectors_at(self.id_positions(np.asarray(ids, dtype=np.int64)), side)

@@ -28,6 +28,7 @@ class SelectionRequest:
     budget: int
     seed: int
     options: dict[str, Any] = field(default_factory=dict)
+    adaptation_pair_vectors: np.ndarray | None = None  # query side of the adaptation pairs, if any
 
 
 @dataclass
@@ -40,6 +41,7 @@ class SelectionResult:
     query_idx: np.ndarray  # int32 adaptation example that retrieved the row, -1 if none
     weight: np.ndarray | None = None  # per-example weight w_b (default 1)
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # method-specific score columns
+    report: dict[str, Any] = field(default_factory=dict)  # method-specific summary (timings, thresholds)
 
     def to_table(self, method: str) -> pa.Table:
         n = len(self.ids)

@@ -1,0 +1,105 @@
+"""`albat`: the proposition filter (../shared/ALBAT.md, "Our design").
+
+1. Train the surrogate φ_s on the adaptation set (φ_0: the untouched backbone).
+2. Validity (Proposition 1), per example: adaptation must not hurt it, Δℓ_b = ℓ(φ_s;b) − ℓ(φ_0;b) ≤ τ.
+3. Benefit (Proposition 2): rank the valid examples by curvature, the label-free Fisher trace at φ_s.
+4. Validity over the set, greedily in that order: add b only while
+       ‖mean_{b∈S} ∇ℓ(φ_s;b)‖ ≤ ε · ‖mean_{a∈D_A} ∇ℓ(φ_0;a)‖,
+   so the selection does not move the adaptation optimum; stop at the budget m.
+Every candidate gets Δℓ, its gradient norm, its curvature and the reason it was kept or rejected.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.methods.base import SelectionMethod, SelectionRequest, SelectionResult
+from pipeline.methods.ranked import ranked_result, typed_options
+from pipeline.methods.surrogate_inputs import SURROGATE_DEFAULTS, prepare_pool
+
+DEFAULTS = {**SURROGATE_DEFAULTS, "tau": 0.0, "epsilon": 1.0, "fisher_samples": 2}
+
+KEPT, INVALID_LOSS, INVALID_GRADIENT, BUDGET = 0, 1, 2, 3
+
+
+@dataclass
+class FilterDecision:
+    order: np.ndarray  # indices of kept rows, in selection order
+    status: np.ndarray  # KEPT | INVALID_LOSS | INVALID_GRADIENT | BUDGET per row
+    mean_grad_norm: np.ndarray  # ‖mean gradient of S ∪ {b}‖ when b was tried (nan if never tried)
+
+
+def proposition_filter(delta_loss: np.ndarray, grads: np.ndarray, curvature: np.ndarray, bound: float,
+                       tau: float, budget: int) -> FilterDecision:
+    """The pure filter: validity by Δℓ ≤ τ, then curvature order with the greedy mean-gradient bound.
+
+    `bound` is ε·‖mean adaptation gradient at φ_0‖. Ties in curvature go to the lower row index."""
+    n = len(delta_loss)
+    status = np.full(n, BUDGET, dtype=np.int8)
+    status[delta_loss > tau] = INVALID_LOSS
+    tried = np.full(n, np.nan)
+    valid = np.nonzero(status != INVALID_LOSS)[0]
+    candidates = valid[np.lexsort((valid, -curvature[valid]))]
+    total = np.zeros(grads.shape[1], dtype=np.float64)
+    kept: list[int] = []
+    for row in candidates:
+        if len(kept) == budget:
+            break
+        trial = total + grads[row]
+        tried[row] = np.linalg.norm(trial) / (len(kept) + 1)
+        if tried[row] <= bound:
+            total = trial
+            kept.append(row)
+            status[row] = KEPT
+        else:
+            status[row] = INVALID_GRADIENT
+    return FilterDecision(order=np.array(kept, dtype=np.int64), status=status, mean_grad_norm=tried)
+
+
+def explain(status: int, delta: float, tried: float, curvature: float, tau: float, bound: float) -> str:
+    if status == KEPT:
+        return f"kept: Δℓ={delta:+.4f} ≤ τ={tau:g}, curvature {curvature:.4g}, set mean-gradient norm {tried:.4g} ≤ {bound:.4g}"
+    if status == INVALID_LOSS:
+        return f"rejected: validity, Δℓ={delta:+.4f} > τ={tau:g} (adaptation makes this example worse)"
+    if status == INVALID_GRADIENT:
+        return f"rejected: validity, adding it moves the set mean-gradient norm to {tried:.4g} > ε·‖ḡ_A‖={bound:.4g}"
+    return f"rejected: budget filled before its curvature {curvature:.4g}"
+
+
+class AlbatMethod(SelectionMethod):
+    name = "albat"
+
+    def select(self, request: SelectionRequest) -> SelectionResult:
+        opts = typed_options(self.options, DEFAULTS, self.name)
+        clock = time.perf_counter()
+        pool = prepare_pool(request, opts)
+        fit = pool.surrogate.fit(pool.adaptation, request.seed)
+        fit_seconds = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        surrogate, pairs = pool.surrogate, pool.pairs
+        loss0, loss_s = surrogate.losses(pairs, "initial"), surrogate.losses(pairs, "adapted")
+        grads = surrogate.gradients(pairs, "adapted")
+        curvature = surrogate.fisher_trace(pairs, "adapted", opts["fisher_samples"], request.seed)
+        bound = float(opts["epsilon"] * np.linalg.norm(surrogate.gradients(pool.adaptation, "initial").mean(0)))
+        score_seconds = time.perf_counter() - clock
+
+        delta = loss_s - loss0
+        decision = proposition_filter(delta, grads, curvature, bound, opts["tau"], request.budget)
+        status = np.full(len(pool.ids), BUDGET, dtype=np.int8)
+        status[pool.rows] = decision.status
+        columns = {"loss_initial": pool.spread(loss0), "loss_adapted": pool.spread(loss_s),
+                   "delta_loss": pool.spread(delta), "grad_norm": pool.spread(np.linalg.norm(grads, axis=1)),
+                   "curvature": pool.spread(curvature), "set_grad_norm": pool.spread(decision.mean_grad_norm)}
+        why = lambda row: explain(status[row], columns["delta_loss"][row], columns["set_grad_norm"][row],  # noqa: E731
+                                  columns["curvature"][row], opts["tau"], bound)
+        report = {"surrogate": opts["surrogate"], "tau": opts["tau"], "epsilon": opts["epsilon"],
+                  "gradient_bound": round(bound, 6), "valid_by_loss": int(np.sum(delta <= opts["tau"])),
+                  "fit_seconds": round(fit_seconds, 3), "score_seconds": round(score_seconds, 3),
+                  "ms_per_candidate": round(1000 * score_seconds / max(len(pool.rows), 1), 4), "surrogate_fit": fit}
+        result = ranked_result(pool.ids, columns["curvature"], pool.rows[decision.order], pool.query_idx, pool.blocked,
+                               pool.block_reason, kept_reason=lambda row, _: why(row), rejected_reason=why, extra=columns)
+        result.report = report
+        return result

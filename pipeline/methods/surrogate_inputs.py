@@ -1,0 +1,106 @@
+"""What surrogate-based methods (albat, gradalign) share: options, and the pairs they score.
+
+Pairs come from the store: the document side is the embedded text column, the query side the
+embedded pair column (`embed.pair_column`). A store without a pair column gets two views of the
+same example (`pipeline.surrogates.contrastive.two_views`), seeded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.methods.base import SelectionRequest
+from pipeline.methods.ranked import candidate_columns
+from pipeline.surrogates.base import surrogate_class
+from stores.embedding_store import EmbeddingStore
+from stores.errors import AlbatError
+
+SURROGATE_DEFAULTS: dict[str, Any] = {
+    "surrogate": "contrastive",
+    "bank_size": 128,  # fixed backbone negatives for per-example losses
+    "steps": 300,  # surrogate training steps (early-stopped on held-out adaptation pairs)
+    "lr": 1e-3,
+    "batch_size": 64,
+    "projection_dim": 1024,  # sketched gradient size; 0 = exact d×d gradients
+    "view_sigma": 0.5,  # single-column data: noise of the second view
+}
+
+
+def store_pairs(store: EmbeddingStore, ids: np.ndarray, view_sigma: float, seed: int):
+    from pipeline.surrogates.contrastive import Pairs, two_views
+
+    doc = store.vectors_for_ids(ids)
+    query = store.vectors_for_ids(ids, side="pair") if store.pair_column else two_views(doc, view_sigma, seed)
+    return Pairs(query, doc)
+
+
+def adaptation_pairs(request: SelectionRequest, view_sigma: float):
+    from pipeline.surrogates.contrastive import Pairs, two_views
+
+    doc = request.adaptation_vectors.astype(np.float32)
+    query = request.adaptation_pair_vectors
+    if query is None:
+        if request.store.pair_column:
+            raise AlbatError("the store has a pair column but the query stage wrote no adaptation pair "
+                             "vectors; rerun `albat query`")
+        query = two_views(doc, view_sigma, request.seed + 1)
+    return Pairs(query.astype(np.float32), doc)
+
+
+def bank_ids(store: EmbeddingStore, size: int, exclude: np.ndarray, seed: int) -> np.ndarray:
+    """A fixed, seeded uniform sample of backbone ids, none of them excluded."""
+    rows = int(store.info["rows"])
+    rng = np.random.default_rng([seed, 17])
+    draw = rng.choice(rows, size=min(rows, size + len(exclude)), replace=False)
+    ids = store.ids_at(np.sort(draw))
+    return ids[~np.isin(ids, exclude)][:size]
+
+
+def build_surrogate(request: SelectionRequest, opts: dict[str, Any], exclude: np.ndarray):
+    """The surrogate with its bank (seeded, disjoint from `exclude`) and the adaptation pairs."""
+    if opts["surrogate"] != "contrastive":
+        surrogate_class(opts["surrogate"])  # a clear error for unknown names
+        raise AlbatError(f"surrogate '{opts['surrogate']}' cannot score this store's embeddings; use contrastive")
+    cls = surrogate_class("contrastive")
+    bank = store_pairs(request.store, bank_ids(request.store, opts["bank_size"], exclude, request.seed),
+                       opts["view_sigma"], request.seed + 2)
+    surrogate = cls(bank, steps=opts["steps"], lr=opts["lr"], batch_size=opts["batch_size"],
+                    projection_dim=opts["projection_dim"] or None, projection_seed=request.seed)
+    return surrogate, adaptation_pairs(request, opts["view_sigma"])
+
+
+@dataclass
+class SurrogatePool:
+    """The candidate pool as surrogate methods see it: every candidate row, the selectable ones
+    (not blocked) as pairs, and the surrogate with its adaptation pairs."""
+
+    ids: np.ndarray  # every candidate id, in the candidates table's order
+    query_idx: np.ndarray
+    block_reason: list[str | None]
+    rows: np.ndarray  # indices into `ids` of the selectable (unblocked) candidates
+    pairs: Any  # the selectable candidates' pairs, in `rows` order
+    surrogate: Any
+    adaptation: Any
+
+    @property
+    def blocked(self) -> np.ndarray:
+        out = np.ones(len(self.ids), dtype=bool)
+        out[self.rows] = False
+        return out
+
+    def spread(self, values: np.ndarray, fill: float = np.nan) -> np.ndarray:
+        """Per-selectable-row values as a column over every candidate row (`fill` for blocked ones)."""
+        out = np.full(len(self.ids), fill, dtype=np.float64)
+        out[self.rows] = values
+        return out
+
+
+def prepare_pool(request: SelectionRequest, opts: dict[str, Any]) -> SurrogatePool:
+    ids, query_idx, block_reason = candidate_columns(request.candidates)
+    rows = np.nonzero(~np.isin(ids, request.blocked_ids))[0]
+    surrogate, adaptation = build_surrogate(request, opts, np.concatenate([request.blocked_ids, ids]))
+    return SurrogatePool(ids=ids, query_idx=query_idx, block_reason=block_reason, rows=rows,
+                         pairs=store_pairs(request.store, ids[rows], opts["view_sigma"], request.seed + 3),
+                         surrogate=surrogate, adaptation=adaptation)

@@ -1,0 +1,52 @@
+"""The surrogate interface: the small model ALBAT trains on the adaptation set to score candidates.
+
+A surrogate has two parameter states: φ_0, the adapter at initialisation (the adapted model equals
+the backbone), and φ_s, the adapter trained on the adaptation set. For a batch of examples it gives
+per-example losses, per-example gradients over the adapter parameters (optionally through a seeded
+random projection, as in LESS, so memory per example is flat) and a label-free Fisher-trace
+curvature estimate. Examples are whatever the surrogate consumes (pairs of cached embeddings for
+`contrastive`, token ids for `lm`); `len(examples)` is their count.
+"""
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from typing import Any, Literal
+
+import numpy as np
+
+from stores.errors import AlbatError
+
+State = Literal["initial", "adapted"]  # φ_0 or φ_s
+
+
+class Surrogate(ABC):
+    name: str
+
+    @abstractmethod
+    def fit(self, adaptation: Any, seed: int) -> dict[str, Any]:
+        """Train φ_s on the adaptation examples; return a small report (steps, held-out loss)."""
+
+    @abstractmethod
+    def losses(self, examples: Any, state: State) -> np.ndarray:
+        """Per-example loss ℓ(φ; z), shape (n,)."""
+
+    @abstractmethod
+    def gradients(self, examples: Any, state: State) -> np.ndarray:
+        """Per-example ∇_φ ℓ(φ; z), projected to the surrogate's `projection_dim` when it has one: (n, p)."""
+
+    @abstractmethod
+    def fisher_trace(self, examples: Any, state: State, samples: int, seed: int) -> np.ndarray:
+        """Per-example tr F(z) = E_{ŷ~p_φ(·|z)} ‖∇_φ log p_φ(ŷ|z)‖², estimated with `samples` labels: (n,)."""
+
+
+SURROGATES: dict[str, str] = {
+    "contrastive": "pipeline.surrogates.contrastive:ContrastiveSurrogate",
+}
+
+
+def surrogate_class(name: str) -> type[Surrogate]:
+    if name not in SURROGATES:
+        raise AlbatError(f"unknown surrogate '{name}'; choose one of {', '.join(sorted(SURROGATES))}")
+    module, cls = SURROGATES[name].split(":")
+    return getattr(importlib.import_module(module), cls)
