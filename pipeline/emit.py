@@ -116,6 +116,7 @@ def run_emit(config: dict[str, Any], work: Workdir, show_progress: bool = True) 
         "columns": {"text": info["text_column"], "id": info["id_column"], "keep": info["keep_columns"],
                     "provenance": PROVENANCE},
         "stages": {s: (work.stage_record(s) or {}).get("fingerprint") for s in ("index", "query", "filter")},
+        "selection": filter_record["summary"],  # the method's own report: thresholds, timings, surrogate fit
         "config": config,
     }
     work.forget_stage("emit")  # from here until the new record, a kill means "not done"

@@ -23,8 +23,9 @@ SURROGATE_DEFAULTS: dict[str, Any] = {
     "steps": 300,  # surrogate training steps (early-stopped on held-out adaptation pairs)
     "lr": 1e-3,
     "batch_size": 64,
+    "holdout_fraction": 0.25,  # adaptation pairs held out for early stopping (0: train on all, fixed steps)
     "projection_dim": 1024,  # sketched gradient size; 0 = exact d×d gradients
-    "view_sigma": 0.5,  # single-column data: noise of the second view
+    "view_sigma": 1.0,  # single-column data: noise norm of the second view (cosine to the first ≈ 0.7)
 }
 
 
@@ -67,6 +68,7 @@ def build_surrogate(request: SelectionRequest, opts: dict[str, Any], exclude: np
     bank = store_pairs(request.store, bank_ids(request.store, opts["bank_size"], exclude, request.seed),
                        opts["view_sigma"], request.seed + 2)
     surrogate = cls(bank, steps=opts["steps"], lr=opts["lr"], batch_size=opts["batch_size"],
+                    holdout_fraction=opts["holdout_fraction"],
                     projection_dim=opts["projection_dim"] or None, projection_seed=request.seed)
     return surrogate, adaptation_pairs(request, opts["view_sigma"])
 

@@ -1,0 +1,291 @@
+"""Does the selection help adaptation? Every method, the same judge, held-out target retrieval.
+
+Data: `scripts/fetch_select_bench.py` (a 135k-pair backbone pool from WordNet, FOLDOC and Wikipedia;
+three target domains, each with an adaptation pool and a 600-pair test split removed from the pool).
+
+For each domain, n_A and seed: n_A adaptation pairs are drawn; `albat query` retrieves candidates
+from the backbone store (test pairs passed as --exclude, so their duplicates are blocked); for each
+budget m and method, `albat filter` selects; the judge trains the `contrastive` adapter on the
+adaptation pairs plus the selection (weight λ), with fixed steps and seed, and measures retrieval of
+the test documents (plus fixed backbone distractors) from the test queries: Recall@1 and MRR.
+`oracle` (m random pool pairs of the target's own label) and `frozen` (the backbone, no adapter)
+are references, not methods. Results are appended to WORK/results.jsonl, so a rerun resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from benchmarks.report import markdown_table, write_section
+from pipeline.cli import main as albat
+from stores.embedding_store import EmbeddingStore
+
+METHODS = ["none", "random", "knn", "dsir", "classifier", "gradalign", "albat", "oracle"]
+EMBED_ARGS = ["--text-column", "text", "--pair-column", "query", "--id-column", "id",
+              "--keep-columns", "source,label", "--dtype", "bfloat16", "--max-seq-length", "128", "--quiet"]
+
+
+def run(*args: Any) -> None:
+    if albat([str(a) for a in args]) != 0:
+        raise SystemExit(f"albat {' '.join(map(str, args))} failed")
+
+
+def build_stores(data: Path, work: Path, domains: list[dict]) -> tuple[EmbeddingStore, EmbeddingStore]:
+    """The backbone store + index, and one store holding every domain's adaptation and test pairs."""
+    run("embed", "--work", work / "backbone", "--input", data / "pool.parquet", *EMBED_ARGS)
+    run("index", "--work", work / "backbone", "--quiet")
+    heldout = work / "heldout_input.parquet"
+    if not heldout.exists():
+        tables = [pq.read_table(data / d[split]) for d in domains for split in ("adapt", "test")]
+        pq.write_table(pa.concat_tables(tables), heldout)
+    run("embed", "--work", work / "heldout", "--input", heldout, *EMBED_ARGS)
+    return EmbeddingStore(work / "backbone" / "store"), EmbeddingStore(work / "heldout" / "store")
+
+
+def pairs_for(store: EmbeddingStore, ids: np.ndarray):
+    from pipeline.surrogates.contrastive import Pairs
+
+    return Pairs(store.vectors_for_ids(ids, side="pair"), store.vectors_for_ids(ids))
+
+
+def fixed_sample(store: EmbeddingStore, size: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return store.ids_at(np.sort(rng.choice(int(store.info["rows"]), size=size, replace=False)))
+
+
+def retrieval(W, queries: np.ndarray, docs: np.ndarray, distractors: np.ndarray) -> tuple[float, float]:
+    """Recall@1 and MRR of query i finding document i among all test documents and the distractors."""
+    import torch
+
+    from pipeline.surrogates.contrastive import adapt
+
+    with torch.no_grad():
+        q = adapt(torch.from_numpy(queries), W)
+        d = adapt(torch.from_numpy(np.concatenate([docs, distractors])), W)
+        sims = q @ d.T
+        rank = (sims > sims.diagonal()[:, None]).sum(1)  # documents scored above the right one
+    return float((rank == 0).float().mean()), float((1.0 / (rank + 1).float()).mean())
+
+
+def judge(train, extra, bank, test, distractors, args, seed: int) -> tuple[float, float]:
+    from pipeline.surrogates.contrastive import train_adapter
+
+    W, _ = train_adapter(train, bank, steps=args.judge_steps, lr=args.judge_lr, batch_size=64, seed=seed,
+                         extra=extra if extra is not None and len(extra) else None, backbone_weight=args.lam)
+    return retrieval(W, test.query, test.doc, distractors)
+
+
+def select(method: str, exp: Path, budget: int, seed: int, oracle_pool: np.ndarray, blocked: np.ndarray,
+           options: list[str]) -> tuple[np.ndarray, float]:
+    """Ids the method keeps and its selection time (the filter stage's own measurement)."""
+    if method == "oracle":
+        rng = np.random.default_rng([seed, budget])
+        allowed = oracle_pool[~np.isin(oracle_pool, blocked)]
+        return rng.choice(allowed, size=min(budget, len(allowed)), replace=False), 0.0
+    extra = [x for o in options for x in ("--method-option", o)] if method == "albat" and options else []
+    run("filter", "--work", exp, "--method", method, "--budget", budget, "--seed", seed, "--quiet", *extra)
+    table = pq.read_table(exp / "filter" / "selection.parquet", columns=["id", "keep"])
+    kept = table.filter(table.column("keep")).column("id").to_numpy()
+    summary = json.loads((exp / "_stages" / "filter.json").read_text())["summary"]
+    return kept, float(summary["seconds"])
+
+
+def experiment_dir(work: Path, name: str) -> Path:
+    exp = work / "runs" / name
+    exp.mkdir(parents=True, exist_ok=True)
+    for part in ("store", "index"):
+        link = exp / part
+        if not link.exists():
+            link.symlink_to((work / "backbone" / part).resolve())
+    return exp
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("data/select"))
+    parser.add_argument("--work", type=Path, default=Path("work/bench_select"))
+    parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
+    parser.add_argument("--sizes", default="16,64,256")
+    parser.add_argument("--ratios", default="4,16", help="budgets m as multiples of n_A")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--domains", default="", help="comma-separated slugs (default: all)")
+    parser.add_argument("--pool-factor", type=float, default=4.0, help="k = pool_factor * max(m) / n_A (>= 32)")
+    parser.add_argument("--lam", type=float, default=1.0, help="λ, the weight of the selected backbone pairs")
+    parser.add_argument("--judge-steps", type=int, default=300)
+    parser.add_argument("--judge-lr", type=float, default=1e-3)
+    parser.add_argument("--distractors", type=int, default=2000)
+    parser.add_argument("--albat-option", action="append", default=[], help="KEY=VALUE passed to albat")
+    parser.add_argument("--tag", default="", help="label of this configuration in results.jsonl")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+
+    domains = json.loads((args.data / "domains.json").read_text())
+    if args.domains:
+        domains = [d for d in domains if d["slug"] in args.domains.split(",")]
+    results_path = args.work / "results.jsonl"
+    if not args.report_only:
+        args.work.mkdir(parents=True, exist_ok=True)
+        run_all(args, domains, results_path)
+    report(args, results_path)
+
+
+def run_all(args, domains: list[dict], results_path: Path) -> None:
+    from pipeline.surrogates.contrastive import Pairs
+
+    backbone, heldout = build_stores(args.data, args.work, json.loads((args.data / "domains.json").read_text()))
+    done = {json.dumps(r["key"]) for r in map(json.loads, results_path.read_text().splitlines())} \
+        if results_path.exists() else set()
+    bank = pairs_for(backbone, fixed_sample(backbone, 256, seed=4321))
+    distractors = backbone.vectors_for_ids(fixed_sample(backbone, args.distractors, seed=1234))
+    pool_labels = pq.read_table(args.data / "pool.parquet", columns=["id", "source", "label"])
+    sizes, ratios = [int(x) for x in args.sizes.split(",")], [int(x) for x in args.ratios.split(",")]
+    methods = args.methods.split(",")
+    with results_path.open("a") as out:
+        for domain in domains:
+            flt = domain["filter"]
+            mask = np.array(pool_labels.column("source").to_pylist()) == flt["source"]
+            if flt.get("label"):
+                mask &= np.array(pool_labels.column("label").to_pylist()) == flt["label"]
+            oracle_pool = pool_labels.column("id").to_numpy()[mask]
+            adapt_table = pq.read_table(args.data / domain["adapt"])
+            test_table = pq.read_table(args.data / domain["test"])
+            test = pairs_for(heldout, test_table.column("id").to_numpy())
+            key = {"domain": domain["slug"], "method": "frozen", "tag": args.tag}
+            if json.dumps(key) not in done:
+                import torch
+                r1, mrr = retrieval(torch.zeros(backbone.dim, backbone.dim), test.query, test.doc, distractors)
+                out.write(json.dumps({"key": key, "recall1": r1, "mrr": mrr}) + "\n")
+                out.flush()
+            for n_a in sizes:
+                for seed in [int(s) for s in args.seeds.split(",")]:
+                    rows = np.sort(np.random.default_rng([seed, n_a]).choice(adapt_table.num_rows, n_a, replace=False))
+                    adaptation = adapt_table.take(rows)
+                    train = pairs_for(heldout, adaptation.column("id").to_numpy())
+                    exp = experiment_dir(args.work, f"{domain['slug']}-n{n_a}-s{seed}")
+                    pending = [(m, r) for r in ratios for m in methods
+                               if json.dumps({"domain": domain["slug"], "n_a": n_a, "m": r * n_a, "seed": seed,
+                                              "method": m, "tag": args.tag}) not in done]
+                    if not pending:
+                        continue
+                    pq.write_table(adaptation, exp / "adaptation.parquet")
+                    pq.write_table(test_table, exp / "test.parquet")
+                    k = max(32, math.ceil(args.pool_factor * max(ratios)))
+                    run("query", "--work", exp, "--adaptation", exp / "adaptation.parquet",
+                        "--adaptation-pair-column", "query", "--exclude", exp / "test.parquet", "--k", k, "--quiet")
+                    blocked = pq.read_table(exp / "query" / "blocked.parquet").column("id").to_numpy()
+                    n_candidates = pq.read_metadata(exp / "query" / "candidates.parquet").num_rows
+                    for method, ratio in pending:
+                        m = ratio * n_a
+                        kept, seconds = select(method, exp, m, seed, oracle_pool, blocked, args.albat_option)
+                        extra = pairs_for(backbone, kept) if len(kept) else Pairs(np.empty((0, backbone.dim), np.float32),
+                                                                                  np.empty((0, backbone.dim), np.float32))
+                        started = time.perf_counter()
+                        r1, mrr = judge(train, extra, bank, test, distractors, args, seed)
+                        in_domain = float(np.isin(kept, oracle_pool).mean()) if len(kept) else float("nan")
+                        record = {"key": {"domain": domain["slug"], "n_a": n_a, "m": m, "seed": seed, "method": method,
+                                          "tag": args.tag},
+                                  "recall1": r1, "mrr": mrr, "kept": int(len(kept)), "in_domain": in_domain,
+                                  "select_seconds": seconds, "judge_seconds": time.perf_counter() - started,
+                                  "candidates": n_candidates, "k": k}
+                        out.write(json.dumps(record) + "\n")
+                        out.flush()
+                        print(f"{domain['slug']} n_A={n_a} m={m} seed={seed} {method:10s} R@1={r1:.3f} MRR={mrr:.3f} "
+                              f"kept={len(kept)} in-domain={in_domain:.2f} select={seconds:.1f}s", flush=True)
+
+
+def report(args, results_path: Path) -> None:
+    """Mean ± std over seeds per (domain, n_A, m, method); the table and a plot into BENCHMARKS.md."""
+    records = [r for r in map(json.loads, results_path.read_text().splitlines()) if r["key"].get("tag", "") == args.tag]
+    frozen = {r["key"]["domain"]: r for r in records if r["key"]["method"] == "frozen"}
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        k = r["key"]
+        if k["method"] != "frozen":
+            groups.setdefault((k["domain"], k["n_a"], k["m"], k["method"]), []).append(r)
+    methods = [m for m in METHODS if any(key[3] == m for key in groups)]
+    header = ["domain", "n_A", "m", "frozen"] + methods
+    rows, wins = [], []
+    for domain, n_a, m in sorted({key[:3] for key in groups}):
+        cells = [domain, n_a, m, f"{frozen[domain]['mrr']:.3f}" if domain in frozen else "-"]
+        means = {}
+        for method in methods:
+            runs = groups.get((domain, n_a, m, method), [])
+            if runs:
+                values = np.array([r["mrr"] for r in runs])
+                means[method] = values.mean()
+                cells.append(f"{values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0:.3f}")
+            else:
+                cells.append("-")
+        rows.append(cells)
+        baselines = {k: v for k, v in means.items() if k not in ("albat", "oracle")}
+        if "albat" in means and baselines:
+            best = max(baselines, key=baselines.get)
+            wins.append((domain, n_a, m, means["albat"] - baselines[best], best))
+    timing = {}
+    for (_, _, _, method), runs in groups.items():
+        timing.setdefault(method, []).extend(r["select_seconds"] for r in runs)
+    timing_rows = [[m, f"{np.mean(timing[m]):.2f}", f"{np.max(timing[m]):.2f}"] for m in methods if m in timing]
+    in_domain = {}
+    for (_, _, _, method), runs in groups.items():
+        in_domain.setdefault(method, []).extend(r["in_domain"] for r in runs if not math.isnan(r["in_domain"]))
+    body = ["Held-out target retrieval MRR (test queries against their 600 test documents plus "
+            f"{args.distractors} backbone distractors), mean ± std over seeds {args.seeds}; judge: `contrastive` "
+            f"adapter, {args.judge_steps} steps, lr {args.judge_lr}, λ = {args.lam}. "
+            f"albat options: {' '.join(args.albat_option) or 'defaults'}.", "",
+            markdown_table(header, rows), "",
+            "ALBAT minus the best baseline (none, random, knn, dsir, classifier, gradalign) at the same budget:", "",
+            markdown_table(["domain", "n_A", "m", "albat − best", "best baseline"],
+                           [[d, n, m, f"{diff:+.3f}", b] for d, n, m, diff, b in wins]), "",
+            "Selection time per call (seconds, the filter stage's own clock) and share of kept pairs from the "
+            "target's own label:", "",
+            markdown_table(["method", "mean s", "max s", "in-domain share"],
+                           [row + [f"{np.mean(in_domain[row[0]]):.2f}" if in_domain.get(row[0]) else "-"]
+                            for row in timing_rows])]
+    plot = plot_results(groups, frozen, methods, args.out.parent / "benchmarks" / f"select{args.tag or ''}.png")
+    if plot:
+        body += ["", f"![MRR per method]({plot.relative_to(args.out.parent)})"]
+    write_section(args.out, f"select{args.tag}", f"Selection quality (`make bench-select`){' ' + args.tag if args.tag else ''}",
+                  "\n".join(body))
+
+
+def plot_results(groups, frozen, methods: list[str], path: Path) -> Path | None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    cells = sorted({key[:3] for key in groups})
+    domains = sorted({c[0] for c in cells})
+    fig, axes = plt.subplots(1, len(domains), figsize=(5.5 * len(domains), 4), squeeze=False)
+    for ax, domain in zip(axes[0], domains):
+        configs = [c for c in cells if c[0] == domain]
+        x = np.arange(len(configs))
+        width = 0.8 / len(methods)
+        for i, method in enumerate(methods):
+            means = [np.mean([r["mrr"] for r in groups.get((*c, method), [])] or [np.nan]) for c in configs]
+            stds = [np.std([r["mrr"] for r in groups.get((*c, method), [])] or [np.nan]) for c in configs]
+            ax.bar(x + i * width, means, width, yerr=stds, label=method)
+        if domain in frozen:
+            ax.axhline(frozen[domain]["mrr"], color="black", linestyle="--", label="frozen")
+        ax.set_xticks(x + 0.4 - width / 2, [f"n_A={c[1]}\nm={c[2]}" for c in configs], fontsize=8)
+        ax.set_title(domain)
+        ax.set_ylabel("test MRR")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    return path
+
+
+if __name__ == "__main__":
+    main()
