@@ -150,22 +150,25 @@ def run_all(args, domains: list[dict], results_path: Path) -> None:
     sizes, ratios = [int(x) for x in args.sizes.split(",")], [int(x) for x in args.ratios.split(",")]
     methods = args.methods.split(",")
     with results_path.open("a") as out:
+        prepared = {}
         for domain in domains:
             flt = domain["filter"]
             mask = np.array(pool_labels.column("source").to_pylist()) == flt["source"]
             if flt.get("label"):
                 mask &= np.array(pool_labels.column("label").to_pylist()) == flt["label"]
-            oracle_pool = pool_labels.column("id").to_numpy()[mask]
-            adapt_table = pq.read_table(args.data / domain["adapt"])
             test_table = pq.read_table(args.data / domain["test"])
-            test = pairs_for(heldout, test_table.column("id").to_numpy())
+            prepared[domain["slug"]] = (pool_labels.column("id").to_numpy()[mask], pq.read_table(args.data / domain["adapt"]),
+                                        test_table, pairs_for(heldout, test_table.column("id").to_numpy()))
+            test = prepared[domain["slug"]][3]
             key = {"domain": domain["slug"], "method": "frozen", "tag": args.tag}
             if json.dumps(key) not in done:
                 import torch
                 r1, mrr = retrieval(torch.zeros(backbone.dim, backbone.dim), test.query, test.doc, distractors)
                 out.write(json.dumps({"key": key, "recall1": r1, "mrr": mrr}) + "\n")
                 out.flush()
-            for n_a in sizes:
+        for n_a in sizes:  # smallest adaptation sets first: a partial run still covers every domain
+            for domain in domains:
+                oracle_pool, adapt_table, test_table, test = prepared[domain["slug"]]
                 for seed in [int(s) for s in args.seeds.split(",")]:
                     rows = np.sort(np.random.default_rng([seed, n_a]).choice(adapt_table.num_rows, n_a, replace=False))
                     adaptation = adapt_table.take(rows)
