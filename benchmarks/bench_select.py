@@ -126,6 +126,8 @@ def main() -> None:
     parser.add_argument("--albat-option", action="append", default=[], help="KEY=VALUE passed to albat")
     parser.add_argument("--tag", default="", help="label of this configuration in results.jsonl")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--ablation", default="", help="comma-separated tags: write one table comparing their albat "
+                        "runs with the untagged run's methods, instead of the main report")
     args = parser.parse_args()
 
     domains = json.loads((args.data / "domains.json").read_text())
@@ -135,7 +137,10 @@ def main() -> None:
     if not args.report_only:
         args.work.mkdir(parents=True, exist_ok=True)
         run_all(args, domains, results_path)
-    report(args, results_path)
+    if args.ablation:
+        report_ablation(args, results_path, args.ablation.split(","))
+    else:
+        report(args, results_path)
 
 
 def run_all(args, domains: list[dict], results_path: Path) -> None:
@@ -173,7 +178,7 @@ def run_all(args, domains: list[dict], results_path: Path) -> None:
                     rows = np.sort(np.random.default_rng([seed, n_a]).choice(adapt_table.num_rows, n_a, replace=False))
                     adaptation = adapt_table.take(rows)
                     train = pairs_for(heldout, adaptation.column("id").to_numpy())
-                    exp = experiment_dir(args.work, f"{domain['slug']}-n{n_a}-s{seed}")
+                    exp = experiment_dir(args.work, f"{domain['slug']}-n{n_a}-s{seed}" + (f"-{args.tag}" if args.tag else ""))
                     pending = [(m, r) for r in ratios for m in methods
                                if json.dumps({"domain": domain["slug"], "n_a": n_a, "m": r * n_a, "seed": seed,
                                               "method": m, "tag": args.tag}) not in done]
@@ -198,7 +203,7 @@ def run_all(args, domains: list[dict], results_path: Path) -> None:
                                           "tag": args.tag},
                                   "recall1": r1, "mrr": mrr, "kept": int(len(kept)), "in_domain": in_domain,
                                   "select_seconds": seconds, "judge_seconds": time.perf_counter() - started,
-                                  "candidates": n_candidates, "k": k}
+                                  "candidates": n_candidates, "k": k, "albat_options": args.albat_option}
                         out.write(json.dumps(record) + "\n")
                         out.flush()
                         print(f"{domain['slug']} n_A={n_a} m={m} seed={seed} {method:10s} R@1={r1:.3f} MRR={mrr:.3f} "
@@ -258,6 +263,34 @@ def report(args, results_path: Path) -> None:
         body += ["", f"![MRR per method]({plot.relative_to(args.out.parent)})"]
     write_section(args.out, f"select{args.tag}", f"Selection quality (`make bench-select`){' ' + args.tag if args.tag else ''}",
                   "\n".join(body))
+
+
+def report_ablation(args, results_path: Path, tags: list[str]) -> None:
+    """albat variants (one tag each) beside the untagged run's baselines, on the same cells."""
+    records = list(map(json.loads, results_path.read_text().splitlines()))
+    cells: dict[tuple, dict[str, list[float]]] = {}
+    labels: dict[str, str] = {}
+    for r in records:
+        k = r["key"]
+        if k["method"] == "frozen":
+            continue
+        tag = k.get("tag", "")
+        if tag in tags and k["method"] == "albat":
+            name = f"albat {' '.join(r.get('albat_options') or []) or 'defaults'}"
+            labels[name] = tag
+        elif tag == "" and k["method"] in ("random", "knn", "albat", "oracle", "classifier", "gradalign", "dsir", "none"):
+            name = k["method"] if k["method"] != "albat" else "albat defaults"
+        else:
+            continue
+        cells.setdefault((k["domain"], k["n_a"], k["m"]), {}).setdefault(name, []).append(r["mrr"])
+    wanted = sorted({key for key, runs in cells.items() if any(labels.get(n) for n in runs)})
+    names = sorted({n for key in wanted for n in cells[key]}, key=lambda n: (n.startswith("albat"), n))
+    rows = [[n] + [f"{np.mean(cells[c][n]):.3f} ± {np.std(cells[c][n], ddof=1) if len(cells[c][n]) > 1 else 0:.3f}"
+                   if n in cells[c] else "-" for c in wanted] for n in names]
+    header = ["variant"] + [f"{d} n_A={n} m={m}" for d, n, m in wanted]
+    body = ["Test MRR, mean ± std over seeds; albat variants against the baselines of the main run on the same "
+            "cells (same adaptation draws, candidate pools and judge).", "", markdown_table(header, rows)]
+    write_section(args.out, "select-ablation", "Selection quality: albat ablation", "\n".join(body))
 
 
 def plot_results(groups, frozen, methods: list[str], path: Path) -> Path | None:
