@@ -128,8 +128,8 @@ def aggregate_candidates(pairs: pa.Table, blocked: pa.Table) -> pa.Table:
     })
 
 
-def _read_examples(paths: list[str], text_column: str, fmt: str) -> tuple[pa.Table, list[str]]:
-    spec = CorpusSpec(paths=paths, text_column=text_column, format=fmt)
+def _read_examples(paths: list[str], text_column: str, fmt: str, max_bytes: int) -> tuple[pa.Table, list[str]]:
+    spec = CorpusSpec(paths=paths, text_column=text_column, format=fmt, max_text_bytes=max_bytes)
     table, sources, rows = read_all(spec, limit_rows=MAX_QUERY_EXAMPLES)
     table = table.append_column("source", pa.array(sources, pa.string())).append_column("row", pa.array(rows, pa.int64()))
     return table, table.column(text_column).to_pylist()
@@ -164,10 +164,11 @@ def run_query(config: dict[str, Any], work: Workdir, show_progress: bool = True)
                               device=options["device"])
     check_same_encoder(info["encoder"], encoder, str(options["adaptation"][0]))
 
-    adaptation, texts = _read_examples(options["adaptation"], options["text_column"], options["format"])
+    max_bytes = int(config["embed"].get("max_text_bytes") or 0)
+    adaptation, texts = _read_examples(options["adaptation"], options["text_column"], options["format"], max_bytes)
     if not texts:
         raise AlbatError(f"{', '.join(options['adaptation'])}: zero adaptation examples; give at least one")
-    exclude, exclude_texts = (_read_examples(options["exclude"], options["exclude_text_column"], "auto")
+    exclude, exclude_texts = (_read_examples(options["exclude"], options["exclude_text_column"], "auto", max_bytes)
                               if options["exclude"] else (None, []))
     vectors = encoder.encode(texts)
     exclude_vectors = encoder.encode(exclude_texts)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -33,6 +34,7 @@ class CorpusSpec:
     keep_columns: Sequence[str] = field(default_factory=tuple)
     format: str = "auto"
     skip_empty: bool = False
+    max_text_bytes: int = 1 << 20  # a longer text is an error; 0: no limit
 
     @property
     def columns(self) -> list[str]:
@@ -131,6 +133,15 @@ def _validate(table: pa.Table, source: str, rows: pa.Array, spec: CorpusSpec) ->
                              f"'{spec.text_column}'; drop or fill that row, or pass --skip-empty")
         keep = pc.invert(empty)
         table, rows = table.filter(keep), rows.filter(keep)
+    if spec.max_text_bytes and table.num_rows:
+        sizes = pc.binary_length(table.column(spec.text_column).cast(pa.string()))
+        too_long = pc.fill_null(pc.greater(sizes, spec.max_text_bytes), False)
+        if pc.any(too_long).as_py():
+            bad = pc.index(too_long, True).as_py()
+            raise AlbatError(f"{source} row {rows[bad].as_py()}: text in column '{spec.text_column}' is "
+                             f"{sizes[bad].as_py():,} bytes, over the {spec.max_text_bytes:,}-byte limit (the "
+                             "encoder reads only its start); split or drop that document, or raise "
+                             "--max-text-bytes (0: no limit)")
     if spec.id_column:
         ids = table.column(spec.id_column)
         if not pa.types.is_integer(ids.type) and not pa.types.is_null(ids.type):
@@ -248,7 +259,43 @@ def iter_batches(spec: CorpusSpec, batch_rows: int = 4096) -> Iterator[CorpusBat
 
 def _empty_file(path: Path, spec: CorpusSpec) -> None:
     if not spec.skip_empty:
-        raise AlbatError(f"{path}: holds no rows; remove the file from the input")
+        raise AlbatError(f"{path}: holds no rows; add rows or remove the file from the input")
+
+
+def scan_corpus(spec: CorpusSpec, batch_rows: int = 65_536) -> int:
+    """Read the whole corpus once and raise what streaming would raise part-way (a bad row, a
+    non-UTF-8 line, a truncated file, no rows) and any duplicated id, so a stage can refuse bad input
+    before it writes anything. Costs one read pass; returns the row count."""
+    total = 0
+    ids: list[np.ndarray] = []
+    where: list[tuple[str, np.ndarray]] = []  # (source, row numbers) of each batch, for the message
+    for batch in iter_batches(spec, batch_rows=batch_rows):
+        total += batch.table.num_rows
+        if spec.id_column:
+            ids.append(batch.table.column(spec.id_column).cast(pa.int64()).to_numpy())
+            where.append((batch.source, batch.rows.to_numpy()))
+    if total == 0:
+        raise AlbatError(f"{', '.join(map(str, spec.paths))}: the corpus holds no rows; check the input")
+    if ids:
+        _check_unique(np.concatenate(ids), where, spec)
+    return total
+
+
+def _check_unique(ids: np.ndarray, where: list[tuple[str, np.ndarray]], spec: CorpusSpec) -> None:
+    order = np.argsort(ids, kind="stable")
+    repeated = np.nonzero(ids[order][1:] == ids[order][:-1])[0]
+    if not len(repeated):
+        return
+    dup = int(ids[order][repeated[0]])
+    positions = np.nonzero(ids == dup)[0]
+    starts = np.cumsum([0] + [len(rows) for _, rows in where])
+    places = []
+    for pos in positions[:2]:
+        batch = int(np.searchsorted(starts, pos, side="right")) - 1
+        source, rows = where[batch]
+        places.append(f"{source} row {int(rows[pos - starts[batch]])}")
+    raise AlbatError(f"id {dup} appears {len(positions)} times in column '{spec.id_column}' ({' and '.join(places)}); "
+                     "ids must be unique: fix them, or drop --id-column to number rows instead")
 
 
 def count_rows(spec: CorpusSpec) -> int | None:

@@ -85,7 +85,9 @@ def test_duplicated_ids(tmp_path: Path, small_wiki: SmallWiki, capsys: pytest.Ca
     pq.write_table(pa.Table.from_pylist(rows), corpus)
     err = _error(capsys, "embed", "--work", tmp_path / "w", "--input", corpus, "--id-column", "id",
                  "--encoder", tiny_encoder)
-    assert f"id {rows[3]['id']} appears 2 times" in err and "--force" in err
+    assert f"id {rows[3]['id']} appears 2 times" in err and f"{corpus} row 3 and {corpus} row 11" in err
+    assert "drop --id-column" in err
+    assert not (tmp_path / "w").exists()  # refused before anything is written
 
 
 def test_query_before_embed(tmp_path: Path, small_wiki: SmallWiki, capsys: pytest.CaptureFixture) -> None:
