@@ -93,7 +93,8 @@ def _check_keys(given: dict[str, Any], known: dict[str, Any], where: str, source
                              "fix the spelling or remove it")
         if isinstance(known[key], dict):
             if not isinstance(value, dict):
-                raise AlbatError(f"{source}: '{name}' must be a [{name}] table")
+                raise AlbatError(f"{source}: '{name}' must be a [{name}] table; write its keys under a "
+                              f"[{name}] line")
             _check_keys(value, known[key], name, source)
 
 
@@ -152,7 +153,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         try:
             raw = tomllib.loads(path.read_text())
         except FileNotFoundError:
-            raise AlbatError(f"{path}: config file not found") from None
+            raise AlbatError(f"{path}: config file not found; check the --config path") from None
         except tomllib.TOMLDecodeError as exc:
             raise AlbatError(f"{path}: invalid TOML ({exc}); fix the syntax") from None
         _check_keys(raw, DEFAULTS, "", str(path))

@@ -128,8 +128,9 @@ def aggregate_candidates(pairs: pa.Table, blocked: pa.Table) -> pa.Table:
     })
 
 
-def _read_examples(paths: list[str], text_column: str, fmt: str, max_bytes: int) -> tuple[pa.Table, list[str]]:
-    spec = CorpusSpec(paths=paths, text_column=text_column, format=fmt, max_text_bytes=max_bytes)
+def _read_examples(paths: list[str], text_column: str, fmt: str, max_bytes: int, text_flag: str) -> tuple[pa.Table, list[str]]:
+    spec = CorpusSpec(paths=paths, text_column=text_column, format=fmt, max_text_bytes=max_bytes,
+                      text_flag=text_flag, skip_flag="")
     table, sources, rows = read_all(spec, limit_rows=MAX_QUERY_EXAMPLES)
     table = table.append_column("source", pa.array(sources, pa.string())).append_column("row", pa.array(rows, pa.int64()))
     return table, table.column(text_column).to_pylist()
@@ -148,7 +149,8 @@ def run_query(config: dict[str, Any], work: Workdir, show_progress: bool = True)
     info = store.require_complete()
     index, infos = read_index(work.index)
     if infos.get("store_fingerprint") != info["fingerprint"] or infos.get("rows") != info["rows"]:
-        raise AlbatError(f"{work.index}: index was built from another store; rerun `albat index`")
+        raise AlbatError(f"{work.index}: index was built from another store; delete that folder and rerun "
+                         "`albat index`")
     if not options["adaptation"]:
         raise AlbatError("no adaptation examples given; pass --adaptation FILE (Parquet, JSONL or one example a line)")
     index_record = work.stage_record("index") or {}
@@ -165,10 +167,12 @@ def run_query(config: dict[str, Any], work: Workdir, show_progress: bool = True)
     check_same_encoder(info["encoder"], encoder, str(options["adaptation"][0]))
 
     max_bytes = int(config["embed"].get("max_text_bytes") or 0)
-    adaptation, texts = _read_examples(options["adaptation"], options["text_column"], options["format"], max_bytes)
+    adaptation, texts = _read_examples(options["adaptation"], options["text_column"], options["format"], max_bytes,
+                                       "--adaptation-text-column")
     if not texts:
         raise AlbatError(f"{', '.join(options['adaptation'])}: zero adaptation examples; give at least one")
-    exclude, exclude_texts = (_read_examples(options["exclude"], options["exclude_text_column"], "auto", max_bytes)
+    exclude, exclude_texts = (_read_examples(options["exclude"], options["exclude_text_column"], "auto", max_bytes,
+                                             "--exclude-text-column")
                               if options["exclude"] else (None, []))
     vectors = encoder.encode(texts)
     exclude_vectors = encoder.encode(exclude_texts)

@@ -35,6 +35,12 @@ class CorpusSpec:
     format: str = "auto"
     skip_empty: bool = False
     max_text_bytes: int = 1 << 20  # a longer text is an error; 0: no limit
+    text_flag: str = "--text-column"  # the flags error messages suggest (query's sets have their own)
+    skip_flag: str = "--skip-empty"  # "" where empty texts cannot be skipped
+
+    @property
+    def or_skip(self) -> str:
+        return f", or pass {self.skip_flag}" if self.skip_flag else ""
 
     @property
     def columns(self) -> list[str]:
@@ -75,7 +81,8 @@ def resolve_files(spec: CorpusSpec) -> list[tuple[Path, str]]:
             elif path.is_dir():
                 inner = _expand_dir(path, spec.format)
                 if not inner:
-                    raise AlbatError(f"{path}: directory holds no .parquet, .jsonl or .txt files")
+                    raise AlbatError(f"{path}: directory holds no .parquet, .jsonl or .txt files; point the input "
+                                      "at the corpus files")
                 found.extend(inner)
             else:
                 found.append((path, _format_of(path, spec.format)))
@@ -108,7 +115,7 @@ def _format_of(path: Path, fmt: str) -> str:
 def _check_columns(source: str, available: Sequence[str], spec: CorpusSpec) -> None:
     for col in spec.columns:
         if col not in available:
-            flag = "--text-column" if col == spec.text_column else (
+            flag = spec.text_flag if col == spec.text_column else (
                 "--id-column" if col == spec.id_column else "--keep-columns")
             raise AlbatError(f"{source}: no column '{col}' (columns: {', '.join(available) or 'none'}); "
                              f"pass {flag} with one of them")
@@ -120,17 +127,17 @@ def _validate(table: pa.Table, source: str, rows: pa.Array, spec: CorpusSpec) ->
     if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
         if pa.types.is_null(text.type) and not spec.skip_empty:
             raise AlbatError(f"{source} row {rows[0].as_py()}: column '{spec.text_column}' is null; "
-                             "drop or fill those rows, or pass --skip-empty")
+                             f"drop or fill those rows{spec.or_skip}")
         if not pa.types.is_null(text.type):
             raise AlbatError(f"{source}: column '{spec.text_column}' holds {text.type}, not text; "
-                             "pass --text-column naming a string column")
+                             f"pass {spec.text_flag} naming a string column")
     empty = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(text.cast(pa.string())), ""), True)
     if pc.any(empty).as_py():
         if not spec.skip_empty:
             bad = pc.index(empty, True).as_py()
             what = "null" if text[bad].as_py() is None else "empty"
             raise AlbatError(f"{source} row {rows[bad].as_py()}: {what} text in column "
-                             f"'{spec.text_column}'; drop or fill that row, or pass --skip-empty")
+                             f"'{spec.text_column}'; drop or fill that row{spec.or_skip}")
         keep = pc.invert(empty)
         table, rows = table.filter(keep), rows.filter(keep)
     if spec.max_text_bytes and table.num_rows:
@@ -185,7 +192,8 @@ def _jsonl_batches(path: Path, spec: CorpusSpec, batch_rows: int) -> Iterator[tu
             except json.JSONDecodeError as exc:
                 raise AlbatError(f"{path} line {lineno}: invalid JSON ({exc.msg}); fix or remove the line") from None
             if not isinstance(record, dict):
-                raise AlbatError(f"{path} line {lineno}: expected a JSON object per line")
+                raise AlbatError(f"{path} line {lineno}: expected a JSON object per line; write one "
+                                  "{\"text\": ...} object on each line")
             if not rows and start == 0:
                 _check_columns(f"{path} line {lineno}", list(record), spec)
             rows.append({c: record.get(c) for c in spec.columns})

@@ -190,7 +190,7 @@ def check_index(work: Workdir, info: dict[str, Any] | None, store_ids: np.ndarra
     try:
         infos = _json(directory / INFOS_FILE, fix)
         if infos.get("store_fingerprint") != info["fingerprint"]:
-            raise _drift(directory, f"built from another store (or an earlier one); {fix}")
+            raise _drift(directory, f"built from another store (or an earlier one); delete the folder and {fix}")
         if infos.get("encoder") != info["encoder"]["name"]:
             raise _drift(directory, f"built for encoder {infos.get('encoder')!r}, the store's is "
                                     f"{info['encoder']['name']!r}; {fix}")
