@@ -212,6 +212,10 @@ def check_index(work: Workdir, info: dict[str, Any] | None, store_ids: np.ndarra
 
 
 # ----- query, filter, output ----------------------------------------------------------------------
+def _unchecked(where: Path) -> Finding:
+    return Finding("info", str(where), "not compared with the store, which is incomplete or has drift (see above)")
+
+
 def _check_ids(ids: np.ndarray, store_ids: np.ndarray, where: Path, what: str, fix: str) -> None:
     outside = _outside(ids, store_ids)
     if len(outside):
@@ -230,8 +234,7 @@ def _stage_check(work: Workdir, stage: str, output: Path, leftovers: list[Findin
                                         f"stage as done; rerun `albat {stage}`")]
         return leftovers + [Finding("info", str(output), f"not run yet; run `albat {stage}`")]
     if store_ids is None:
-        return leftovers + [Finding("info", str(output), "not compared with the store, which is incomplete or has "
-                                    "drift (see above)")]
+        return leftovers + [_unchecked(output)]
     try:
         sound = body(record)
     except _Drift as exc:
