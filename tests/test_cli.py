@@ -15,7 +15,7 @@ from conftest import REPO, SmallWiki, albat
 from pipeline.cli import STAGES
 
 
-@pytest.mark.parametrize("command", [[], *[[s] for s in STAGES], ["run"], ["sql"]])
+@pytest.mark.parametrize("command", [[], *[[s] for s in STAGES], ["run"], ["sql"], ["verify"]])
 def test_help_is_instant(command: list[str]) -> None:
     started = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "pipeline.cli", *command, "--help"], cwd=REPO,

@@ -36,20 +36,42 @@ def test_a_killed_writer_never_blocks_the_next_one(tmp_path: Path) -> None:
     assert list(work.iterdir()) == []  # the lock is on the directory itself: no lock file, nothing to clean up
 
 
-def test_the_lock_follows_a_replaced_directory(tmp_path: Path) -> None:
-    """A run that created the directory and failed removes it; a writer that opened the old one
-    locks the new one instead of a deleted inode."""
+def test_a_directory_the_lock_created_goes_when_nothing_was_written(tmp_path: Path) -> None:
     work = tmp_path / "a" / "b"
     first = Workdir(work)
     first.lock()
     assert work.is_dir()
     first.unlock()
     assert not (tmp_path / "a").exists()  # both directories it created, removed empty
-    second, third = Workdir(work), Workdir(work)
-    second.lock()
-    with pytest.raises(AlbatError, match="in use by pid"):
-        third.lock()
-    second.unlock()
+
+
+def test_the_lock_follows_a_directory_replaced_while_locking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer that opened a directory another run then removed must not lock the deleted inode
+    (a third run would lock the new directory and write beside it)."""
+    from stores import workdir
+
+    work = tmp_path / "work"
+    opened = []
+    real_open = workdir._open_lockable
+
+    def open_then_replace(root: Path) -> int:
+        fd = real_open(root)
+        if not opened:
+            root.rmdir()
+            root.mkdir()  # someone replaced it between our open and our flock
+        opened.append(os.fstat(fd).st_ino)
+        return fd
+
+    monkeypatch.setattr(workdir, "_open_lockable", open_then_replace)
+    writer = Workdir(work)
+    writer.lock()
+    try:
+        assert len(opened) == 2 and opened[1] == os.stat(work).st_ino  # retried, holds the live directory
+        monkeypatch.setattr(workdir, "_open_lockable", real_open)
+        with pytest.raises(AlbatError, match="in use by pid"):
+            Workdir(work).lock()
+    finally:
+        writer.unlock()
 
 
 def test_publication_without_the_atomic_exchange(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
