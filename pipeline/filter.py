@@ -24,7 +24,7 @@ def run_filter(config: dict[str, Any], work: Workdir, show_progress: bool = True
     options, seed = config["filter"], int(config["seed"])
     budget = int(options["budget"])
     if budget < 0:
-        raise AlbatError(f"filter.budget must be >= 0, got {budget}; pass --budget 0 or more")
+        raise AlbatError(f"filter.budget must be >= 0, got {budget}")
     query_record = work.stage_record("query")
     if not query_record:
         raise AlbatError(f"{work.query}: no completed query stage; run `albat query` first")

@@ -352,7 +352,7 @@ def budget_larger_than_the_pool(c: Ctx) -> Case:
 
 
 def negative_budget(c: Ctx) -> Case:
-    return Case(c.on_built("filter", "--budget", -3), ["filter.budget", "-3"], "pass --budget 0 or more", c.tmp / "w")
+    return Case(c.on_built("filter", "--budget", -3), ["filter.budget", "got -3"], "must be >= 0", c.tmp / "w")
 
 
 def unknown_selection_method(c: Ctx) -> Case:
