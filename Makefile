@@ -9,7 +9,7 @@ WORK ?= work/demo
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup data test demo embed index query filter emit run bench bench-embed bench-index bench-scale bench-select clean
+.PHONY: setup data test test-faults demo embed index query filter emit run bench bench-embed bench-index bench-scale bench-select clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,13 @@ data-select: data/select/pool.parquet
 
 test: setup data
 	$(PY) -m pytest -q tests
+
+# The SIGKILL suite alone (it is part of `make test` too, at its defaults): KILLS seeded kill points
+# per stage (plus fixed ones mid-write and around the final rename), drawn with SEED.
+KILLS ?= 20
+SEED ?= 0
+test-faults: setup data
+	ALBAT_FAULT_KILLS=$(KILLS) ALBAT_FAULT_SEED=$(SEED) $(PY) -m pytest -q tests/test_faults.py tests/test_resume.py
 
 demo: setup data
 	$(ALBAT) run --config $(CONFIG)

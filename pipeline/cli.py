@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from stores.errors import AlbatError
@@ -30,6 +31,7 @@ OPTIONS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("embed", "--device", "device", dict(help="auto (CUDA when present), cpu, cuda, cuda:N")),
     ("embed", "--max-seq-length", "max_seq_length", dict(type=int, help="truncate texts to this many tokens")),
     ("embed", "--skip-empty", "skip_empty", dict(action="store_const", const=True, help="drop null/empty texts instead of failing")),
+    ("embed", "--max-text-bytes", "max_text_bytes", dict(type=int, help="longest text accepted, in bytes (default 1 MiB; 0: no limit)")),
     ("embed", "--threads", "threads", dict(type=int, help="torch threads (0: all cores)")),
     ("index", "--memory-budget", "memory_budget", dict(help="memory the index may use, e.g. 4GB (default 4GB)")),
     ("index", "--index-key", "index_key", dict(help="force a FAISS factory string, e.g. IVF1024,PQ48x8")),
@@ -54,6 +56,7 @@ OPTIONS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("emit", "--emit-shard-rows", "shard_rows", dict(type=int, help="rows per emitted Parquet shard")),
     ("emit", "--no-adaptation", "include_adaptation", dict(action="store_const", const=False, help="do not write the adaptation examples into the shards")),
     ("emit", "--backbone-weight", "backbone_weight", dict(type=float, help="lambda: weight of the backbone part of the BAT loss")),
+    ("emit", "--output", "output", dict(help="folder inside the work directory for the shard set (default output)")),
 ]
 
 
@@ -104,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("work", help="work directory")
     p.add_argument("query", help="one SELECT statement")
     p.add_argument("--out", help="write the result to a .csv or .parquet file instead of printing it")
+    p = sub.add_parser("verify", help="check every file of a work directory against its checksums and the store",
+                       description="Exit 0: no drift; 1: drift found (each line names the file and the fix).")
+    p.add_argument("work", help="work directory")
+    p.add_argument("--quiet", action="store_true", help="print only the problems and the verdict")
     return parser
 
 
@@ -142,7 +149,7 @@ def run_stages(stages: Sequence[str], config: dict[str, Any], show_progress: boo
     """Run stages in order under the work directory's writer lock; print one summary line each."""
     from stores.workdir import Workdir
 
-    work = Workdir(config["work"])
+    work = Workdir(config["work"], output=config["emit"]["output"])
     work.lock()
     results = {}
     try:
@@ -166,13 +173,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(run_sql(args.work, args.query, out=args.out))
             return 0
+        if args.command == "verify":
+            from pipeline.verify import run_verify
+
+            findings, report = run_verify(args.work, quiet=args.quiet)
+            print(report)
+            return 1 if any(f.level == "drift" for f in findings) else 0
         from pipeline.config import load_config
 
         config = load_config(args.config, overrides_from_args(args))
         stages = STAGES if args.command == "run" else (args.command,)
         run_stages(stages, config, show_progress=not args.quiet, force=getattr(args, "force", False))
         if args.command in ("run", "emit"):
-            print(f"shards: {config['work']}/output (manifest.json lists them); inspect with: "
+            print(f"shards: {Path(config['work']) / config['emit']['output']} (manifest.json lists them); inspect with: "
                   f"albat sql {config['work']} \"SELECT * FROM shards LIMIT 5\"")
         return 0
     except AlbatError as exc:

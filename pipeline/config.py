@@ -2,6 +2,13 @@
 
 Sections mirror the stages. Unknown keys are errors (a typo must not silently use a default),
 and relative paths in a config file are resolved against the file's directory.
+
+Path rule: paths albat reads (inputs, adaptation and evaluation sets, a local encoder) may be
+anywhere and are checked when a stage reads them. Everything albat writes lies inside the work
+directory, under fixed names, except `emit.output`, the one write location a config chooses: it
+is resolved against the work directory and refused if it leaves it (an absolute path elsewhere,
+`..`, a symlink out) or names albat's own folders, so no config, however it was obtained, can make
+albat replace (swap away and delete) a directory outside its work directory.
 """
 from __future__ import annotations
 
@@ -36,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
         "device": "auto",  # auto (CUDA when present) | cpu | cuda | cuda:N
         "max_seq_length": None,
         "skip_empty": False,
+        "max_text_bytes": 1 << 20,  # a longer text is an error (the encoder reads ~1 KB of it); 0: no limit
         "threads": 0,  # 0: all cores
     },
     "index": {
@@ -68,6 +76,7 @@ DEFAULTS: dict[str, Any] = {
         "shard_rows": 10_000,
         "include_adaptation": True,
         "backbone_weight": 1.0,  # lambda in L_bat
+        "output": "output",  # where the shard set is published, relative to and inside the work directory
     },
 }
 
@@ -86,7 +95,8 @@ def _check_keys(given: dict[str, Any], known: dict[str, Any], where: str, source
                              "fix the spelling or remove it")
         if isinstance(known[key], dict):
             if not isinstance(value, dict):
-                raise AlbatError(f"{source}: '{name}' must be a [{name}] table")
+                raise AlbatError(f"{source}: '{name}' must be a [{name}] table; write its keys under a "
+                              f"[{name}] line")
             _check_keys(value, known[key], name, source)
 
 
@@ -120,6 +130,23 @@ def _listify(config: dict[str, Any]) -> None:
             config[section][key] = [value]
 
 
+# Folders of the work directory that albat owns (stores.workdir); emit.output may not name them.
+RESERVED_DIRS = {"store", "index", "query", "filter", "_stages"}
+
+
+def check_output_path(config: dict[str, Any], source: str) -> None:
+    """Refuse an emit.output that leaves the work directory or names one of albat's own folders."""
+    work = Path(config["work"])
+    value = str(config["emit"]["output"])
+    target = Path(os.path.normpath(work / value))
+    inside = os.path.realpath(target).startswith(os.path.realpath(work) + os.sep)
+    if not value or not inside or target.relative_to(work).parts[0] in RESERVED_DIRS:
+        why = "is not inside" if not value or not inside else "would replace albat's own folder in"
+        raise AlbatError(f"{source}: emit.output '{value}' {why} the work directory {work}; albat writes "
+                         "only there: give a relative name such as 'output' or 'sets/knn' (copy or link "
+                         "the published set elsewhere)")
+
+
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Defaults, then the TOML file (paths relative to it), then CLI overrides."""
     config = copy.deepcopy(DEFAULTS)
@@ -128,7 +155,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         try:
             raw = tomllib.loads(path.read_text())
         except FileNotFoundError:
-            raise AlbatError(f"{path}: config file not found") from None
+            raise AlbatError(f"{path}: config file not found; check the --config path") from None
         except tomllib.TOMLDecodeError as exc:
             raise AlbatError(f"{path}: invalid TOML ({exc}); fix the syntax") from None
         _check_keys(raw, DEFAULTS, "", str(path))
@@ -138,6 +165,8 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     if overrides:
         config = _merge(config, overrides)
     _listify(config)
+    from_cli = bool(overrides and overrides.get("emit", {}).get("output"))
+    check_output_path(config, "--output" if from_cli or path is None else str(path))
     config["index"]["memory_budget_bytes"] = parse_bytes(config["index"]["memory_budget"])
     return config
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from pipeline.encoders import TextEncoder, set_threads
 from pipeline.progress import progress_bar
-from stores.corpus import CorpusBatch, CorpusSpec, count_rows, iter_batches, resolve_files
+from stores.corpus import CorpusBatch, CorpusSpec, count_rows, iter_batches, resolve_files, scan_corpus
 from stores.embedding_store import ID, RESERVED, ROW, SOURCE, TEXT_HASH, EmbeddingStore, text_hash
 from stores.errors import AlbatError
 from stores.faults import crash_point
@@ -20,7 +20,8 @@ def corpus_spec(options: dict[str, Any]) -> CorpusSpec:
     spec = CorpusSpec(paths=list(options["input"]), text_column=options["text_column"],
                       id_column=options["id_column"], keep_columns=tuple(options["keep_columns"]),
                       format=options["format"], skip_empty=bool(options["skip_empty"]),
-                      pair_column=options["pair_column"] or None)
+                      pair_column=options["pair_column"] or None,
+                      max_text_bytes=int(options.get("max_text_bytes") or 0))
     for col in spec.columns:
         if col in RESERVED:
             raise AlbatError(f"column '{col}' collides with albat's own metadata; rename it in the corpus")
@@ -100,6 +101,8 @@ def run_embed(config: dict[str, Any], work: Workdir, force: bool = False, show_p
     spec = corpus_spec(options)
     store = EmbeddingStore(work.store)
     fp = embed_fingerprint(options, spec)
+    if force or not store.exists():
+        scan_corpus(spec)  # bad input is refused before anything is written (or deleted)
     if force and store.root.exists():
         shutil.rmtree(store.root)
     if store.exists():

@@ -83,7 +83,7 @@ def assemble(backbone: pa.Table, adaptation: pa.Table | None, store_info: dict[s
 
 def split_shards(table: pa.Table, shard_rows: int) -> list[pa.Table]:
     if shard_rows <= 0:
-        raise AlbatError(f"emit.shard_rows must be positive, got {shard_rows}")
+        raise AlbatError(f"emit.shard_rows must be positive, got {shard_rows}; pass --emit-shard-rows 1 or more")
     return [table.slice(start, shard_rows) for start in range(0, max(table.num_rows, 1), shard_rows)]
 
 
@@ -119,8 +119,9 @@ def run_emit(config: dict[str, Any], work: Workdir, show_progress: bool = True) 
         "selection": filter_record["summary"],  # the method's own report: thresholds, timings, surrogate fit
         "config": config,
     }
+    shards = split_shards(table, int(options["shard_rows"]))
     work.forget_stage("emit")  # from here until the new record, a kill means "not done"
-    manifest = publish_shards(work.output, split_shards(table, int(options["shard_rows"])), manifest)
+    manifest = publish_shards(work.output, shards, manifest)
     summary = {"rows": manifest["rows"], "shards": len(manifest["shards"]), "selected": backbone.num_rows,
                "output": str(work.output)}
     work.mark_stage_done("emit", fp, options, summary)

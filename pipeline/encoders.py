@@ -121,9 +121,9 @@ def check_same_encoder(store_identity: dict[str, Any], encoder: TextEncoder, whe
     """Refuse a query encoder that is not the store's (other name, dimension or weights)."""
     if encoder.name != store_identity["name"]:
         raise AlbatError(f"{where}: store was embedded with '{store_identity['name']}', not "
-                         f"'{encoder.name}'; drop --encoder or re-embed the corpus")
+                         f"'{encoder.name}'; drop --query-encoder (the store's is the default) or re-embed the corpus")
     if encoder.dim != store_identity["dim"]:
-        raise AlbatError(f"{where}: encoder gives dimension {encoder.dim}, the store holds "
+        raise AlbatError(f"{where}: encoder '{encoder.name}' gives dimension {encoder.dim}, the store holds "
                          f"{store_identity['dim']}; use the store's encoder")
     probe = encoder.encode([PROBE_TEXT])[0]
     drift = float(np.max(np.abs(probe - np.asarray(store_identity["probe"], dtype=np.float32))))

@@ -128,9 +128,10 @@ def aggregate_candidates(pairs: pa.Table, blocked: pa.Table) -> pa.Table:
     })
 
 
-def _read_examples(paths: list[str], text_column: str, fmt: str,
+def _read_examples(paths: list[str], text_column: str, fmt: str, max_bytes: int, text_flag: str,
                    pair_column: str | None = None) -> tuple[pa.Table, list[str]]:
-    spec = CorpusSpec(paths=paths, text_column=text_column, format=fmt, pair_column=pair_column)
+    spec = CorpusSpec(paths=paths, text_column=text_column, format=fmt, max_text_bytes=max_bytes,
+                      text_flag=text_flag, skip_flag="", pair_column=pair_column, pair_flag="--adaptation-pair-column")
     table, sources, rows = read_all(spec, limit_rows=MAX_QUERY_EXAMPLES)
     table = table.append_column("source", pa.array(sources, pa.string())).append_column("row", pa.array(rows, pa.int64()))
     return table, table.column(text_column).to_pylist()
@@ -149,7 +150,8 @@ def run_query(config: dict[str, Any], work: Workdir, show_progress: bool = True)
     info = store.require_complete()
     index, infos = read_index(work.index)
     if infos.get("store_fingerprint") != info["fingerprint"] or infos.get("rows") != info["rows"]:
-        raise AlbatError(f"{work.index}: index was built from another store; rerun `albat index`")
+        raise AlbatError(f"{work.index}: index was built from another store; delete that folder and rerun "
+                         "`albat index`")
     if not options["adaptation"]:
         raise AlbatError("no adaptation examples given; pass --adaptation FILE (Parquet, JSONL or one example a line)")
     index_record = work.stage_record("index") or {}
@@ -165,11 +167,14 @@ def run_query(config: dict[str, Any], work: Workdir, show_progress: bool = True)
                               device=options["device"])
     check_same_encoder(info["encoder"], encoder, str(options["adaptation"][0]))
 
+    max_bytes = int(config["embed"].get("max_text_bytes") or 0)
     pair_column = (options["pair_column"] or info.get("pair_column")) if info.get("pair_column") else None
-    adaptation, texts = _read_examples(options["adaptation"], options["text_column"], options["format"], pair_column)
+    adaptation, texts = _read_examples(options["adaptation"], options["text_column"], options["format"], max_bytes,
+                                       "--adaptation-text-column", pair_column)
     if not texts:
         raise AlbatError(f"{', '.join(options['adaptation'])}: zero adaptation examples; give at least one")
-    exclude, exclude_texts = (_read_examples(options["exclude"], options["exclude_text_column"], "auto")
+    exclude, exclude_texts = (_read_examples(options["exclude"], options["exclude_text_column"], "auto", max_bytes,
+                                             "--exclude-text-column")
                               if options["exclude"] else (None, []))
     vectors = encoder.encode(texts)
     exclude_vectors = encoder.encode(exclude_texts)

@@ -53,6 +53,7 @@ def run_sql(work_dir: str | Path, sql: str, out: str | None = None) -> str:
             return str(relation) if relation is not None else ""
         except duckdb.Error as exc:
             views = ", ".join(work_views(work)) or "none yet"
-            raise AlbatError(f"query failed: {str(exc).splitlines()[0]} (views: {views})") from None
+            raise AlbatError(f"query failed: {str(exc).splitlines()[0]}; query the work directory's views "
+                             f"({views})") from None
     finally:
         con.close()

@@ -1,6 +1,8 @@
 """Write-then-rename helpers: a reader never sees a half-written file."""
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import os
@@ -9,10 +11,30 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from stores.faults import crash_point
+
 
 def temp_name(final: Path) -> Path:
     """A sibling name that readers and globs (`part-*.parquet`) ignore."""
     return final.with_name(f".{final.name}.tmp-{os.getpid()}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_dead_temps(final: Path) -> None:
+    """Delete temporaries of `final` that a killed process left (never read; its pid is gone)."""
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):
+        pid = stale.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -31,13 +53,16 @@ def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary path; on success fsync it and rename it onto `final`, else delete it."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_temps(final)
     tmp = temp_name(final)
     try:
         yield tmp
         if tmp.is_file():
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
+        crash_point(f"rename:{final.name}")
         os.replace(tmp, final)
+        crash_point(f"renamed:{final.name}")
         _fsync_dir(final.parent)
     except BaseException:
         if tmp.is_dir():
@@ -47,12 +72,29 @@ def atomic_path(final: Path) -> Iterator[Path]:
         raise
 
 
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where
+    the system or file system cannot, so the caller falls back to two renames."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(a))
+
+
 @contextmanager
 def staged_directory(final: Path) -> Iterator[Path]:
-    """Yield an empty hidden staging directory; on success swap it in for `final` by rename, so a
-    reader sees the previous complete directory or the new one, never a mix; on failure delete it."""
-    from stores.faults import crash_point
-
+    """Yield an empty hidden staging directory; on success swap it in for `final`, so a reader sees
+    the previous complete directory or the new one, never a mix; on failure delete it. The swap is
+    one atomic exchange where the system allows it (Linux), else two renames between which `final`
+    is briefly absent (a reader then finds no set, never part of one)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in [*final.parent.glob(f".{final.name}.staging-*"), *final.parent.glob(f".{final.name}.old-*")]:
@@ -62,10 +104,15 @@ def staged_directory(final: Path) -> Iterator[Path]:
     try:
         yield staging
         crash_point(f"{final.name}.before_swap")
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        if final.exists():
-            os.replace(final, old)
-        os.replace(staging, final)
+        if final.exists() and exchange(staging, final):
+            old = staging  # now holds the previous set
+        else:
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            if final.exists():
+                os.replace(final, old)
+                crash_point(f"{final.name}.moved_old")
+            os.replace(staging, final)
+        crash_point(f"{final.name}.swapped")
         _fsync_dir(final.parent)
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -34,11 +35,19 @@ class CorpusSpec:
     format: str = "auto"
     skip_empty: bool = False
     pair_column: str | None = None  # the query side of (query, document) pairs, embedded too
+    max_text_bytes: int = 1 << 20  # a longer text is an error; 0: no limit
+    text_flag: str = "--text-column"  # the flags error messages suggest (query's sets have their own)
+    skip_flag: str = "--skip-empty"  # "" where empty texts cannot be skipped
+    pair_flag: str = "--pair-column"
 
     @property
-    def text_columns(self) -> list[str]:
-        """Columns the encoder reads: the text, and the pair side when there is one."""
-        return [self.text_column] + ([self.pair_column] if self.pair_column else [])
+    def or_skip(self) -> str:
+        return f", or pass {self.skip_flag}" if self.skip_flag else ""
+
+    @property
+    def text_columns(self) -> list[tuple[str, str]]:
+        """Columns the encoder reads, each with the flag that names it: the text, and the pair side."""
+        return [(self.text_column, self.text_flag)] + ([(self.pair_column, self.pair_flag)] if self.pair_column else [])
 
     @property
     def columns(self) -> list[str]:
@@ -79,7 +88,8 @@ def resolve_files(spec: CorpusSpec) -> list[tuple[Path, str]]:
             elif path.is_dir():
                 inner = _expand_dir(path, spec.format)
                 if not inner:
-                    raise AlbatError(f"{path}: directory holds no .parquet, .jsonl or .txt files")
+                    raise AlbatError(f"{path}: directory holds no .parquet, .jsonl or .txt files; point the input "
+                                      "at the corpus files")
                 found.extend(inner)
             else:
                 found.append((path, _format_of(path, spec.format)))
@@ -112,38 +122,47 @@ def _format_of(path: Path, fmt: str) -> str:
 def _check_columns(source: str, available: Sequence[str], spec: CorpusSpec) -> None:
     for col in spec.columns:
         if col not in available:
-            flag = {spec.text_column: "--text-column", spec.pair_column: "--pair-column",
+            flag = {spec.text_column: spec.text_flag, spec.pair_column: spec.pair_flag,
                     spec.id_column: "--id-column"}.get(col, "--keep-columns")
             raise AlbatError(f"{source}: no column '{col}' (columns: {', '.join(available) or 'none'}); "
                              f"pass {flag} with one of them")
 
 
-def _validate_text(table: pa.Table, source: str, rows: pa.Array, column: str, text_col: str,
-                   skip_empty: bool) -> tuple[pa.Table, pa.Array]:
+def _validate_text(table: pa.Table, source: str, rows: pa.Array, column: str, flag: str,
+                   spec: CorpusSpec) -> tuple[pa.Table, pa.Array]:
     text = table.column(column)
     if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
-        if pa.types.is_null(text.type) and not skip_empty:
+        if pa.types.is_null(text.type) and not spec.skip_empty:
             raise AlbatError(f"{source} row {rows[0].as_py()}: column '{column}' is null; "
-                             "drop or fill those rows, or pass --skip-empty")
+                             f"drop or fill those rows{spec.or_skip}")
         if not pa.types.is_null(text.type):
             raise AlbatError(f"{source}: column '{column}' holds {text.type}, not text; "
-                             f"pass {'--pair-column' if column != text_col else '--text-column'} naming a string column")
+                             f"pass {flag} naming a string column")
     empty = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(text.cast(pa.string())), ""), True)
     if pc.any(empty).as_py():
-        if not skip_empty:
+        if not spec.skip_empty:
             bad = pc.index(empty, True).as_py()
             what = "null" if text[bad].as_py() is None else "empty"
             raise AlbatError(f"{source} row {rows[bad].as_py()}: {what} text in column "
-                             f"'{column}'; drop or fill that row, or pass --skip-empty")
+                             f"'{column}'; drop or fill that row{spec.or_skip}")
         keep = pc.invert(empty)
         table, rows = table.filter(keep), rows.filter(keep)
+    if spec.max_text_bytes and table.num_rows:
+        sizes = pc.binary_length(table.column(column).cast(pa.string()))
+        too_long = pc.fill_null(pc.greater(sizes, spec.max_text_bytes), False)
+        if pc.any(too_long).as_py():
+            bad = pc.index(too_long, True).as_py()
+            raise AlbatError(f"{source} row {rows[bad].as_py()}: text in column '{column}' is "
+                             f"{sizes[bad].as_py():,} bytes, over the {spec.max_text_bytes:,}-byte limit (the "
+                             "encoder reads only its start); split or drop that document, or raise "
+                             "--max-text-bytes (0: no limit)")
     return table, rows
 
 
 def _validate(table: pa.Table, source: str, rows: pa.Array, spec: CorpusSpec) -> tuple[pa.Table, pa.Array]:
     """Check text and id values; drop empty texts only when the user asked to."""
-    for column in spec.text_columns:
-        table, rows = _validate_text(table, source, rows, column, spec.text_column, spec.skip_empty)
+    for column, flag in spec.text_columns:
+        table, rows = _validate_text(table, source, rows, column, flag, spec)
     if spec.id_column:
         ids = table.column(spec.id_column)
         if not pa.types.is_integer(ids.type) and not pa.types.is_null(ids.type):
@@ -187,7 +206,8 @@ def _jsonl_batches(path: Path, spec: CorpusSpec, batch_rows: int) -> Iterator[tu
             except json.JSONDecodeError as exc:
                 raise AlbatError(f"{path} line {lineno}: invalid JSON ({exc.msg}); fix or remove the line") from None
             if not isinstance(record, dict):
-                raise AlbatError(f"{path} line {lineno}: expected a JSON object per line")
+                raise AlbatError(f"{path} line {lineno}: expected a JSON object per line; write one "
+                                  "{\"text\": ...} object on each line")
             if not rows and start == 0:
                 _check_columns(f"{path} line {lineno}", list(record), spec)
             rows.append({c: record.get(c) for c in spec.columns})
@@ -261,7 +281,43 @@ def iter_batches(spec: CorpusSpec, batch_rows: int = 4096) -> Iterator[CorpusBat
 
 def _empty_file(path: Path, spec: CorpusSpec) -> None:
     if not spec.skip_empty:
-        raise AlbatError(f"{path}: holds no rows; remove the file from the input")
+        raise AlbatError(f"{path}: holds no rows; add rows or remove the file from the input")
+
+
+def scan_corpus(spec: CorpusSpec, batch_rows: int = 65_536) -> int:
+    """Read the whole corpus once and raise what streaming would raise part-way (a bad row, a
+    non-UTF-8 line, a truncated file, no rows) and any duplicated id, so a stage can refuse bad input
+    before it writes anything. Costs one read pass; returns the row count."""
+    total = 0
+    ids: list[np.ndarray] = []
+    where: list[tuple[str, np.ndarray]] = []  # (source, row numbers) of each batch, for the message
+    for batch in iter_batches(spec, batch_rows=batch_rows):
+        total += batch.table.num_rows
+        if spec.id_column:
+            ids.append(batch.table.column(spec.id_column).cast(pa.int64()).to_numpy())
+            where.append((batch.source, batch.rows.to_numpy()))
+    if total == 0:
+        raise AlbatError(f"{', '.join(map(str, spec.paths))}: the corpus holds no rows; check the input")
+    if ids:
+        _check_unique(np.concatenate(ids), where, spec)
+    return total
+
+
+def _check_unique(ids: np.ndarray, where: list[tuple[str, np.ndarray]], spec: CorpusSpec) -> None:
+    order = np.argsort(ids, kind="stable")
+    repeated = np.nonzero(ids[order][1:] == ids[order][:-1])[0]
+    if not len(repeated):
+        return
+    dup = int(ids[order][repeated[0]])
+    positions = np.nonzero(ids == dup)[0]
+    starts = np.cumsum([0] + [len(rows) for _, rows in where])
+    places = []
+    for pos in positions[:2]:
+        batch = int(np.searchsorted(starts, pos, side="right")) - 1
+        source, rows = where[batch]
+        places.append(f"{source} row {int(rows[pos - starts[batch]])}")
+    raise AlbatError(f"id {dup} appears {len(positions)} times in column '{spec.id_column}' ({' and '.join(places)}); "
+                     "ids must be unique: fix them, or drop --id-column to number rows instead")
 
 
 def count_rows(spec: CorpusSpec) -> int | None:

@@ -24,10 +24,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stores.atomic import atomic_path, read_json, remove_stale_temps, sha256_file, write_json
+from stores.atomic import read_json, remove_stale_temps, sha256_file, write_json
 from stores.errors import AlbatError
 from stores.faults import crash_point
-from stores.tables import write_array
+from stores.tables import write_array, write_table
 
 FORMAT_VERSION = 1
 ID = "albat_id"
@@ -107,8 +107,7 @@ class EmbeddingStore:
         write_array(np.ascontiguousarray(vectors, dtype=np.float32), paths.emb)
         if pair_vectors is not None:
             write_array(np.ascontiguousarray(pair_vectors, dtype=np.float32), paths.pair)
-        with atomic_path(paths.meta) as tmp:
-            pq.write_table(meta, tmp, compression="zstd")
+        write_table(meta, paths.meta)
         crash_point("store.before_done")
         ids = meta.column(ID).to_numpy()
         record = {"shard": shard_name(index), "rows": meta.num_rows,

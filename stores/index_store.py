@@ -6,6 +6,7 @@ from typing import Any
 
 from stores.atomic import atomic_path, read_json, write_json
 from stores.errors import AlbatError
+from stores.faults import output_file
 
 INDEX_FILE = "knn.index"
 INFOS_FILE = "index_infos.json"
@@ -17,8 +18,8 @@ def write_index(index: Any, directory: Path, infos: dict[str, Any]) -> None:
 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / INFOS_FILE).unlink(missing_ok=True)
-    with atomic_path(directory / INDEX_FILE) as tmp:
-        faiss.write_index(index, str(tmp))
+    with atomic_path(directory / INDEX_FILE) as tmp, output_file(tmp, INDEX_FILE) as fh:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(fh.write))
     infos = {**infos, "index_bytes": (directory / INDEX_FILE).stat().st_size}
     write_json(directory / INFOS_FILE, infos)
 

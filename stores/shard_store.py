@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from stores.atomic import read_json, sha256_file, staged_directory, write_json
 from stores.errors import AlbatError
 from stores.faults import crash_point
+from stores.tables import write_table
 
 MANIFEST = "manifest.json"
 
@@ -29,7 +29,7 @@ def publish_shards(directory: Path, tables: Iterable[pa.Table], manifest: dict[s
         shards = []
         for index, table in enumerate(tables):
             path = staging / shard_file(index)
-            pq.write_table(table, path, compression="zstd")
+            write_table(table, path)
             shards.append({"path": path.name, "rows": table.num_rows, "sha256": sha256_file(path)})
             crash_point("emit.shard")
         manifest = {**manifest, "shards": shards, "rows": sum(s["rows"] for s in shards)}

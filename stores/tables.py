@@ -9,11 +9,12 @@ import pyarrow.parquet as pq
 
 from stores.atomic import atomic_path
 from stores.errors import AlbatError
+from stores.faults import output_file
 
 
 def write_table(table: pa.Table, path: Path) -> None:
-    with atomic_path(Path(path)) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+    with atomic_path(Path(path)) as tmp, output_file(tmp, Path(path).name) as fh:
+        pq.write_table(table, fh, compression="zstd")
 
 
 def read_table(path: Path, stage_hint: str = "") -> pa.Table:
@@ -28,9 +29,8 @@ def read_table(path: Path, stage_hint: str = "") -> pa.Table:
 
 
 def write_array(array: np.ndarray, path: Path) -> None:
-    with atomic_path(Path(path)) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, array, allow_pickle=False)
+    with atomic_path(Path(path)) as tmp, output_file(tmp, Path(path).name) as fh:
+        np.save(fh, array, allow_pickle=False)
 
 
 def read_array(path: Path) -> np.ndarray:

@@ -1,6 +1,7 @@
 """DuckDB views over the work directory's Parquet files, opened for reading only."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,12 @@ def connect(work: Workdir) -> Any:
     con = duckdb.connect(":memory:")
     for name, path in work_views(work).items():
         con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({sql_literal(path)})")
+    # Sandbox: no database file is opened or attached, only files inside the work directory are
+    # reachable, and a query cannot change these settings back.
+    roots = sorted({str(work.root), os.path.abspath(work.root), os.path.realpath(work.root)})
+    con.execute(f"SET allowed_directories = [{', '.join(sql_literal(r.rstrip('/') + '/') for r in roots)}]")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
     return con
 
 

@@ -4,7 +4,7 @@
     WORK/index/        FAISS index + index_infos.json (stores.index_store)
     WORK/query/        adaptation set, candidates, candidate pairs, blocked ids
     WORK/filter/       selection.parquet
-    WORK/output/       emitted shards + manifest.json (stores.shard_store)
+    WORK/output/       emitted shards + manifest.json (stores.shard_store); `emit.output` renames it
     WORK/_stages/      one completion record per stage: the config it ran with and its summary
 """
 from __future__ import annotations
@@ -26,15 +26,26 @@ def fingerprint(config: Any) -> str:
 
 
 class Workdir:
-    def __init__(self, root: Path | str):
+    def __init__(self, root: Path | str, output: str | None = None):
+        """`output`: the shard set's folder inside `root` (config emit.output); by default the one
+        the last emit recorded, else `output`."""
         self.root = Path(root)
         self.store = self.root / "store"
         self.index = self.root / "index"
         self.query = self.root / "query"
         self.filter = self.root / "filter"
-        self.output = self.root / "output"
         self.stages = self.root / "_stages"
-        self._lock_fh = None
+        self.output = self.root / (output or self._recorded_output())
+        self._lock_fd: int | None = None
+        self._created: list[Path] = []
+
+    def _recorded_output(self) -> str:
+        try:
+            name = str((self.stage_record("emit") or {})["config"]["output"])
+        except (KeyError, TypeError, ValueError, OSError):
+            return "output"
+        inside = os.path.realpath(self.root / name).startswith(os.path.realpath(self.root) + os.sep)
+        return name if inside else "output"  # a tampered record cannot point readers elsewhere
 
     def stage_record(self, stage: str) -> dict[str, Any] | None:
         path = self.stages / f"{stage}.json"
@@ -54,25 +65,93 @@ class Workdir:
     def forget_stage(self, stage: str) -> None:
         (self.stages / f"{stage}.json").unlink(missing_ok=True)
 
-    def lock(self) -> None:
-        """Take the single-writer lock; the kernel drops it when the process dies, so a crash never blocks."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fh = open(self.root / ".lock", "a+")
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            fh.close()
-            raise AlbatError(f"{self.root}: in use by {holder}; wait for it to finish or use another --work") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()}")
-        fh.flush()
-        self._lock_fh = fh
+    def lock(self, shared: bool = False) -> None:
+        """Take the work directory's lock: exclusive for a writer, shared for a reader (`verify`).
+
+        It is an `flock` on the directory itself, so nothing is written for it, and the kernel drops
+        it when the process dies: a killed run never blocks the next one. Directories this call has
+        to create are removed again by `unlock` if they are still empty, so a run refused for bad
+        input leaves the file tree exactly as it was."""
+        while True:
+            self._created = _make_dirs(self.root)
+            fd = _open_lockable(self.root)
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _lock_holder(fd)
+                os.close(fd)
+                if shared:
+                    raise AlbatError(f"{self.root}: being written by {holder}; verify it once that run "
+                                     "has finished") from None
+                raise AlbatError(f"{self.root}: in use by {holder}; wait for it to finish or use "
+                                 "another --work") from None
+            if _same_file(fd, self.root):
+                self._lock_fd = fd
+                return
+            os.close(fd)  # the directory was removed or replaced while we waited: lock the new one
 
     def unlock(self) -> None:
-        if self._lock_fh is not None:
-            fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_UN)
-            self._lock_fh.close()
-            self._lock_fh = None
+        if self._lock_fd is not None:
+            for path in reversed(self._created):  # still holding the lock: nobody else is writing here
+                try:
+                    path.rmdir()
+                except OSError:
+                    break  # not empty: the run wrote something, keep it
+            self._created = []
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _make_dirs(root: Path) -> list[Path]:
+    """Create `root` and its missing parents; return the directories created, outermost first."""
+    missing = []
+    path = root.absolute()
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    created = []
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+            created.append(path)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise AlbatError(f"{root}: cannot create the work directory ({exc.strerror}); choose "
+                             "another --work") from None
+    if not root.is_dir():
+        raise AlbatError(f"{root}: not a directory; choose another --work")
+    return created
+
+
+def _open_lockable(root: Path) -> int:
+    try:
+        return os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise AlbatError(f"{root}: cannot open the work directory ({exc.strerror}); check its "
+                         "permissions or choose another --work") from None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        current = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino)
+
+
+def _lock_holder(fd: int) -> str:
+    """'pid N' of the process holding an flock on `fd`'s file, from /proc/locks (Linux)."""
+    st = os.fstat(fd)
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as fh:
+            for line in fh:
+                parts = line.split()  # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"
+                if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == key:
+                    return f"pid {parts[4]}"
+    except OSError:
+        pass
+    return "another process"

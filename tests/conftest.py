@@ -91,6 +91,30 @@ def write_config(path: Path, text: str) -> Path:
     return path
 
 
+def small_run_config(tmp: Path, wiki: SmallWiki, encoder: str) -> Path:
+    """`tmp/run.toml`: the whole pipeline on the small corpus with a tiny encoder, several shards per
+    stage (64-row store shards, 5-row output shards), one torch thread."""
+    return write_config(tmp / "run.toml", f"""
+work = "work"
+[embed]
+input = ["{wiki.corpus}"]
+id_column = "id"
+keep_columns = ["topic"]
+encoder = "{encoder}"
+shard_rows = 64
+threads = 1
+[query]
+adaptation = ["{wiki.adaptation}"]
+exclude = ["{wiki.eval}"]
+k = 8
+dedup_threshold = 0.99999  # a random tiny encoder puts every text within cosine 0.95 of every other
+[filter]
+budget = 20
+[emit]
+shard_rows = 5
+""")
+
+
 def albat(*args: str) -> int:
     """Run the CLI in-process (the encoder stays loaded between calls)."""
     from pipeline.cli import main

@@ -80,3 +80,17 @@ def test_same_seed_same_selection(run_dir: Path) -> None:
     (run_dir / "_stages" / "filter.json").unlink()
     assert albat("filter", "--config", run_dir.parent / "run.toml", "--quiet") == 0
     assert pq.read_table(run_dir / "filter" / "selection.parquet").to_pandas().equals(before.to_pandas())
+
+
+def test_verify_checks_the_pair_vectors(run_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    assert albat("verify", run_dir) == 0
+    store = json.loads((run_dir / "store" / "store.json").read_text())
+    if not store.get("pair_column"):
+        return  # single-column store: nothing more to check
+    shard = next((run_dir / "store" / "shards").glob("part-*.pair.npy"))
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert albat("verify", run_dir) == 1
+    assert shard.name in capsys.readouterr().out

@@ -15,7 +15,7 @@ from conftest import REPO, SmallWiki, albat
 from pipeline.cli import STAGES
 
 
-@pytest.mark.parametrize("command", [[], *[[s] for s in STAGES], ["run"], ["sql"]])
+@pytest.mark.parametrize("command", [[], *[[s] for s in STAGES], ["run"], ["sql"], ["verify"]])
 def test_help_is_instant(command: list[str]) -> None:
     started = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "pipeline.cli", *command, "--help"], cwd=REPO,
@@ -85,7 +85,9 @@ def test_duplicated_ids(tmp_path: Path, small_wiki: SmallWiki, capsys: pytest.Ca
     pq.write_table(pa.Table.from_pylist(rows), corpus)
     err = _error(capsys, "embed", "--work", tmp_path / "w", "--input", corpus, "--id-column", "id",
                  "--encoder", tiny_encoder)
-    assert f"id {rows[3]['id']} appears 2 times" in err and "--force" in err
+    assert f"id {rows[3]['id']} appears 2 times" in err and f"{corpus} row 3 and {corpus} row 11" in err
+    assert "drop --id-column" in err
+    assert not (tmp_path / "w").exists()  # refused before anything is written
 
 
 def test_query_before_embed(tmp_path: Path, small_wiki: SmallWiki, capsys: pytest.CaptureFixture) -> None:

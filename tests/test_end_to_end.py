@@ -189,7 +189,7 @@ def test_query_refuses_another_encoder(run_dir: Path, tiny_encoder: str, capsys:
     rc = albat("query", "--config", run_dir / "run.toml", "--quiet", "--query-encoder", tiny_encoder, "--k", "5")
     err = capsys.readouterr().err.strip()
     assert rc == 2
-    assert len(err.splitlines()) == 1 and "embedded with 'all-MiniLM-L6-v2'" in err and "--encoder" in err
+    assert len(err.splitlines()) == 1 and "embedded with 'all-MiniLM-L6-v2'" in err and "drop --query-encoder" in err
 
 
 def test_index_recall_is_recorded(run_dir: Path) -> None:

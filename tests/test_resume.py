@@ -12,30 +12,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, SmallWiki, write_config
+from conftest import REPO, SmallWiki, small_run_config
 
 from stores.embedding_store import EmbeddingStore
-
-
-def _config(tmp: Path, wiki: SmallWiki, encoder: str) -> Path:
-    return write_config(tmp / "run.toml", f"""
-work = "work"
-[embed]
-input = ["{wiki.corpus}"]
-id_column = "id"
-keep_columns = ["topic"]
-encoder = "{encoder}"
-shard_rows = 64
-[query]
-adaptation = ["{wiki.adaptation}"]
-exclude = ["{wiki.eval}"]
-k = 8
-dedup_threshold = 0.99999  # a random tiny encoder puts every text within cosine 0.95 of every other
-[filter]
-budget = 20
-[emit]
-shard_rows = 5
-""")
 
 
 def _albat(*args: object, kill_at: str | None = None) -> subprocess.CompletedProcess:
@@ -51,7 +30,7 @@ def _albat(*args: object, kill_at: str | None = None) -> subprocess.CompletedPro
 def reference(small_wiki: SmallWiki, tiny_encoder: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An uninterrupted run to compare against."""
     tmp = tmp_path_factory.mktemp("reference")
-    result = _albat("run", "--config", _config(tmp, small_wiki, tiny_encoder))
+    result = _albat("run", "--config", small_run_config(tmp, small_wiki, tiny_encoder))
     assert result.returncode == 0, result.stderr
     return tmp / "work"
 
@@ -67,7 +46,7 @@ def _store_contents(work: Path) -> tuple[np.ndarray, list[dict], list[dict]]:
 @pytest.mark.parametrize("kill_at", ["embed.shard:2", "store.before_done:3", "embed.before_shard_write:1"])
 def test_embed_resumes_after_sigkill(kill_at: str, small_wiki: SmallWiki, tiny_encoder: str, reference: Path,
                                      tmp_path: Path) -> None:
-    config = _config(tmp_path, small_wiki, tiny_encoder)
+    config = small_run_config(tmp_path, small_wiki, tiny_encoder)
     killed = _albat("embed", "--config", config, kill_at=kill_at)
     assert killed.returncode == -signal.SIGKILL
     store = EmbeddingStore(tmp_path / "work" / "store")
@@ -89,7 +68,7 @@ def test_embed_resumes_after_sigkill(kill_at: str, small_wiki: SmallWiki, tiny_e
 @pytest.mark.parametrize("kill_at", ["emit.shard:3", "output.before_swap:1"])
 def test_emit_killed_mid_way_publishes_nothing_partial(kill_at: str, small_wiki: SmallWiki, tiny_encoder: str,
                                                        reference: Path, tmp_path: Path) -> None:
-    config = _config(tmp_path, small_wiki, tiny_encoder)
+    config = small_run_config(tmp_path, small_wiki, tiny_encoder)
     killed = _albat("run", "--config", config, kill_at=kill_at)
     assert killed.returncode == -signal.SIGKILL
     output = tmp_path / "work" / "output"
@@ -108,7 +87,7 @@ def test_emit_killed_mid_way_publishes_nothing_partial(kill_at: str, small_wiki:
 
 def test_rerun_after_a_config_change_replaces_the_set_whole(small_wiki: SmallWiki, tiny_encoder: str,
                                                             tmp_path: Path) -> None:
-    config = _config(tmp_path, small_wiki, tiny_encoder)
+    config = small_run_config(tmp_path, small_wiki, tiny_encoder)
     assert _albat("run", "--config", config).returncode == 0
     result = _albat("run", "--config", config, "--budget", "7")
     assert result.returncode == 0, result.stderr
@@ -123,7 +102,7 @@ def test_rerun_after_a_config_change_replaces_the_set_whole(small_wiki: SmallWik
 def test_a_second_writer_is_refused(small_wiki: SmallWiki, tiny_encoder: str, tmp_path: Path) -> None:
     from stores.workdir import Workdir
 
-    config = _config(tmp_path, small_wiki, tiny_encoder)
+    config = small_run_config(tmp_path, small_wiki, tiny_encoder)
     holder = Workdir(tmp_path / "work")
     holder.lock()
     try:
@@ -136,7 +115,7 @@ def test_a_second_writer_is_refused(small_wiki: SmallWiki, tiny_encoder: str, tm
 
 def test_query_killed_before_publishing_keeps_the_previous_tables(small_wiki: SmallWiki, tiny_encoder: str,
                                                                    tmp_path: Path) -> None:
-    config = _config(tmp_path, small_wiki, tiny_encoder)
+    config = small_run_config(tmp_path, small_wiki, tiny_encoder)
     assert _albat("run", "--config", config).returncode == 0
     query_dir = tmp_path / "work" / "query"
     before = {p.name: p.read_bytes() for p in query_dir.iterdir()}

@@ -1,0 +1,464 @@
+"""The bad-input corpus: every case gets exit status 2, one line on stderr naming the input and the
+fix, and a work directory left exactly as it was (names, sizes and mtimes of every file and folder;
+a work directory that did not exist still does not).
+
+Each case is a function that prepares its inputs under its own tmp directory and returns the
+command, the strings the error must contain (the input, then the fix) and the work directory to
+watch. Cases on a finished work directory run on a copy of one built once for the module.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import SmallWiki, albat, make_tiny_encoder, small_run_config
+
+from stores.workdir import Workdir
+
+
+@dataclass
+class Case:
+    argv: list[object]
+    names: list[str]  # the input the error must name
+    fix: str  # and the fix it must suggest
+    work: Path
+    during: Callable[[], object] = field(default=lambda: None)  # takes a resource for the command's run
+    release: Callable[[], object] = field(default=lambda: None)  # and gives it back
+
+
+@dataclass
+class Ctx:
+    tmp: Path
+    wiki: SmallWiki
+    encoder: str
+    built: Path  # a finished work directory (read-only: cases copy it)
+    config: Path  # its config
+    encoders: dict[str, str]  # "dim48": another dimension, "seed1": same shape, other weights
+
+    @property
+    def fresh(self) -> Path:
+        return self.tmp / "w"  # does not exist
+
+    def copy(self) -> Path:
+        shutil.copytree(self.built, self.tmp / "w", symlinks=True)
+        return self.tmp / "w"
+
+    def rows(self, n: int = 30) -> list[dict]:
+        return pq.read_table(self.wiki.corpus).to_pylist()[:n]
+
+    def parquet(self, rows: list[dict], name: str = "corpus.parquet", schema: pa.Schema | None = None) -> Path:
+        path = self.tmp / name
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+        return path
+
+    def corpus_with(self, row: int, column: str, value: object) -> Path:
+        """The first 30 corpus rows as Parquet, with one cell changed."""
+        rows = self.rows()
+        rows[row][column] = value
+        return self.parquet(rows)
+
+    def file(self, name: str, data: bytes | str) -> Path:
+        path = self.tmp / name
+        path.write_bytes(data.encode() if isinstance(data, str) else data)
+        return path
+
+    def embed(self, *inputs: object, extra: tuple = ()) -> list[object]:
+        return ["embed", "--work", self.fresh, "--input", *inputs, "--encoder", self.encoder, "--shard-rows", 64,
+                *extra, "--quiet"]
+
+    def on_built(self, stage: str, *extra: object) -> list[object]:
+        return [stage, "--config", self.config, "--work", self.copy(), *extra, "--quiet"]
+
+    def config_file(self, text: str) -> Path:
+        return self.file("bad.toml", text)
+
+    def store_then_swap_encoder(self, replacement: str) -> tuple[Path, list[object]]:
+        """Embed and index a small store with a private copy of the tiny encoder, then put another
+        model at that path; returns the encoder path and the query command."""
+        from pipeline.encoders import _load
+
+        encoder, work = self.tmp / "encoder", self.tmp / "w"
+        shutil.copytree(self.encoder, encoder)
+        assert albat("embed", "--work", work, "--input", self.parquet(self.rows(40), "small.parquet"),
+                     "--encoder", encoder, "--quiet") == 0
+        assert albat("index", "--work", work, "--quiet") == 0
+        shutil.rmtree(encoder)
+        shutil.copytree(self.encoders[replacement], encoder)
+        _load.cache_clear()  # as a new process would, load what is at the path now
+        return encoder, ["query", "--work", work, "--adaptation", self.wiki.adaptation, "--quiet"]
+
+
+# ----- the corpus ---------------------------------------------------------------------------------
+def empty_parquet(c: Ctx) -> Case:
+    path = c.parquet([], schema=pa.schema([("id", pa.int64()), ("text", pa.string())]))
+    return Case(c.embed(path), [str(path), "holds no rows"], "add rows or remove the file", c.fresh)
+
+
+def empty_jsonl(c: Ctx) -> Case:
+    path = c.file("corpus.jsonl", b"")
+    return Case(c.embed(path), [str(path), "holds no rows"], "add rows or remove the file", c.fresh)
+
+
+def empty_text_file(c: Ctx) -> Case:
+    path = c.file("corpus.txt", b"")
+    return Case(c.embed(path), [str(path), "holds no rows"], "add rows or remove the file", c.fresh)
+
+
+def wrong_text_column(c: Ctx) -> Case:
+    path = c.parquet(c.rows())
+    return Case(c.embed(path, extra=("--text-column", "body")), [str(path), "'body'"], "pass --text-column", c.fresh)
+
+
+def wrong_id_column(c: Ctx) -> Case:
+    path = c.parquet(c.rows())
+    return Case(c.embed(path, extra=("--id-column", "doc_id")), [str(path), "'doc_id'"], "pass --id-column", c.fresh)
+
+
+def wrong_keep_column(c: Ctx) -> Case:
+    path = c.parquet(c.rows())
+    return Case(c.embed(path, extra=("--keep-columns", "title,year")), [str(path), "'year'"], "pass --keep-columns",
+                c.fresh)
+
+
+def text_column_not_text(c: Ctx) -> Case:
+    path = c.parquet(c.rows())
+    return Case(c.embed(path, extra=("--text-column", "id")), [str(path), "'id' holds int64"],
+                "pass --text-column naming a string column", c.fresh)
+
+
+def null_text(c: Ctx) -> Case:
+    path = c.corpus_with(17, "text", None)
+    return Case(c.embed(path), [f"{path} row 17", "null text"], "--skip-empty", c.fresh)
+
+
+def empty_text(c: Ctx) -> Case:
+    path = c.corpus_with(5, "text", " \t ")
+    return Case(c.embed(path), [f"{path} row 5", "empty text"], "--skip-empty", c.fresh)
+
+
+def null_text_in_a_later_shard(c: Ctx) -> Case:
+    """Found by the read-through before the first shard is written, not after 15 shards (embed reads
+    512 rows at a time)."""
+    rows = [{**r, "id": i} for i, r in enumerate(c.rows(250) * 5)]
+    rows[1000]["text"] = None
+    path = c.parquet(rows)
+    return Case(c.embed(path), [f"{path} row 1000", "null text"], "--skip-empty", c.fresh)
+
+
+def non_utf8_jsonl(c: Ctx) -> Case:
+    path = c.file("corpus.jsonl", b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
+    return Case(c.embed(path), [f"{path} line 2", "not valid UTF-8"], "re-encode the file as UTF-8", c.fresh)
+
+
+def non_utf8_text_file(c: Ctx) -> Case:
+    path = c.file("corpus.txt", b"one line\n\xff\xfe broken\n")
+    return Case(c.embed(path), [f"{path} line 2", "not valid UTF-8"], "re-encode the file as UTF-8", c.fresh)
+
+
+def ten_megabyte_document(c: Ctx) -> Case:
+    path = c.corpus_with(9, "text", "lorem ipsum " * (10 * 1024 * 1024 // 12 + 1))
+    return Case(c.embed(path), [f"{path} row 9", "over the 1,048,576-byte limit"], "--max-text-bytes", c.fresh)
+
+
+def duplicated_ids_across_files(c: Ctx) -> Case:
+    rows = c.rows(40)
+    first, second = c.parquet(rows[:20], "a.parquet"), c.parquet(rows[20:] + [rows[3]], "b.parquet")
+    return Case(c.embed(first, second, extra=("--id-column", "id")),
+                [f"id {rows[3]['id']} appears 2 times", f"{first} row 3", f"{second} row 20"], "drop --id-column",
+                c.fresh)
+
+
+def truncated_parquet(c: Ctx) -> Case:
+    data = c.wiki.corpus.read_bytes()
+    path = c.file("truncated.parquet", data[: len(data) // 2])
+    return Case(c.embed(path), [str(path), "not a readable Parquet file"], "re-export or remove it", c.fresh)
+
+
+def ids_not_integers(c: Ctx) -> Case:
+    rows = [{**r, "id": f"doc-{r['id']}"} for r in c.rows()]
+    path = c.parquet(rows)
+    return Case(c.embed(path, extra=("--id-column", "id")), [str(path), "holds string, not integers"],
+                "pass an integer --id-column", c.fresh)
+
+
+def null_id(c: Ctx) -> Case:
+    path = c.corpus_with(4, "id", None)
+    return Case(c.embed(path, extra=("--id-column", "id")), [f"{path} row 4", "null id"], "give every row an id",
+                c.fresh)
+
+
+def invalid_json_line(c: Ctx) -> Case:
+    path = c.file("corpus.jsonl", '{"text": "ok"}\n{"text": "unterminated}\n')
+    return Case(c.embed(path), [f"{path} line 2", "invalid JSON"], "fix or remove the line", c.fresh)
+
+
+def json_line_not_an_object(c: Ctx) -> Case:
+    path = c.file("corpus.jsonl", '["a", "list"]\n')
+    return Case(c.embed(path), [f"{path} line 1", "expected a JSON object"], "object on each line", c.fresh)
+
+
+def json_types_differ_across_rows(c: Ctx) -> Case:
+    path = c.file("corpus.jsonl", '{"text": "a", "n": 1}\n{"text": "b", "n": "two"}\n')
+    return Case(c.embed(path, extra=("--keep-columns", "n")), [str(path), "inconsistent value types"],
+                "make each column one type", c.fresh)
+
+
+def missing_input(c: Ctx) -> Case:
+    path = c.tmp / "nowhere.parquet"
+    return Case(c.embed(path), [str(path), "no such file"], "check the input path", c.fresh)
+
+
+def unknown_suffix(c: Ctx) -> Case:
+    path = c.file("corpus.csv", "text\nhello\n")
+    return Case(c.embed(path), [str(path), "cannot tell the format"], "pass --format", c.fresh)
+
+
+def directory_without_corpus_files(c: Ctx) -> Case:
+    (c.tmp / "docs").mkdir()
+    (c.tmp / "docs" / "README.md").write_text("not a corpus")
+    return Case(c.embed(c.tmp / "docs"), [str(c.tmp / "docs"), "holds no .parquet"], "point the input at the corpus",
+                c.fresh)
+
+
+def column_named_like_albat_metadata(c: Ctx) -> Case:
+    path = c.parquet([{**r, "albat_id": 1} for r in c.rows()])
+    return Case(c.embed(path, extra=("--keep-columns", "albat_id")), ["'albat_id'", "collides"],
+                "rename it in the corpus", c.fresh)
+
+
+def text_file_with_an_id_column(c: Ctx) -> Case:
+    path = c.file("corpus.txt", "one\ntwo\n")
+    return Case(c.embed(path, extra=("--id-column", "id")), [str(path), "a text file has one example a line"],
+                "use Parquet/JSONL", c.fresh)
+
+
+def corpus_changed_under_a_store(c: Ctx) -> Case:
+    path = c.parquet(c.rows(50), "other.parquet")
+    return Case(c.on_built("embed", "--input", path), ["store", "built from other inputs"], "pass --force", c.tmp / "w")
+
+
+def force_with_a_truncated_corpus(c: Ctx) -> Case:
+    """--force must not delete the old store before the new input has been read through."""
+    data = c.wiki.corpus.read_bytes()
+    path = c.file("truncated.parquet", data[: len(data) // 3])
+    return Case(c.on_built("embed", "--input", path, "--force"), [str(path), "not a readable Parquet file"],
+                "re-export or remove it", c.tmp / "w")
+
+
+# ----- configs --------------------------------------------------------------------------------------
+def config_unknown_key(c: Ctx) -> Case:
+    config = c.config_file("[embed]\ntext_colum = 'body'\n")
+    return Case(["run", "--config", config, "--work", c.fresh], [str(config), "unknown key 'embed.text_colum'"],
+                "fix the spelling or remove it", c.fresh)
+
+
+def config_invalid_toml(c: Ctx) -> Case:
+    config = c.config_file("[embed\ninput = 'x'\n")
+    return Case(["run", "--config", config, "--work", c.fresh], [str(config), "invalid TOML"], "fix the syntax", c.fresh)
+
+
+def config_missing(c: Ctx) -> Case:
+    config = c.tmp / "missing.toml"
+    return Case(["run", "--config", config, "--work", c.fresh], [str(config), "not found"], "check the --config path",
+                c.fresh)
+
+
+def config_section_not_a_table(c: Ctx) -> Case:
+    config = c.config_file("embed = 3\n")
+    return Case(["run", "--config", config, "--work", c.fresh], [str(config), "'embed' must be a [embed] table"],
+                "under a [embed] line", c.fresh)
+
+
+def config_output_outside_the_work_directory(c: Ctx) -> Case:
+    config = c.config_file(f'work = "{c.tmp / "w"}"\n[emit]\noutput = "../published"\n')
+    c.copy()
+    return Case(["emit", "--config", config, "--quiet"], [str(config), "emit.output '../published'", "not inside"],
+                "give a relative name", c.tmp / "w")
+
+
+def config_output_absolute_elsewhere(c: Ctx) -> Case:
+    config = c.config_file(f'work = "{c.tmp / "w"}"\n[emit]\noutput = "{c.tmp / "elsewhere"}"\n')
+    c.copy()
+    return Case(["emit", "--config", config, "--quiet"], [str(config), "not inside"], "give a relative name",
+                c.tmp / "w")
+
+
+def config_output_through_a_symlink_out(c: Ctx) -> Case:
+    work = c.copy()
+    (c.tmp / "outside").mkdir()
+    (work / "link").symlink_to(c.tmp / "outside")
+    config = c.config_file(f'work = "{work}"\n[emit]\noutput = "link/set"\n')
+    return Case(["emit", "--config", config, "--quiet"], [str(config), "'link/set'", "not inside"],
+                "give a relative name", work)
+
+
+def config_output_onto_the_store(c: Ctx) -> Case:
+    return Case(c.on_built("emit", "--output", "store"), ["--output", "emit.output 'store'", "albat's own folder"],
+                "give a relative name", c.tmp / "w")
+
+
+def memory_budget_not_understood(c: Ctx) -> Case:
+    config = c.config_file('[index]\nmemory_budget = "4 gigs"\n')
+    return Case(["index", "--config", config, "--work", c.fresh], ["'4 gigs'"], "write e.g. 4GB", c.fresh)
+
+
+# ----- stages on a finished work directory -----------------------------------------------------------
+def zero_adaptation_examples(c: Ctx) -> Case:
+    path = c.file("adaptation.jsonl", b"")
+    return Case(c.on_built("query", "--adaptation", path), [str(path), "holds no rows"], "add rows", c.tmp / "w")
+
+
+def adaptation_text_column_missing(c: Ctx) -> Case:
+    path = c.file("adaptation.jsonl", '{"body": "a proof"}\n')
+    return Case(c.on_built("query", "--adaptation", path), [str(path), "no column 'text'"],
+                "pass --adaptation-text-column", c.tmp / "w")
+
+
+def query_with_another_encoder(c: Ctx) -> Case:
+    return Case(c.on_built("query", "--query-encoder", c.encoders["seed1"], "--k", 4),
+                [str(c.wiki.adaptation), c.encoders["seed1"]], "drop --query-encoder", c.tmp / "w")
+
+
+def query_encoder_of_another_dimension(c: Ctx) -> Case:
+    encoder, argv = c.store_then_swap_encoder("dim48")
+    return Case(argv, [str(encoder), "dimension 48", "holds 32"], "use the store's encoder", c.tmp / "w")
+
+
+def encoder_checkpoint_changed_under_its_name(c: Ctx) -> Case:
+    encoder, argv = c.store_then_swap_encoder("seed1")
+    return Case(argv, [str(encoder), "different embeddings"], "restore that checkpoint or re-embed", c.tmp / "w")
+
+
+def index_from_another_store(c: Ctx) -> Case:
+    other = c.tmp / "other"
+    assert albat("embed", "--work", other, "--input", c.parquet(c.rows(40), "small.parquet"), "--encoder", c.encoder,
+                 "--quiet") == 0
+    assert albat("index", "--work", other, "--quiet") == 0
+    argv = c.on_built("query", "--k", 4)
+    shutil.rmtree(c.tmp / "w" / "index")
+    shutil.copytree(other / "index", c.tmp / "w" / "index")
+    return Case(argv, [str(c.tmp / "w" / "index"), "another store"], "delete that folder and rerun `albat index`",
+                c.tmp / "w")
+
+
+def budget_larger_than_the_pool(c: Ctx) -> Case:
+    return Case(c.on_built("filter", "--budget", 100_000), ["budget 100000", "exceeds"], "lower filter.budget",
+                c.tmp / "w")
+
+
+def negative_budget(c: Ctx) -> Case:
+    return Case(c.on_built("filter", "--budget", -3), ["filter.budget", "got -3"], "must be >= 0", c.tmp / "w")
+
+
+def unknown_selection_method(c: Ctx) -> Case:
+    return Case(c.on_built("filter", "--method", "oracle"), ["'oracle'"], "choose one of", c.tmp / "w")
+
+
+def malformed_method_option(c: Ctx) -> Case:
+    return Case(c.on_built("filter", "--method-option", "temperature"), ["'temperature'"], "KEY=VALUE", c.tmp / "w")
+
+
+def zero_rows_per_output_shard(c: Ctx) -> Case:
+    return Case(c.on_built("emit", "--emit-shard-rows", 0), ["emit.shard_rows", "got 0"],
+                "pass --emit-shard-rows 1 or more", c.tmp / "w")
+
+
+def query_before_embed(c: Ctx) -> Case:
+    return Case(["query", "--work", c.fresh, "--adaptation", c.wiki.adaptation, "--quiet"], [str(c.fresh / "store")],
+                "run `albat embed` first", c.fresh)
+
+
+def emit_before_filter(c: Ctx) -> Case:
+    return Case(["emit", "--work", c.fresh, "--quiet"], [str(c.fresh / "filter")], "run `albat filter` first", c.fresh)
+
+
+def a_second_writer(c: Ctx) -> Case:
+    work = c.copy()
+    holder = Workdir(work)  # another process's lock, as far as flock goes: a separate open of the directory
+    return Case(["filter", "--config", c.config, "--work", work, "--budget", 5, "--quiet"], [str(work), "in use by pid"],
+                "wait for it to finish", work, during=holder.lock, release=holder.unlock)
+
+
+def sql_that_writes(c: Ctx) -> Case:
+    work = c.copy()
+    return Case(["sql", work, f"COPY (SELECT 1) TO '{work}/x.csv'"], ["COPY"], "use --out FILE", work)
+
+
+def sql_reading_outside_the_work_directory(c: Ctx) -> Case:
+    work = c.copy()
+    return Case(["sql", work, "SELECT * FROM read_text('/etc/hostname')"], ["/etc/hostname"],
+                "query the work directory's views", work)
+
+
+def verify_without_a_work_directory(c: Ctx) -> Case:
+    return Case(["verify", c.fresh], [str(c.fresh), "no such work directory"], "pass the --work of a run", c.fresh)
+
+
+CASES = [empty_parquet, empty_jsonl, empty_text_file, wrong_text_column, wrong_id_column, wrong_keep_column,
+         text_column_not_text, null_text, empty_text, null_text_in_a_later_shard, non_utf8_jsonl, non_utf8_text_file,
+         ten_megabyte_document, duplicated_ids_across_files, truncated_parquet, ids_not_integers, null_id,
+         invalid_json_line, json_line_not_an_object, json_types_differ_across_rows, missing_input, unknown_suffix,
+         directory_without_corpus_files, column_named_like_albat_metadata, text_file_with_an_id_column,
+         corpus_changed_under_a_store, force_with_a_truncated_corpus, config_unknown_key, config_invalid_toml,
+         config_missing, config_section_not_a_table, config_output_outside_the_work_directory,
+         config_output_absolute_elsewhere, config_output_through_a_symlink_out, config_output_onto_the_store,
+         memory_budget_not_understood, zero_adaptation_examples, adaptation_text_column_missing,
+         query_with_another_encoder, query_encoder_of_another_dimension, encoder_checkpoint_changed_under_its_name,
+         index_from_another_store, budget_larger_than_the_pool, negative_budget, unknown_selection_method,
+         malformed_method_option, zero_rows_per_output_shard, query_before_embed, emit_before_filter, a_second_writer,
+         sql_that_writes, sql_reading_outside_the_work_directory, verify_without_a_work_directory]
+
+
+def tree(work: Path) -> list[tuple] | None:
+    """Name, kind, size and mtime of the work directory and everything in it (None: absent)."""
+    if not work.exists():
+        return None
+    entries = [work, *sorted(work.rglob("*"))]
+    return [(str(p.relative_to(work)), p.is_dir(), p.lstat().st_size if not p.is_dir() else 0, p.lstat().st_mtime_ns)
+            for p in entries]
+
+
+@pytest.fixture(scope="module")
+def finished(small_wiki: SmallWiki, tiny_encoder: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("finished")
+    config = small_run_config(root, small_wiki, tiny_encoder)
+    assert albat("run", "--config", config, "--quiet") == 0
+    return root / "work", config
+
+
+@pytest.fixture(scope="module")
+def other_encoders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("other_encoders")
+    return {"dim48": str(make_tiny_encoder(root / "dim48", seed=0, hidden=48)),
+            "seed1": str(make_tiny_encoder(root / "seed1", seed=1, hidden=32))}
+
+
+def test_the_corpus_has_at_least_25_cases() -> None:
+    assert len(CASES) >= 25 and len({c.__name__ for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("make_case", CASES, ids=lambda f: f.__name__)
+def test_bad_input_is_answered_in_one_line_and_changes_nothing(
+        make_case: Callable[[Ctx], Case], small_wiki: SmallWiki, tiny_encoder: str, finished: tuple[Path, Path],
+        other_encoders: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ctx = Ctx(tmp_path, small_wiki, tiny_encoder, finished[0], finished[1], other_encoders)
+    case = make_case(ctx)
+    before = tree(case.work)
+    case.during()
+    capsys.readouterr()
+    try:
+        rc = albat(*case.argv)
+    finally:
+        case.release()
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("albat: error: "), err
+    for name in case.names:
+        assert name in err, (name, err)
+    assert case.fix in err, (case.fix, err)
+    assert tree(case.work) == before
