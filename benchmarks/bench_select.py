@@ -237,7 +237,8 @@ def report(args, results_path: Path) -> None:
         baselines = {k: v for k, v in means.items() if k not in ("albat", "oracle")}
         if "albat" in means and baselines:
             best = max(baselines, key=baselines.get)
-            wins.append((domain, n_a, m, means["albat"] - baselines[best], best))
+            wins.append((domain, n_a, m, means["albat"] - baselines[best], best,
+                         separation(groups, (domain, n_a, m)), spread(groups, (domain, n_a, m), ["albat", best])))
     timing = {}
     for (_, _, _, method), runs in groups.items():
         timing.setdefault(method, []).extend(r["select_seconds"] for r in runs)
@@ -250,9 +251,17 @@ def report(args, results_path: Path) -> None:
             f"adapter, {args.judge_steps} steps, lr {args.judge_lr}, λ = {args.lam}. "
             f"albat options: {' '.join(args.albat_option) or 'defaults'}.", "",
             markdown_table(header, rows), "",
-            "ALBAT minus the best baseline (none, random, knn, dsir, classifier, gradalign) at the same budget:", "",
-            markdown_table(["domain", "n_A", "m", "albat − best", "best baseline"],
-                           [[d, n, m, f"{diff:+.3f}", b] for d, n, m, diff, b in wins]), "",
+            "ALBAT minus the best baseline (none, random, knn, dsir, classifier, gradalign) at the same budget. "
+            "A cell is evidence only where the benchmark can see in-domain data at all: `oracle − random` must exceed "
+            "the larger of their seed spreads (std); otherwise it is a control. A difference smaller than the "
+            "larger seed spread of albat and that baseline is a tie.", "",
+            markdown_table(["domain", "n_A", "m", "albat − best", "best baseline", "spread", "verdict",
+                            "oracle − random", "cell"],
+                           [[d, n, m, f"{diff:+.3f}", b, f"{sd:.3f}",
+                             "tie" if abs(diff) <= sd else ("win" if diff > 0 else "loss"),
+                             f"{sep[0]:+.3f} (spread {sep[1]:.3f})" if sep else "-",
+                             "evidence" if sep and sep[0] > sep[1] else "control"]
+                            for d, n, m, diff, b, sep, sd in wins]), "",
             "Selection time per call (seconds, the filter stage's own clock) and share of kept pairs from the "
             "target's own label:", "",
             markdown_table(["method", "mean s", "max s", "in-domain share"],
@@ -263,6 +272,23 @@ def report(args, results_path: Path) -> None:
         body += ["", f"![MRR per method]({plot.relative_to(args.out.parent)})"]
     write_section(args.out, f"select{args.tag}", f"Selection quality (`make bench-select`){' ' + args.tag if args.tag else ''}",
                   "\n".join(body))
+
+
+def _mrrs(groups, cell: tuple, method: str) -> np.ndarray:
+    return np.array([r["mrr"] for r in groups.get((*cell, method), [])])
+
+
+def spread(groups, cell: tuple, methods: list[str]) -> float:
+    """The larger seed standard deviation of the methods' MRR in this cell."""
+    return max((float(np.std(v, ddof=1)) for m in methods if len(v := _mrrs(groups, cell, m)) > 1), default=0.0)
+
+
+def separation(groups, cell: tuple) -> tuple[float, float] | None:
+    """oracle − random mean MRR and the larger of their spreads: can the judge see in-domain data?"""
+    oracle, random_ = _mrrs(groups, cell, "oracle"), _mrrs(groups, cell, "random")
+    if not len(oracle) or not len(random_):
+        return None
+    return float(oracle.mean() - random_.mean()), spread(groups, cell, ["oracle", "random"])
 
 
 def report_ablation(args, results_path: Path, tags: list[str]) -> None:
