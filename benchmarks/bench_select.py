@@ -302,7 +302,7 @@ def report_ablation(args, results_path: Path, tags: list[str]) -> None:
             continue
         tag = k.get("tag", "")
         if tag in tags and k["method"] == "albat":
-            name = f"albat {' '.join(r.get('albat_options') or []) or 'defaults'}"
+            name = f"albat {tag}: {' '.join(r.get('albat_options') or []) or 'default options'}"
             labels[name] = tag
         elif tag == "" and k["method"] in ("random", "knn", "albat", "oracle", "classifier", "gradalign", "dsir", "none"):
             name = k["method"] if k["method"] != "albat" else "albat defaults"
