@@ -267,6 +267,17 @@ def report(args, results_path: Path) -> None:
             markdown_table(["method", "mean s", "max s", "in-domain share"],
                            [row + [f"{np.mean(in_domain[row[0]]):.2f}" if in_domain.get(row[0]) else "-"]
                             for row in timing_rows])]
+    by_size: dict[tuple[str, int], list[dict]] = {}
+    for (_, n_a, _, method), runs in groups.items():
+        if method in ("albat", "gradalign", "dsir", "classifier"):
+            by_size.setdefault((method, n_a), []).extend(runs)
+    body += ["", "Cost against pool size (mean over calls; albat's time includes its surrogate fit, which does not "
+             "depend on the pool):", "",
+             markdown_table(["method", "n_A", "candidates", "seconds", "ms per candidate"],
+                            [[m, n, f"{np.mean([r['candidates'] for r in rs]):.0f}",
+                              f"{np.mean([r['select_seconds'] for r in rs]):.2f}",
+                              f"{1000 * np.mean([r['select_seconds'] / r['candidates'] for r in rs]):.2f}"]
+                             for (m, n), rs in sorted(by_size.items())])]
     plot = plot_results(groups, frozen, methods, args.out.parent / "benchmarks" / f"select{args.tag or ''}.png")
     if plot:
         body += ["", f"![MRR per method]({plot.relative_to(args.out.parent)})"]
