@@ -158,3 +158,19 @@ def test_two_views_are_seeded_unit_rows():
     assert np.array_equal(a, b) and not np.array_equal(a, two_views(x, 0.5, 2))
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, rtol=1e-5)
     assert np.all(np.sum(a * x, axis=1) > 0.5)
+
+
+def test_directional_fisher_is_the_quadratic_form_along_the_direction(tiny):
+    peaked, ex = tiny
+    surrogate = ContrastiveSurrogate(peaked.bank, projection_dim=None, scale=3.0)
+    surrogate.Ws = peaked.Ws
+    u = np.zeros(36, np.float32)
+    u[7] = 1.0  # one coordinate of W: uᵀFu is the Fisher's diagonal entry for W[1, 1]
+    along = surrogate.fisher_trace(ex, "adapted", samples=2000, seed=0, direction=u)
+    # the same labels give a per-coordinate share of the trace: along one axis it is smaller
+    total = surrogate.fisher_trace(ex, "adapted", samples=2000, seed=0)
+    assert np.all(along <= total + 1e-9) and np.all(along > 0)
+    # and summed over a full orthonormal basis it is the trace itself
+    basis = np.eye(36, dtype=np.float32)
+    summed = sum(surrogate.fisher_trace(ex, "adapted", samples=50, seed=1, direction=b) for b in basis)
+    np.testing.assert_allclose(summed, surrogate.fisher_trace(ex, "adapted", samples=50, seed=1), rtol=1e-4)

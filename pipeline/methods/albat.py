@@ -18,8 +18,11 @@ import numpy as np
 from pipeline.methods.base import SelectionMethod, SelectionRequest, SelectionResult
 from pipeline.methods.ranked import ranked_result, typed_options
 from pipeline.methods.surrogate_inputs import SURROGATE_DEFAULTS, prepare_pool
+from stores.errors import AlbatError
 
-DEFAULTS = {**SURROGATE_DEFAULTS, "tau": 0.0, "epsilon": 1.0, "fisher_samples": 2}
+# curvature: "trace" (tr F at φ_s) or "adaptation" (uᵀ F u along u, the unit mean adaptation
+# gradient at φ_0: the curvature added along the path adaptation travels from the backbone)
+DEFAULTS = {**SURROGATE_DEFAULTS, "tau": 0.0, "epsilon": 1.0, "fisher_samples": 2, "curvature": "trace"}
 
 KEPT, INVALID_LOSS, INVALID_GRADIENT, BUDGET = 0, 1, 2, 3
 
@@ -82,8 +85,12 @@ class AlbatMethod(SelectionMethod):
         surrogate, pairs = pool.surrogate, pool.pairs
         loss0, loss_s = surrogate.losses(pairs, "initial"), surrogate.losses(pairs, "adapted")
         grads = surrogate.gradients(pairs, "adapted")
-        curvature = surrogate.fisher_trace(pairs, "adapted", opts["fisher_samples"], request.seed)
-        bound = float(opts["epsilon"] * np.linalg.norm(surrogate.gradients(pool.adaptation, "initial").mean(0)))
+        adaptation_grad = surrogate.gradients(pool.adaptation, "initial").mean(0)
+        bound = float(opts["epsilon"] * np.linalg.norm(adaptation_grad))
+        if opts["curvature"] not in ("trace", "adaptation"):
+            raise AlbatError(f"method albat: curvature={opts['curvature']!r}; choose trace or adaptation")
+        direction = adaptation_grad / max(np.linalg.norm(adaptation_grad), 1e-12) if opts["curvature"] == "adaptation" else None
+        curvature = surrogate.fisher_trace(pairs, "adapted", opts["fisher_samples"], request.seed, direction)
         score_seconds = time.perf_counter() - clock
 
         delta = loss_s - loss0

@@ -36,8 +36,12 @@ class Surrogate(ABC):
         """Per-example ∇_φ ℓ(φ; z), projected to the surrogate's `projection_dim` when it has one: (n, p)."""
 
     @abstractmethod
-    def fisher_trace(self, examples: Any, state: State, samples: int, seed: int) -> np.ndarray:
-        """Per-example tr F(z) = E_{ŷ~p_φ(·|z)} ‖∇_φ log p_φ(ŷ|z)‖², estimated with `samples` labels: (n,)."""
+    def fisher_trace(self, examples: Any, state: State, samples: int, seed: int,
+                     direction: np.ndarray | None = None) -> np.ndarray:
+        """Per-example tr F(z) = E_{ŷ~p_φ(·|z)} ‖∇_φ log p_φ(ŷ|z)‖², estimated with `samples` labels: (n,).
+
+        With a unit `direction` u (in the space `gradients` returns): the curvature along it,
+        uᵀF(z)u = E (∇ log p(ŷ|z)·u)²."""
 
 
 SURROGATES: dict[str, str] = {

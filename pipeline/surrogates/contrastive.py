@@ -246,7 +246,8 @@ class ContrastiveSurrogate(Surrogate):
         return G.reshape(len(xq), -1)
 
     @torch.no_grad()
-    def _per_example(self, examples: Pairs, state: State, samples: int = 0, seed: int = 0) -> np.ndarray:
+    def _per_example(self, examples: Pairs, state: State, samples: int = 0, seed: int = 0,
+                     direction: np.ndarray | None = None) -> np.ndarray:
         """Gradients of ℓ (samples=0), or Fisher-trace estimates: the mean over `samples` labels
         ŷ ~ p_φ(·|z) of ‖∇ ½[log p_q(ŷ_q) + log p_d(ŷ_d)]‖² (the same closed form, labels sampled)."""
         W = self._W(state)
@@ -258,6 +259,7 @@ class ContrastiveSurrogate(Surrogate):
             self._bank_sketch = (torch.einsum("kr,ks->krs", bdh @ P1.T, xbd_p),
                                  torch.einsum("kr,ks->krs", bqh @ P1.T, xbq_p), xbd_p, xbq_p)
         gen = torch.Generator().manual_seed(seed)
+        u = None if direction is None else torch.from_numpy(np.asarray(direction, dtype=np.float32))
         out = []
         for s in self._chunks(len(examples), max(1, samples)):
             xq, xd = self._t(examples.query[s]), self._t(examples.doc[s])
@@ -275,7 +277,8 @@ class ContrastiveSurrogate(Surrogate):
             labels_d = torch.multinomial(pd, samples, replacement=True, generator=gen).reshape(-1)
             rep = lambda t: t.repeat_interleave(samples, 0)  # noqa: E731  (row i's samples are adjacent)
             g = logit_grads(*map(rep, (qh, nq, dh, nd)), bqh, nbq, bdh, nbd, labels_q, labels_d, self.scale)
-            norms = self._gradient_matrix(g, rep(xq), rep(xd), xbq, xbd, bqh, bdh).pow(2).sum(1).double()
+            G = self._gradient_matrix(g, rep(xq), rep(xd), xbq, xbd, bqh, bdh)
+            norms = (G.pow(2).sum(1) if direction is None else (G @ u).pow(2)).double()
             trace = norms.reshape(len(xq), samples).sum(1)
             out.append(trace / samples)
         if not out:
@@ -289,5 +292,6 @@ class ContrastiveSurrogate(Surrogate):
     def gradients(self, examples: Pairs, state: State) -> np.ndarray:
         return self._per_example(examples, state)
 
-    def fisher_trace(self, examples: Pairs, state: State, samples: int = 2, seed: int = 0) -> np.ndarray:
-        return self._per_example(examples, state, samples=max(1, samples), seed=seed)
+    def fisher_trace(self, examples: Pairs, state: State, samples: int = 2, seed: int = 0,
+                     direction: np.ndarray | None = None) -> np.ndarray:
+        return self._per_example(examples, state, samples=max(1, samples), seed=seed, direction=direction)
