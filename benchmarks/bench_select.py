@@ -249,7 +249,9 @@ def report(args, results_path: Path) -> None:
     body = ["Held-out target retrieval MRR (test queries against their 600 test documents plus "
             f"{args.distractors} backbone distractors), mean ± std over seeds {args.seeds}; judge: `contrastive` "
             f"adapter, {args.judge_steps} steps, lr {args.judge_lr}, λ = {args.lam}. "
-            f"albat options: {' '.join(args.albat_option) or 'defaults'}.", "",
+            f"albat options: {' '.join(args.albat_option) or 'defaults'}. {len(records)} records"
+            + (f" from {results_path}, tabulated again by --report-only (the runs were `python -m "
+               "benchmarks.bench_select` with the same options)" if args.report_only else "") + ".", "",
             markdown_table(header, rows), "",
             "ALBAT minus the best baseline (none, random, knn, dsir, classifier, gradalign) at the same budget. "
             "A cell is evidence only where the benchmark can see in-domain data at all: `oracle − random` must exceed "
@@ -350,6 +352,8 @@ def plot_results(groups, frozen, methods: list[str], path: Path) -> Path | None:
             ax.bar(x + i * width, means, width, yerr=stds, label=method)
         if domain in frozen:
             ax.axhline(frozen[domain]["mrr"], color="black", linestyle="--", label="frozen")
+        values = [r["mrr"] for c in configs for m in methods for r in groups.get((*c, m), [])]
+        ax.set_ylim(min(values) - 0.01, max(values) + 0.01)  # the differences are a few hundredths
         ax.set_xticks(x + 0.4 - width / 2, [f"n_A={c[1]}\nm={c[2]}" for c in configs], fontsize=8)
         ax.set_title(domain)
         ax.set_ylabel("test MRR")
