@@ -243,6 +243,9 @@ def report(args, results_path: Path) -> None:
     for (_, _, _, method), runs in groups.items():
         timing.setdefault(method, []).extend(r["select_seconds"] for r in runs)
     timing_rows = [[m, f"{np.mean(timing[m]):.2f}", f"{np.max(timing[m]):.2f}"] for m in methods if m in timing]
+    fill: dict[str, list[float]] = {}  # albat keeps *up to* m: how much of the budget each method used
+    for (_, _, m, method), runs in groups.items():
+        fill.setdefault(method, []).extend(r["kept"] / m for r in runs)
     in_domain = {}
     for (_, _, _, method), runs in groups.items():
         in_domain.setdefault(method, []).extend(r["in_domain"] for r in runs if not math.isnan(r["in_domain"]))
@@ -266,8 +269,9 @@ def report(args, results_path: Path) -> None:
                             for d, n, m, diff, b, sep, sd in wins]), "",
             "Selection time per call (seconds, the filter stage's own clock) and share of kept pairs from the "
             "target's own label:", "",
-            markdown_table(["method", "mean s", "max s", "in-domain share"],
-                           [row + [f"{np.mean(in_domain[row[0]]):.2f}" if in_domain.get(row[0]) else "-"]
+            markdown_table(["method", "mean s", "max s", "in-domain share", "kept / m (min)"],
+                           [row + [f"{np.mean(in_domain[row[0]]):.2f}" if in_domain.get(row[0]) else "-",
+                                   f"{np.mean(fill[row[0]]):.2f} ({np.min(fill[row[0]]):.2f})"]
                             for row in timing_rows])]
     by_size: dict[tuple[str, int], list[dict]] = {}
     for (_, n_a, _, method), runs in groups.items():
