@@ -33,6 +33,7 @@ k = 16
 [filter]
 method = "albat"
 budget = {BUDGET}
+tau = 0.0
 steps = 40
 bank_size = 32
 projection_dim = 256

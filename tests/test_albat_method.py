@@ -62,3 +62,12 @@ def test_filter_never_exceeds_the_budget(budget):
                                   tau=0.0, budget=budget)
     assert len(decision.order) <= budget
     assert set(decision.order) == set(np.nonzero(decision.status == KEPT)[0])
+
+
+def test_default_tau_leaves_validity_to_the_set_bound():
+    from pipeline.methods.albat import DEFAULTS
+
+    assert DEFAULTS["tau"] == float("inf")
+    decision = proposition_filter(np.array([0.3, -0.2]), np.zeros((2, 2)), np.array([2.0, 1.0]), bound=1.0,
+                                  tau=DEFAULTS["tau"], budget=5)
+    assert decision.order.tolist() == [0, 1]
