@@ -309,30 +309,30 @@ def separation(groups, cell: tuple) -> tuple[float, float] | None:
 
 
 def report_ablation(args, results_path: Path, tags: list[str]) -> None:
-    """albat variants (one tag each) beside the untagged run's baselines, on the same cells."""
-    records = list(map(json.loads, results_path.read_text().splitlines()))
+    """albat variants (one tag each) beside the untagged run's methods, on the cells the variants ran."""
     cells: dict[tuple, dict[str, list[float]]] = {}
-    labels: dict[str, str] = {}
-    for r in records:
+    legend: dict[str, str] = {}
+    for r in map(json.loads, results_path.read_text().splitlines()):
         k = r["key"]
-        if k["method"] == "frozen":
-            continue
         tag = k.get("tag", "")
-        if tag in tags and k["method"] == "albat":
-            name = f"albat {tag}: {' '.join(r.get('albat_options') or []) or 'default options'}"
-            labels[name] = tag
-        elif tag == "" and k["method"] in ("random", "knn", "albat", "oracle", "classifier", "gradalign", "dsir", "none"):
-            name = k["method"] if k["method"] != "albat" else "albat defaults"
-        else:
+        if k["method"] == "frozen" or (tag and (tag not in tags or k["method"] != "albat")):
             continue
+        name = tag or k["method"]
+        if tag:
+            legend[tag] = (" ".join(r.get("albat_options") or []) or "default options") + (
+                f", candidate pool k = {r['k']} neighbours per example" if r.get("k", 64) != 64 else "")
         cells.setdefault((k["domain"], k["n_a"], k["m"]), {}).setdefault(name, []).append(r["mrr"])
-    wanted = sorted({key for key, runs in cells.items() if any(labels.get(n) for n in runs)})
-    names = sorted({n for key in wanted for n in cells[key]}, key=lambda n: (n.startswith("albat"), n))
-    rows = [[n] + [f"{np.mean(cells[c][n]):.3f} ± {np.std(cells[c][n], ddof=1) if len(cells[c][n]) > 1 else 0:.3f}"
-                   if n in cells[c] else "-" for c in wanted] for n in names]
-    header = ["variant"] + [f"{d} n_A={n} m={m}" for d, n, m in wanted]
-    body = ["Test MRR, mean ± std over seeds; albat variants against the baselines of the main run on the same "
-            "cells (same adaptation draws, candidate pools and judge).", "", markdown_table(header, rows)]
+    names = [m for m in METHODS if any(m in c for c in cells.values())] + [t for t in tags if t in legend]
+    rows = []
+    for cell in sorted(c for c, runs in cells.items() if any(t in runs for t in legend)):
+        runs = cells[cell]
+        rows.append([*cell] + [f"{np.mean(runs[n]):.3f}±{np.std(runs[n], ddof=1) if len(runs[n]) > 1 else 0:.3f}"
+                               if n in runs else "-" for n in names])
+    body = ["Test MRR, mean ± std over seeds. Columns after `oracle` are albat variants (tags below); the "
+            "others are the main run's methods (albat = current defaults) on the same cells: same adaptation "
+            "draws, candidate pools and judge.", "",
+            "\n".join(f"- `{t}`: {legend[t]}" for t in tags if t in legend), "",
+            markdown_table(["domain", "n_A", "m"] + names, rows)]
     write_section(args.out, "select-ablation", "Selection quality: albat ablation", "\n".join(body))
 
 
