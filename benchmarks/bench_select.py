@@ -330,7 +330,8 @@ def report_ablation(args, results_path: Path, tags: list[str]) -> None:
                                if n in runs else "-" for n in names])
     body = ["Test MRR, mean ± std over seeds. Columns after `oracle` are albat variants (tags below); the "
             "others are the main run's methods (albat = current defaults) on the same cells: same adaptation "
-            "draws, candidate pools and judge.", "",
+            "draws, candidate pools and judge. The variants ran before `tau`'s default moved from 0 to inf: each "
+            "ran with τ = 0 and ε = 1 unless its options say otherwise, so `abl-tau0` is their reference.", "",
             "\n".join(f"- `{t}`: {legend[t]}" for t in tags if t in legend), "",
             markdown_table(["domain", "n_A", "m"] + names, rows)]
     write_section(args.out, "select-ablation", "Selection quality: albat ablation", "\n".join(body))
