@@ -79,7 +79,7 @@ def judge(train, extra, bank, test, distractors, args, seed: int) -> tuple[float
     from pipeline.surrogates.contrastive import train_adapter
 
     W, _ = train_adapter(train, bank, steps=args.judge_steps, lr=args.judge_lr, batch_size=64, seed=seed,
-                         extra=extra if extra is not None and len(extra) else None, backbone_weight=args.lam)
+                         extra=extra, backbone_weight=args.lam)
     return retrieval(W, test.query, test.doc, distractors)
 
 
@@ -144,8 +144,6 @@ def main() -> None:
 
 
 def run_all(args, domains: list[dict], results_path: Path) -> None:
-    from pipeline.surrogates.contrastive import Pairs
-
     backbone, heldout = build_stores(args.data, args.work, json.loads((args.data / "domains.json").read_text()))
     done = {json.dumps(r["key"]) for r in map(json.loads, results_path.read_text().splitlines())} \
         if results_path.exists() else set()
@@ -194,8 +192,7 @@ def run_all(args, domains: list[dict], results_path: Path) -> None:
                     for method, ratio in pending:
                         m = ratio * n_a
                         kept, seconds = select(method, exp, m, seed, oracle_pool, blocked, args.albat_option)
-                        extra = pairs_for(backbone, kept) if len(kept) else Pairs(np.empty((0, backbone.dim), np.float32),
-                                                                                  np.empty((0, backbone.dim), np.float32))
+                        extra = pairs_for(backbone, kept) if len(kept) else None
                         started = time.perf_counter()
                         r1, mrr = judge(train, extra, bank, test, distractors, args, seed)
                         in_domain = float(np.isin(kept, oracle_pool).mean()) if len(kept) else float("nan")

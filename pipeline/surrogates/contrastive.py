@@ -51,10 +51,6 @@ class Pairs:
     def take(self, rows: np.ndarray) -> "Pairs":
         return Pairs(self.query[rows], self.doc[rows])
 
-    @staticmethod
-    def concat(parts: list["Pairs"]) -> "Pairs":
-        return Pairs(np.concatenate([p.query for p in parts]), np.concatenate([p.doc for p in parts]))
-
 
 def two_views(x: np.ndarray, sigma: float, seed: int) -> np.ndarray:
     """The query view of single-column data: normalise(x + σ·ε), ε ~ N(0, I/d), seeded."""
@@ -115,10 +111,14 @@ class LogitGrads:
     beta_q: torch.Tensor
 
 
-def logit_grads(q_hat, nq, d_hat, nd, bank_q_hat, nbq, bank_d_hat, nbd, labels_q, labels_d, scale) -> LogitGrads:
+def pair_logits(q_hat, d_hat, bank_q_hat, bank_d_hat, scale) -> tuple[torch.Tensor, torch.Tensor]:
+    """z_q = s·[q̂·d̂, q̂·b̂_d1..K] and z_d = s·[d̂·q̂, d̂·b̂_q1..K]: the positive is column 0."""
     pos = scale * (q_hat * d_hat).sum(-1, keepdim=True)
-    zq = torch.cat([pos, scale * q_hat @ bank_d_hat.T], 1)
-    zd = torch.cat([pos, scale * d_hat @ bank_q_hat.T], 1)
+    return torch.cat([pos, scale * q_hat @ bank_d_hat.T], 1), torch.cat([pos, scale * d_hat @ bank_q_hat.T], 1)
+
+
+def logit_grads(q_hat, nq, d_hat, nd, bank_q_hat, nbq, bank_d_hat, nbd, labels_q, labels_d, scale) -> LogitGrads:
+    zq, zd = pair_logits(q_hat, d_hat, bank_q_hat, bank_d_hat, scale)
     e = 0.5 * (torch.softmax(zq, 1) - F.one_hot(labels_q, zq.shape[1]))
     f = 0.5 * (torch.softmax(zd, 1) - F.one_hot(labels_d, zd.shape[1]))
     tie = (e[:, :1] + f[:, :1])
@@ -181,6 +181,23 @@ def train_adapter(train: Pairs, bank: Pairs, *, steps: int, lr: float, batch_siz
                      "holdout_loss_at_init": round(history[0][1], 5)}
 
 
+@dataclass
+class _BankTerms:
+    """The bank's share of every gradient at one W, computed once per call, not per chunk.
+
+    x_q, x_d are the raw bank inputs (or their P2 sketch); outer_q/outer_d hold the per-bank-vector
+    r×r outer products (P1 b̂)(P2 x)ᵀ when gradients are sketched."""
+
+    x_q: torch.Tensor
+    x_d: torch.Tensor
+    hat_q: torch.Tensor
+    norm_q: torch.Tensor
+    hat_d: torch.Tensor
+    norm_d: torch.Tensor
+    outer_q: torch.Tensor | None = None
+    outer_d: torch.Tensor | None = None
+
+
 class ContrastiveSurrogate(Surrogate):
     name = "contrastive"
 
@@ -230,19 +247,29 @@ class ContrastiveSurrogate(Surrogate):
                             bq, bd, in_batch=False, scale=self.scale) for s in self._chunks(len(examples))]
         return torch.cat(out).numpy().astype(np.float64) if out else np.empty(0)
 
-    def _gradient_matrix(self, g: LogitGrads, xq, xd, xbq, xbd, bank_q_hat, bank_d_hat) -> torch.Tensor:
+    def _bank_terms(self, W: torch.Tensor) -> _BankTerms:
+        xq, xd = self._t(self.bank.query), self._t(self.bank.doc)
+        (hat_q, norm_q), (hat_d, norm_d) = _unit(xq, W), _unit(xd, W)
+        if self.projection is None:
+            return _BankTerms(xq, xd, hat_q, norm_q, hat_d, norm_d)
+        P1, P2 = self.projection
+        xq_p, xd_p = xq @ P2.T, xd @ P2.T
+        return _BankTerms(xq_p, xd_p, hat_q, norm_q, hat_d, norm_d,
+                          outer_q=torch.einsum("kr,ks->krs", hat_q @ P1.T, xq_p),
+                          outer_d=torch.einsum("kr,ks->krs", hat_d @ P1.T, xd_p))
+
+    def _gradient_matrix(self, g: LogitGrads, xq, xd, bank: _BankTerms) -> torch.Tensor:
         """G = Σ_j δ_j x_jᵀ per example: (n, d·d) exact, or (n, r·r) as P1 G P2ᵀ."""
         outer = lambda a, b: torch.einsum("na,nb->nab", a, b)  # noqa: E731
         if self.projection is None:
             G = (outer(g.delta_q, xq) + outer(g.delta_d, xd)
-                 + outer(g.q_hat, g.alpha_d @ xbd) - torch.einsum("nk,ka,kb->nab", g.alpha_d * g.beta_d, bank_d_hat, xbd)
-                 + outer(g.d_hat, g.alpha_q @ xbq) - torch.einsum("nk,ka,kb->nab", g.alpha_q * g.beta_q, bank_q_hat, xbq))
+                 + outer(g.q_hat, g.alpha_d @ bank.x_d) - torch.einsum("nk,ka,kb->nab", g.alpha_d * g.beta_d, bank.hat_d, bank.x_d)
+                 + outer(g.d_hat, g.alpha_q @ bank.x_q) - torch.einsum("nk,ka,kb->nab", g.alpha_q * g.beta_q, bank.hat_q, bank.x_q))
             return G.reshape(len(xq), -1)
         P1, P2 = self.projection
-        bank_d_outer, bank_q_outer, xbd_p, xbq_p = self._bank_sketch
         G = (outer(g.delta_q @ P1.T, xq @ P2.T) + outer(g.delta_d @ P1.T, xd @ P2.T)
-             + outer(g.q_hat @ P1.T, g.alpha_d @ xbd_p) - torch.einsum("nk,krs->nrs", g.alpha_d * g.beta_d, bank_d_outer)
-             + outer(g.d_hat @ P1.T, g.alpha_q @ xbq_p) - torch.einsum("nk,krs->nrs", g.alpha_q * g.beta_q, bank_q_outer))
+             + outer(g.q_hat @ P1.T, g.alpha_d @ bank.x_d) - torch.einsum("nk,krs->nrs", g.alpha_d * g.beta_d, bank.outer_d)
+             + outer(g.d_hat @ P1.T, g.alpha_q @ bank.x_q) - torch.einsum("nk,krs->nrs", g.alpha_q * g.beta_q, bank.outer_q))
         return G.reshape(len(xq), -1)
 
     @torch.no_grad()
@@ -251,33 +278,25 @@ class ContrastiveSurrogate(Surrogate):
         """Gradients of ℓ (samples=0), or Fisher-trace estimates: the mean over `samples` labels
         ŷ ~ p_φ(·|z) of ‖∇ ½[log p_q(ŷ_q) + log p_d(ŷ_d)]‖² (the same closed form, labels sampled)."""
         W = self._W(state)
-        xbq, xbd = self._t(self.bank.query), self._t(self.bank.doc)
-        (bqh, nbq), (bdh, nbd) = _unit(xbq, W), _unit(xbd, W)
-        if self.projection is not None:
-            P1, P2 = self.projection
-            xbq_p, xbd_p = xbq @ P2.T, xbd @ P2.T
-            self._bank_sketch = (torch.einsum("kr,ks->krs", bdh @ P1.T, xbd_p),
-                                 torch.einsum("kr,ks->krs", bqh @ P1.T, xbq_p), xbd_p, xbq_p)
+        bank = self._bank_terms(W)
         gen = torch.Generator().manual_seed(seed)
         u = None if direction is None else torch.from_numpy(np.asarray(direction, dtype=np.float32))
         out = []
         for s in self._chunks(len(examples), max(1, samples)):
             xq, xd = self._t(examples.query[s]), self._t(examples.doc[s])
             (qh, nq), (dh, nd) = _unit(xq, W), _unit(xd, W)
-            args = (qh, nq, dh, nd, bqh, nbq, bdh, nbd)
+            banks = (bank.hat_q, bank.norm_q, bank.hat_d, bank.norm_d)
             if not samples:
                 zeros = torch.zeros(len(xq), dtype=torch.long)
-                g = logit_grads(*args, zeros, zeros, self.scale)
-                out.append(self._gradient_matrix(g, xq, xd, xbq, xbd, bqh, bdh))
+                g = logit_grads(qh, nq, dh, nd, *banks, zeros, zeros, self.scale)
+                out.append(self._gradient_matrix(g, xq, xd, bank))
                 continue
-            pos = self.scale * (qh * dh).sum(-1, keepdim=True)
-            pq = torch.softmax(torch.cat([pos, self.scale * qh @ bdh.T], 1), 1)
-            pd = torch.softmax(torch.cat([pos, self.scale * dh @ bqh.T], 1), 1)
-            labels_q = torch.multinomial(pq, samples, replacement=True, generator=gen).reshape(-1)
-            labels_d = torch.multinomial(pd, samples, replacement=True, generator=gen).reshape(-1)
+            zq, zd = pair_logits(qh, dh, bank.hat_q, bank.hat_d, self.scale)
+            labels_q = torch.multinomial(torch.softmax(zq, 1), samples, replacement=True, generator=gen).reshape(-1)
+            labels_d = torch.multinomial(torch.softmax(zd, 1), samples, replacement=True, generator=gen).reshape(-1)
             rep = lambda t: t.repeat_interleave(samples, 0)  # noqa: E731  (row i's samples are adjacent)
-            g = logit_grads(*map(rep, (qh, nq, dh, nd)), bqh, nbq, bdh, nbd, labels_q, labels_d, self.scale)
-            G = self._gradient_matrix(g, rep(xq), rep(xd), xbq, xbd, bqh, bdh)
+            g = logit_grads(*map(rep, (qh, nq, dh, nd)), *banks, labels_q, labels_d, self.scale)
+            G = self._gradient_matrix(g, rep(xq), rep(xd), bank)
             norms = (G.pow(2).sum(1) if direction is None else (G @ u).pow(2)).double()
             trace = norms.reshape(len(xq), samples).sum(1)
             out.append(trace / samples)
