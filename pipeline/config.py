@@ -81,7 +81,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # Keys whose values are paths (resolved against the config file's directory).
-PATH_KEYS = {("work",), ("embed", "input"), ("query", "adaptation"), ("query", "exclude")}
+PATH_KEYS = {("work",), ("embed", "input"), ("query", "adaptation"), ("query", "exclude"), ("filter", "model")}
 LIST_KEYS = {("embed", "input"), ("embed", "keep_columns"), ("query", "adaptation"), ("query", "exclude")}
 
 

@@ -194,6 +194,16 @@ class EmbeddingStore:
             out[mask] = self.metadata(index, [ID]).column(ID).to_numpy()[rows]
         return out
 
+    def texts_for_ids(self, ids: np.ndarray, column: str | None = None) -> list[str]:
+        """Texts (default: the embedded text column) of some ids, reading only the shards that hold them."""
+        column = column or self.info["text_column"]
+        out: list[str] = [""] * len(ids)
+        for index, mask, rows in self._locate(self.id_positions(ids)):
+            texts = self.metadata(index, [column]).column(column).take(rows).to_pylist()
+            for slot, text in zip(np.nonzero(mask)[0], texts):
+                out[slot] = text
+        return out
+
     # ----- id lookup ----------------------------------------------------------------------
     @property
     def _id_index_paths(self) -> tuple[Path, Path]:

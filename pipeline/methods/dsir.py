@@ -85,16 +85,6 @@ def _shards(store: EmbeddingStore, column: str) -> Iterator[tuple[np.ndarray, li
         yield meta.column(ID).to_numpy(), meta.column(column).to_pylist()
 
 
-def _texts_for_ids(store: EmbeddingStore, ids: np.ndarray, column: str) -> list[str]:
-    """Texts of a few ids, reading only the shards that hold them."""
-    out: list[str] = [""] * len(ids)
-    for index, mask, rows in store._locate(store.id_positions(ids)):  # noqa: SLF001 (the store's own grouping)
-        texts = store.metadata(index, [column]).column(column).take(rows).to_pylist()
-        for slot, text in zip(np.nonzero(mask)[0], texts):
-            out[slot] = text
-    return out
-
-
 class _Draw:
     """A running top-`budget` of Gumbel keys over a stream of rows, plus the weights and keys of
     the candidate rows seen on the way (every one is recorded, kept or not)."""
@@ -136,7 +126,7 @@ class DsirMethod(SelectionMethod):
         draw = _Draw(request.budget, request.seed, cand_ids)
         if opts["pool"] == "candidates":
             check_budget(request.budget, int((~np.isin(cand_ids, blocked)).sum()), "the dsir candidate pool")
-            counts = hashed_ngram_counts(_texts_for_ids(store, cand_ids, column), buckets)
+            counts = hashed_ngram_counts(store.texts_for_ids(cand_ids, column), buckets)
             draw.add(cand_ids, log_importance(counts, log_ratio(target, counts.sum(axis=0), alpha)), blocked)
         else:
             raw, selectable = np.zeros(buckets), 0

@@ -1,8 +1,10 @@
-"""What surrogate-based methods (albat, gradalign) share: options, and the pairs they score.
+"""What surrogate-based methods (albat, gradalign) share: options, and the examples they score.
 
-Pairs come from the store: the document side is the embedded text column, the query side the
-embedded pair column (`embed.pair_column`). A store without a pair column gets two views of the
-same example (`pipeline.surrogates.contrastive.two_views`), seeded.
+`contrastive` scores pairs from the store: the document side is the embedded text column, the
+query side the embedded pair column (`embed.pair_column`). A store without a pair column gets two
+views of the same example (`pipeline.surrogates.contrastive.two_views`), seeded.
+`lm` scores the texts themselves (the store's text column and the adaptation texts), tokenized by
+the causal LM given as `model`.
 """
 from __future__ import annotations
 
@@ -26,6 +28,13 @@ SURROGATE_DEFAULTS: dict[str, Any] = {
     "holdout_fraction": 0.25,  # adaptation pairs held out for early stopping (0: train on all, fixed steps)
     "projection_dim": 1024,  # sketched gradient size; 0 = exact d×d gradients
     "view_sigma": 1.0,  # single-column data: noise norm of the second view (cosine to the first ≈ 0.7)
+    # surrogate = "lm": a local Hugging Face causal-LM checkpoint with a peft LoRA adapter
+    "model": "",  # checkpoint directory (config.json, weights, tokenizer); nothing is downloaded
+    "max_length": 128,  # tokens per text, BOS included; ℓ is the mean NLL over them
+    "lora_rank": 8,
+    "lora_alpha": 16.0,
+    "target_modules": "",  # comma-separated LoRA targets; empty: peft's default for the architecture
+    "device": "auto",  # CUDA when present, else CPU
 }
 
 
@@ -59,18 +68,39 @@ def bank_ids(store: EmbeddingStore, size: int, exclude: np.ndarray, seed: int) -
     return ids[~np.isin(ids, exclude)][:size]
 
 
-def build_surrogate(request: SelectionRequest, opts: dict[str, Any], exclude: np.ndarray):
-    """The surrogate with its bank (seeded, disjoint from `exclude`) and the adaptation pairs."""
-    if opts["surrogate"] != "contrastive":
-        surrogate_class(opts["surrogate"])  # a clear error for unknown names
-        raise AlbatError(f"surrogate '{opts['surrogate']}' cannot score this store's embeddings; use contrastive")
+def _contrastive(request: SelectionRequest, opts: dict[str, Any], exclude: np.ndarray):
     cls = surrogate_class("contrastive")
     bank = store_pairs(request.store, bank_ids(request.store, opts["bank_size"], exclude, request.seed),
                        opts["view_sigma"], request.seed + 2)
     surrogate = cls(bank, steps=opts["steps"], lr=opts["lr"], batch_size=opts["batch_size"],
                     holdout_fraction=opts["holdout_fraction"],
                     projection_dim=opts["projection_dim"] or None, projection_seed=request.seed)
-    return surrogate, adaptation_pairs(request, opts["view_sigma"])
+    return (surrogate, adaptation_pairs(request, opts["view_sigma"]),
+            lambda ids: store_pairs(request.store, ids, opts["view_sigma"], request.seed + 3))
+
+
+def _lm(request: SelectionRequest, opts: dict[str, Any], exclude: np.ndarray):
+    targets = [t.strip() for t in str(opts["target_modules"]).split(",") if t.strip()]
+    surrogate = surrogate_class("lm")(
+        opts["model"], max_length=opts["max_length"], lora_rank=opts["lora_rank"], lora_alpha=opts["lora_alpha"],
+        target_modules=targets or None, steps=opts["steps"], lr=opts["lr"], batch_size=opts["batch_size"],
+        holdout_fraction=opts["holdout_fraction"], projection_dim=opts["projection_dim"] or None,
+        projection_seed=request.seed, device=opts["device"], seed=request.seed)
+    return (surrogate, surrogate.examples(request.adaptation_texts),
+            lambda ids: surrogate.examples(request.store.texts_for_ids(ids)))
+
+
+BUILDERS = {"contrastive": _contrastive, "lm": _lm}
+
+
+def build_surrogate(request: SelectionRequest, opts: dict[str, Any], exclude: np.ndarray):
+    """(surrogate, adaptation examples, ids -> store examples). The contrastive bank is seeded and
+    disjoint from `exclude`."""
+    surrogate_class(opts["surrogate"])  # a clear error for unknown names
+    if opts["surrogate"] == "lm" and not opts["model"]:
+        raise AlbatError("surrogate lm needs model=DIR, a local Hugging Face causal-LM checkpoint "
+                         "(--surrogate-model DIR or --method-option model=DIR)")
+    return BUILDERS[opts["surrogate"]](request, opts, exclude)
 
 
 @dataclass
@@ -82,7 +112,7 @@ class SurrogatePool:
     query_idx: np.ndarray
     block_reason: list[str | None]
     rows: np.ndarray  # indices into `ids` of the selectable (unblocked) candidates
-    pairs: Any  # the selectable candidates' pairs, in `rows` order
+    pairs: Any  # the selectable candidates' examples (pairs, or tokens for lm), in `rows` order
     surrogate: Any
     adaptation: Any
 
@@ -102,7 +132,6 @@ class SurrogatePool:
 def prepare_pool(request: SelectionRequest, opts: dict[str, Any]) -> SurrogatePool:
     ids, query_idx, block_reason = candidate_columns(request.candidates)
     rows = np.nonzero(~np.isin(ids, request.blocked_ids))[0]
-    surrogate, adaptation = build_surrogate(request, opts, np.concatenate([request.blocked_ids, ids]))
+    surrogate, adaptation, examples = build_surrogate(request, opts, np.concatenate([request.blocked_ids, ids]))
     return SurrogatePool(ids=ids, query_idx=query_idx, block_reason=block_reason, rows=rows,
-                         pairs=store_pairs(request.store, ids[rows], opts["view_sigma"], request.seed + 3),
-                         surrogate=surrogate, adaptation=adaptation)
+                         pairs=examples(ids[rows]), surrogate=surrogate, adaptation=adaptation)

@@ -46,6 +46,7 @@ class Surrogate(ABC):
 
 SURROGATES: dict[str, str] = {
     "contrastive": "pipeline.surrogates.contrastive:ContrastiveSurrogate",
+    "lm": "pipeline.surrogates.lm:LmSurrogate",
 }
 
 
