@@ -1,0 +1,116 @@
+"""`albat run --method albat --surrogate lm` on real Wikipedia summaries with a tiny random LM, then
+the trainer hand-off: scripts/train_lora.py trains LoRA on the emitted shards with albat_weight."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import REPO, SmallWiki, albat, small_run_config
+from lm_fixtures import SENTENCES, make_tiny_lm
+
+BUDGET = 10
+
+
+def _train_lora_module():
+    spec = importlib.util.spec_from_file_location("train_lora", REPO / "scripts" / "train_lora.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_lm(tmp_path_factory.mktemp("lm"))
+
+
+def _run(tmp: Path, wiki: SmallWiki, encoder: str, lm: Path, method: str = "albat") -> Path:
+    config = small_run_config(tmp, wiki, encoder)
+    code = albat("run", "--config", config, "--quiet", "--method", method, "--budget", BUDGET,
+                 "--surrogate", "lm", "--surrogate-model", lm, "--method-option", "steps=10",
+                 "--method-option", "batch_size=8", "--method-option", "max_length=32",
+                 "--method-option", "projection_dim=128")
+    assert code == 0
+    return tmp / "work"
+
+
+@pytest.fixture(scope="module")
+def run_dir(small_wiki: SmallWiki, tiny_encoder: str, tiny_lm: Path, tmp_path_factory) -> Path:
+    return _run(tmp_path_factory.mktemp("lm_run"), small_wiki, tiny_encoder, tiny_lm)
+
+
+def test_albat_with_the_lm_surrogate_scores_and_explains_every_candidate(run_dir: Path) -> None:
+    selection = pq.read_table(run_dir / "filter" / "selection.parquet").to_pandas()
+    candidates = pq.read_table(run_dir / "query" / "candidates.parquet").to_pandas()
+    assert sorted(selection["id"]) == sorted(candidates["candidate_id"])
+    open_rows = selection[~selection["id"].isin(candidates.loc[candidates["blocked"], "candidate_id"])]
+    assert np.isfinite(open_rows[["loss_initial", "loss_adapted", "grad_norm", "curvature"]].to_numpy()).all()
+    assert (open_rows["loss_initial"] > 0).all()
+    kept = selection[selection["keep"]]
+    assert 0 < len(kept) <= BUDGET
+    assert kept["reason"].str.startswith("kept: ").all()
+    manifest = json.loads((run_dir / "output" / "manifest.json").read_text())
+    report = manifest["selection"]
+    assert report["surrogate"] == "lm" and report["surrogate_fit"]["steps"] == 10
+    assert report["surrogate_fit"]["lora_parameters"] > 0
+
+
+def test_same_seed_same_selection(run_dir: Path, small_wiki: SmallWiki, tiny_encoder: str, tiny_lm: Path,
+                                  tmp_path: Path) -> None:
+    again = _run(tmp_path, small_wiki, tiny_encoder, tiny_lm)
+    first, second = (pq.read_table(d / "filter" / "selection.parquet").to_pandas() for d in (run_dir, again))
+    assert first["id"][first["keep"]].tolist() == second["id"][second["keep"]].tolist()
+    np.testing.assert_array_equal(first["curvature"].to_numpy(), second["curvature"].to_numpy())
+
+
+def test_gradalign_runs_on_the_lm_surrogate(small_wiki: SmallWiki, tiny_encoder: str, tiny_lm: Path,
+                                            tmp_path: Path) -> None:
+    work = _run(tmp_path, small_wiki, tiny_encoder, tiny_lm, method="gradalign")
+    selection = pq.read_table(work / "filter" / "selection.parquet").to_pandas()
+    assert selection["keep"].sum() == BUDGET
+    assert np.abs(selection.loc[selection["keep"], "grad_cosine"]).max() > 0
+
+
+def test_lm_without_a_model_is_a_one_line_error(small_wiki: SmallWiki, tiny_encoder: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    config = small_run_config(tmp_path, small_wiki, tiny_encoder)
+    assert albat("run", "--config", config, "--quiet", "--method", "albat", "--surrogate", "lm") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model=DIR" in err[0]
+    assert not (tmp_path / "work" / "filter" / "selection.parquet").exists()
+
+
+def test_train_lora_on_the_emitted_shards(run_dir: Path, tiny_lm: Path, tmp_path: Path) -> None:
+    train_lora = _train_lora_module()
+    held = tmp_path / "held.parquet"
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"text": SENTENCES}), held)
+    out = tmp_path / "adapter"
+    assert train_lora.main(["--shards", str(run_dir / "output"), "--model", str(tiny_lm), "--out", str(out),
+                            "--eval", str(held), "--steps", "5", "--batch-size", "4", "--max-length", "32"]) == 0
+    record = json.loads((out / "train_record.json").read_text())
+    texts, weights = train_lora.load_shard_set(run_dir / "output")
+    assert record["rows"] == len(texts) > BUDGET and np.isfinite(record["eval_perplexity"])
+    assert (out / "adapter_config.json").exists() and not (tmp_path / "adapter.tmp").exists()
+    assert sorted(set(np.round(weights, 6))) != [1.0]  # backbone rows carry λ·n_A/m·w_b
+
+
+def test_albat_weight_is_the_loss_weight(tiny_lm: Path) -> None:
+    """A row of weight 0 contributes nothing, and scaling every weight changes nothing:
+    [a, b] with weights [1, 0] trains exactly like [a] alone (full batches, same seed)."""
+    train_lora = _train_lora_module()
+    a, b = SENTENCES[0], SENTENCES[5]
+    kw = dict(steps=4, lr=1e-2, max_length=32, seed=0)
+    both = train_lora.train_lora(tiny_lm, [a, b], np.array([1.0, 0.0]), batch_size=2, **kw)[0]
+    alone = train_lora.train_lora(tiny_lm, [a], np.array([1.0]), batch_size=1, **kw)[0]
+    scaled = train_lora.train_lora(tiny_lm, [a, b], np.array([3.0, 0.0]), batch_size=2, **kw)[0]
+    other = train_lora.train_lora(tiny_lm, [a, b], np.array([1.0, 1.0]), batch_size=2, **kw)[0]
+    delta = train_lora.lora_delta(both)
+    assert np.abs(delta).max() > 0
+    np.testing.assert_allclose(delta, train_lora.lora_delta(alone), atol=1e-6)
+    np.testing.assert_allclose(delta, train_lora.lora_delta(scaled), atol=1e-6)
+    assert not np.allclose(delta, train_lora.lora_delta(other), atol=1e-4)
