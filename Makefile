@@ -9,7 +9,7 @@ WORK ?= work/demo
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup data test test-faults demo embed index query filter emit run bench bench-embed bench-index bench-scale bench-select clean
+.PHONY: setup data test test-faults demo embed index query filter emit run bench bench-embed bench-index bench-scale bench-select bench-lm clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -49,7 +49,7 @@ demo: setup data
 embed index query filter emit run: setup data
 	$(ALBAT) $@ --config $(CONFIG)
 
-bench: bench-embed bench-index bench-scale bench-select
+bench: bench-embed bench-index bench-scale bench-select bench-lm
 
 bench-embed: setup data
 	$(PY) -m benchmarks.bench_embed --out BENCHMARKS.md
@@ -68,6 +68,12 @@ $(VENV)/.bench: $(VENV)/.installed
 # Selection quality: every method, one judge, held-out target retrieval (about 1 hour on 2 cores)
 bench-select: setup data-select $(VENV)/.bench
 	$(PY) -m benchmarks.bench_select --out BENCHMARKS.md
+
+# The language-model track: LoRA on adaptation texts + each method's selection, held-out perplexity.
+# Pre-trains the benchmark's own backbone LM once (cached by content hash); MODEL=DIR uses a real one.
+MODEL ?=
+bench-lm: setup data-select $(VENV)/.bench
+	$(PY) -m benchmarks.bench_lm --out BENCHMARKS.md $(if $(MODEL),--model $(MODEL))
 
 clean:
 	rm -rf work

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.report import markdown_table, write_section
+from benchmarks.report import markdown_table, save_figure, write_section
 from pipeline.cli import main as albat
 from stores.embedding_store import EmbeddingStore
 
@@ -98,6 +98,19 @@ def select(method: str, exp: Path, budget: int, seed: int, oracle_pool: np.ndarr
     return kept, float(summary["seconds"])
 
 
+def load_domains(data: Path, selected: str) -> list[dict]:
+    """The benchmark's target domains, or the comma-separated slugs of `selected` among them."""
+    domains = json.loads((data / "domains.json").read_text())
+    return [d for d in domains if d["slug"] in selected.split(",")] if selected else domains
+
+
+def finished_keys(results_path: Path) -> set[str]:
+    """Keys (as JSON) of the records already in a results.jsonl, so a rerun resumes."""
+    if not results_path.exists():
+        return set()
+    return {json.dumps(r["key"]) for r in map(json.loads, results_path.read_text().splitlines())}
+
+
 def experiment_dir(work: Path, name: str) -> Path:
     exp = work / "runs" / name
     exp.mkdir(parents=True, exist_ok=True)
@@ -130,9 +143,7 @@ def main() -> None:
                         "runs with the untagged run's methods, instead of the main report")
     args = parser.parse_args()
 
-    domains = json.loads((args.data / "domains.json").read_text())
-    if args.domains:
-        domains = [d for d in domains if d["slug"] in args.domains.split(",")]
+    domains = load_domains(args.data, args.domains)
     results_path = args.work / "results.jsonl"
     if not args.report_only:
         args.work.mkdir(parents=True, exist_ok=True)
@@ -145,8 +156,7 @@ def main() -> None:
 
 def run_all(args, domains: list[dict], results_path: Path) -> None:
     backbone, heldout = build_stores(args.data, args.work, json.loads((args.data / "domains.json").read_text()))
-    done = {json.dumps(r["key"]) for r in map(json.loads, results_path.read_text().splitlines())} \
-        if results_path.exists() else set()
+    done = finished_keys(results_path)
     bank = pairs_for(backbone, fixed_sample(backbone, 256, seed=4321))
     distractors = backbone.vectors_for_ids(fixed_sample(backbone, args.distractors, seed=1234))
     pool_labels = pq.read_table(args.data / "pool.parquet", columns=["id", "source", "label"])
@@ -360,10 +370,7 @@ def plot_results(groups, frozen, methods: list[str], path: Path) -> Path | None:
         ax.set_title(domain)
         ax.set_ylabel("test MRR")
     axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    return path
+    return save_figure(fig, path)
 
 
 if __name__ == "__main__":

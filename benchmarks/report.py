@@ -57,3 +57,11 @@ def write_section(path: Path, name: str, title: str, body: str) -> None:
     pattern = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Lay out and write a matplotlib figure where BENCHMARKS.md links it."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    return path
