@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from benchmarks.bench_select import build_stores, finished_keys, load_domains, run
 from benchmarks.report import markdown_table, save_figure, write_section
 
-METHODS = ["none", "random", "knn", "dsir", "gradalign", "albat"]
+METHODS = ["none", "random", "knn", "dsir", "gradalign", "albat", "oracle"]
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -62,6 +62,18 @@ def surrogate_options(args, model: Path) -> list[str]:
             "lr": args.lr, "lora_rank": args.rank, "lora_alpha": args.alpha, "max_length": args.max_length,
             "projection_dim": args.projection_dim}
     return [x for k, v in opts.items() for x in ("--method-option", f"{k}={v}")]
+
+
+def oracle_texts(pool: dict[int, tuple[str, bool]], adaptation: list[str], blocked: np.ndarray, m: int,
+                 seed: int) -> tuple[list[str], np.ndarray]:
+    """The reference arm: m random pool texts of the target's own domain (not blocked), weighted as
+    `albat emit` weighs a selection (adaptation rows 1, backbone rows λ·n_A/m with λ = 1)."""
+    from pipeline.emit import backbone_weights
+
+    allowed = np.array(sorted(i for i, (_, own) in pool.items() if own and i not in set(blocked.tolist())))
+    chosen = np.random.default_rng([seed, m]).choice(allowed, size=min(m, len(allowed)), replace=False)
+    texts = adaptation + [pool[int(i)][0] for i in chosen]
+    return texts, np.concatenate([np.ones(len(adaptation)), backbone_weights(np.ones(len(chosen)), len(adaptation), 1.0)])
 
 
 def adapt_and_measure(trainer, model: Path, texts: list[str], weights: np.ndarray, test: list[str], args,
@@ -121,9 +133,10 @@ def run_all(args, model: Path, domains: list[dict], results_path: Path) -> None:
             out.flush()
             print(json.dumps({**key, **{k: v for k, v in values.items() if not isinstance(v, list)}}), flush=True)
 
-        tests, adapts = {}, {}
+        tests, adapts, owns = {}, {}, {}
         for domain in domains:
             slug = domain["slug"]
+            owns[slug] = own_domain(args.data, domain)
             adapts[slug] = pq.read_table(args.data / domain["adapt"])
             tests[slug] = pq.read_table(args.data / domain["test"]).column("text").to_pylist()[: args.test_texts]
             key = {"domain": slug, "method": "backbone", "model": str(model)}
@@ -158,17 +171,32 @@ def run_all(args, model: Path, domains: list[dict], results_path: Path) -> None:
                         "--adaptation-pair-column", "query", "--exclude", exp / "test.parquet", "--k", args.k, "--quiet")
                     candidates = pq.read_metadata(exp / "query" / "candidates.parquet").num_rows
                     for method in pending:
-                        extra = surrogate_options(args, model) if method in ("albat", "gradalign") else []
-                        run("filter", "--work", exp, "--method", method, "--budget", args.ratio * n_a, "--seed", seed,
-                            "--quiet", *extra)
-                        summary = json.loads((exp / "_stages" / "filter.json").read_text())["summary"]
-                        run("emit", "--work", exp, "--output", f"emitted-{method}", "--quiet")
-                        texts, weights = trainer.load_shard_set(exp / f"emitted-{method}")
+                        if method == "oracle":
+                            blocked = pq.read_table(exp / "query" / "blocked.parquet").column("id").to_numpy()
+                            adaptation = adapts[slug].take(rows).column("text").to_pylist()
+                            texts, weights = oracle_texts(owns[slug], adaptation, blocked, args.ratio * n_a, seed)
+                            kept, select_seconds = len(texts) - n_a, 0.0
+                        else:
+                            extra = surrogate_options(args, model) if method in ("albat", "gradalign") else []
+                            run("filter", "--work", exp, "--method", method, "--budget", args.ratio * n_a,
+                                "--seed", seed, "--quiet", *extra)
+                            summary = json.loads((exp / "_stages" / "filter.json").read_text())["summary"]
+                            run("emit", "--work", exp, "--output", f"emitted-{method}", "--quiet")
+                            texts, weights = trainer.load_shard_set(exp / f"emitted-{method}")
+                            kept, select_seconds = int(summary["kept"]), float(summary["seconds"])
                         ppl, delta, seconds = adapt_and_measure(trainer, model, texts, weights, tests[slug], args, seed)
                         full = full_delta[(slug, seed)]
-                        record(keys[method], perplexity=ppl, kept=int(summary["kept"]), rows=len(texts),
-                               select_seconds=float(summary["seconds"]), train_seconds=seconds, candidates=candidates,
+                        record(keys[method], perplexity=ppl, kept=kept, rows=len(texts), select_seconds=select_seconds,
+                               train_seconds=seconds, candidates=candidates,
                                distance_to_full=float(np.linalg.norm(delta - full) / max(np.linalg.norm(full), 1e-12)))
+
+
+def own_domain(data: Path, domain: dict) -> dict[int, tuple[str, bool]]:
+    """id -> (text, is of the domain's own source/label) over the backbone pool."""
+    table = pq.read_table(data / "pool.parquet", columns=["id", "text", "source", "label"]).to_pydict()
+    flt = domain["filter"]
+    return {i: (t, src == flt["source"] and (not flt.get("label") or lab == flt["label"]))
+            for i, t, src, lab in zip(table["id"], table["text"], table["source"], table["label"])}
 
 
 def _stats(values: list[float]) -> str:
@@ -202,12 +230,16 @@ def report(args, results_path: Path) -> None:
                  if (domain, n_a, m) in groups}
         stds = {m: np.std([r["perplexity"] for r in groups[(domain, n_a, m)]], ddof=1)
                 if len(groups[(domain, n_a, m)]) > 1 else 0.0 for m in means}
-        baselines = {m: v for m, v in means.items() if m != "albat"}
+        baselines = {m: v for m, v in means.items() if m not in ("albat", "oracle")}
         if "albat" in means and baselines:
             best = min(baselines, key=baselines.get)
             diff, sd = means["albat"] - means[best], max(stds["albat"], stds[best])
+            gap = (means["random"] - means["oracle"], max(stds["random"], stds["oracle"])) \
+                if "random" in means and "oracle" in means else None
             verdicts.append([domain, n_a, f"{diff:+.2f}", best, f"{sd:.2f}",
-                             "tie" if abs(diff) <= sd else ("win" if diff < 0 else "loss")])
+                             "tie" if abs(diff) <= sd else ("win" if diff < 0 else "loss"),
+                             f"{gap[0]:+.2f} (spread {gap[1]:.2f})" if gap else "-",
+                             "evidence" if gap and gap[0] > gap[1] else "control"])
     timing: dict[str, list[dict]] = {}
     for (_, _, method), runs in groups.items():
         timing.setdefault(method, []).extend(runs)
@@ -222,9 +254,12 @@ def report(args, results_path: Path) -> None:
             f"{args.projection_dim}). {n} runs"
             + (" (tabulated again by --report-only)." if args.report_only else "."), "",
             markdown_table(["domain", "n_A", "backbone", "full"] + methods, ppl_rows), "",
-            "albat minus the best baseline (lower perplexity is better); a difference within the larger seed std of "
-            "the two is a tie:", "",
-            markdown_table(["domain", "n_A", "albat − best", "best baseline", "spread", "verdict"], verdicts), "",
+            "albat minus the best baseline (none, random, knn, dsir, gradalign; lower perplexity is better); a "
+            "difference within the larger seed std of the two is a tie. `oracle` (m random pool texts of the target's "
+            "own domain) is a reference, not a baseline: a cell is evidence only where random − oracle exceeds their "
+            "larger seed std, i.e. where in-domain data visibly helps; otherwise it is a control.", "",
+            markdown_table(["domain", "n_A", "albat − best", "best baseline", "spread", "verdict", "random − oracle",
+                            "cell"], verdicts), "",
             "The paper's diagnostic: relative distance ‖ΔW − ΔW_full‖ / ‖ΔW_full‖ of the adapter's weight change "
             "(ΔW = scaling·B·A over every LoRA layer) to the one trained on the full target data, same seed "
             "(lower is closer):", "",

@@ -36,8 +36,9 @@ from pipeline.surrogates.lm import (attach_lora, load_causal_lm, lora_parameters
 
 def load_shard_set(shards: Path, text_column: str = "text") -> tuple[list[str], np.ndarray]:
     """Texts and albat_weight of every row of an emitted shard set, through HF `datasets`."""
-    from datasets import Dataset
+    from datasets import Dataset, disable_progress_bars
 
+    disable_progress_bars()
     manifest = json.loads((shards / "manifest.json").read_text())
     files = [str(shards / s["path"]) for s in manifest["shards"]]
     if not files:
@@ -81,7 +82,7 @@ def train_lora(model_dir: str | Path, texts: list[str], weights: np.ndarray, *, 
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     model.eval()
     report = {"steps": steps, "rows": len(texts), "batch_size": batch_size, "lr": lr, "rank": rank, "alpha": alpha,
               "max_length": max_length, "seed": seed, "device": device, "seconds": round(time.perf_counter() - started, 2),

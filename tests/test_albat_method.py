@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.methods.albat import BUDGET, INVALID_GRADIENT, INVALID_LOSS, KEPT, explain, proposition_filter
+from pipeline.methods.albat import BUDGET, INVALID_GRADIENT, INVALID_LOSS, KEPT, explain, proposition_filter, set_drift
 from pipeline.methods.gradalign import gradient_alignment, top_scores
 
 
@@ -27,6 +27,35 @@ def test_greedy_mean_gradient_bound_by_hand():
     assert decision.order.tolist() == [0, 1, 3]
     assert decision.status.tolist() == [KEPT, KEPT, INVALID_GRADIENT, KEPT]
     np.testing.assert_allclose(decision.mean_grad_norm, [1.0, 0.0, 5 / 3, 2 / 3])
+
+
+def test_pairwise_drift_is_the_mean_of_pairwise_inner_products():
+    g = np.array([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5]])
+    pairs = [g[i] @ g[j] for i in range(3) for j in range(3) if i != j]
+    assert set_drift(g.sum(0), float((g * g).sum()), 3, pairwise=True) == pytest.approx(np.sqrt(np.mean(pairs)))
+    assert set_drift(g[:1].sum(0), float(g[0] @ g[0]), 1, pairwise=True) == 0.0
+    assert set_drift(g.sum(0), float((g * g).sum()), 3, pairwise=False) == pytest.approx(np.linalg.norm(g.mean(0)))
+    # a shared direction survives, zero-mean noise does not: 400 gradients u + noise of norm 10
+    rng = np.random.default_rng(0)
+    u = np.array([1.0, 0.0, 0.0, 0.0])
+    noisy = u + 10 * rng.standard_normal((400, 4)) / 2
+    drift = set_drift(noisy.sum(0), float((noisy * noisy).sum()), 400, pairwise=True)
+    assert abs(drift - 1.0) < 0.35 and np.linalg.norm(noisy.mean(0)) > drift
+
+
+def test_pairwise_bound_admits_noisy_examples_without_a_common_direction():
+    """Per-example gradients much larger than the bound: the mean norm of a small set rejects all of
+    them; the pairwise drift keeps opposite ones and rejects a set that shares a direction."""
+    # by hand: rows 0-3 cancel (drift 0); row 4 alone among them still has no partner (pairs sum to 0 + the
+    # negative ones); a second [20, 20] makes (‖(40,40)‖² − 2000) / (6·5) = 40, drift 6.3 > 1: rejected, twice
+    grads = np.array([[10.0, 0.0], [-10.0, 0.0], [0.0, 10.0], [0.0, -10.0], [20.0, 20.0], [20.0, 20.0], [20.0, 20.0]])
+    curvature = np.arange(7, 0, -1).astype(float)
+    plain = proposition_filter(np.zeros(7), grads, curvature, bound=1.0, tau=np.inf, budget=10)
+    assert plain.order.tolist() == []
+    pairwise = proposition_filter(np.zeros(7), grads, curvature, bound=1.0, tau=np.inf, budget=10, pairwise=True)
+    assert pairwise.order.tolist() == [0, 1, 2, 3, 4]
+    assert pairwise.status[5] == INVALID_GRADIENT and pairwise.status[6] == INVALID_GRADIENT
+    assert pairwise.mean_grad_norm[5] == pytest.approx(np.sqrt(40.0))
 
 
 def test_budget_stops_the_scan_and_ties_go_to_the_lower_row():

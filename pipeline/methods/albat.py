@@ -4,8 +4,9 @@
 2. Validity (Proposition 1), per example: adaptation must not hurt it, Δℓ_b = ℓ(φ_s;b) − ℓ(φ_0;b) ≤ τ.
 3. Benefit (Proposition 2): rank the valid examples by curvature, the label-free Fisher trace at φ_s.
 4. Validity over the set, greedily in that order: add b only while
-       ‖mean_{b∈S} ∇ℓ(φ_s;b)‖ ≤ ε · ‖mean_{a∈D_A} ∇ℓ(φ_0;a)‖,
-   so the selection does not move the adaptation optimum; stop at the budget m.
+       drift(S) ≤ ε · ‖mean_{a∈D_A} ∇ℓ(φ_0;a)‖,   drift(S) = ‖mean_{b∈S} ∇ℓ(φ_s;b)‖ (set_norm=mean)
+   so the selection does not move the adaptation optimum; stop at the budget m. With set_norm=pairwise,
+   drift(S) is the noise-free estimate √(mean_{b≠b'} ∇ℓ_b·∇ℓ_b') of the same norm (`set_drift`).
 Every candidate gets Δℓ, its gradient norm, its curvature and the reason it was kept or rejected.
 """
 from __future__ import annotations
@@ -25,7 +26,12 @@ from stores.errors import AlbatError
 # tau: inf by default, the per-example test off. On the selection benchmark the test Δℓ ≤ 0 rejected
 # most in-domain candidates at large budgets (n_A = 256, m = 16·n_A) and cost up to 0.017 MRR, and it was
 # neutral elsewhere (BENCHMARKS.md, albat ablation); the set bound (epsilon) is what helps.
-DEFAULTS = {**SURROGATE_DEFAULTS, "tau": float("inf"), "epsilon": 1.0, "fisher_samples": 2, "curvature": "trace"}
+# set_norm: "auto" is "mean" for contrastive (measured in the selection benchmark) and "pairwise" for lm:
+# a single text's LoRA gradient is ~20x the norm of the adaptation set's mean gradient (measured on the
+# bench-lm backbone: 0.8 to 5.6 against a bound of 0.097), so the plain mean of a small S can never pass
+# and albat kept nothing; the pairwise estimate removes that per-example noise and keeps the drift.
+DEFAULTS = {**SURROGATE_DEFAULTS, "tau": float("inf"), "epsilon": 1.0, "fisher_samples": 2, "curvature": "trace",
+            "set_norm": "auto"}
 
 KEPT, INVALID_LOSS, INVALID_GRADIENT, BUDGET = 0, 1, 2, 3
 
@@ -34,12 +40,26 @@ KEPT, INVALID_LOSS, INVALID_GRADIENT, BUDGET = 0, 1, 2, 3
 class FilterDecision:
     order: np.ndarray  # indices of kept rows, in selection order
     status: np.ndarray  # KEPT | INVALID_LOSS | INVALID_GRADIENT | BUDGET per row
-    mean_grad_norm: np.ndarray  # ‖mean gradient of S ∪ {b}‖ when b was tried (nan if never tried)
+    mean_grad_norm: np.ndarray  # set_drift(S ∪ {b}) when b was tried (nan if never tried)
+
+
+def set_drift(total: np.ndarray, squares: float, k: int, pairwise: bool) -> float:
+    """How far k gradients with sum `total` (and sum of squared norms `squares`) push, as a norm.
+
+    mean: ‖total / k‖. pairwise: √max(0, mean_{b≠b'} g_b·g_b') = √((‖total‖² − squares) / (k(k−1))),
+    the unbiased estimate of ‖E g‖² with the per-example noise σ²/k removed (0 for k = 1: one
+    example shows no common direction yet)."""
+    if not pairwise:
+        return float(np.linalg.norm(total) / k)
+    if k < 2:
+        return 0.0
+    return float(np.sqrt(max(float(total @ total) - squares, 0.0) / (k * (k - 1))))
 
 
 def proposition_filter(delta_loss: np.ndarray, grads: np.ndarray, curvature: np.ndarray, bound: float,
-                       tau: float, budget: int) -> FilterDecision:
-    """The pure filter: validity by Δℓ ≤ τ, then curvature order with the greedy mean-gradient bound.
+                       tau: float, budget: int, pairwise: bool = False) -> FilterDecision:
+    """The pure filter: validity by Δℓ ≤ τ, then curvature order with the greedy set-gradient bound
+    `set_drift(S ∪ {b}) ≤ bound` (see `set_drift` for the two norms).
 
     `bound` is ε·‖mean adaptation gradient at φ_0‖. Ties in curvature go to the lower row index."""
     n = len(delta_loss)
@@ -48,15 +68,16 @@ def proposition_filter(delta_loss: np.ndarray, grads: np.ndarray, curvature: np.
     tried = np.full(n, np.nan)
     valid = np.nonzero(status != INVALID_LOSS)[0]
     candidates = valid[np.lexsort((valid, -curvature[valid]))]
-    total = np.zeros(grads.shape[1], dtype=np.float64)
+    total, squares = np.zeros(grads.shape[1], dtype=np.float64), 0.0
     kept: list[int] = []
     for row in candidates:
         if len(kept) == budget:
             break
-        trial = total + grads[row]
-        tried[row] = np.linalg.norm(trial) / (len(kept) + 1)
+        g = grads[row].astype(np.float64)
+        trial, trial_squares = total + g, squares + float(g @ g)
+        tried[row] = set_drift(trial, trial_squares, len(kept) + 1, pairwise)
         if tried[row] <= bound:
-            total = trial
+            total, squares = trial, trial_squares
             kept.append(row)
             status[row] = KEPT
         else:
@@ -66,11 +87,11 @@ def proposition_filter(delta_loss: np.ndarray, grads: np.ndarray, curvature: np.
 
 def explain(status: int, delta: float, tried: float, curvature: float, tau: float, bound: float) -> str:
     if status == KEPT:
-        return f"kept: Δℓ={delta:+.4f} ≤ τ={tau:g}, curvature {curvature:.4g}, set mean-gradient norm {tried:.4g} ≤ {bound:.4g}"
+        return f"kept: Δℓ={delta:+.4f} ≤ τ={tau:g}, curvature {curvature:.4g}, set gradient drift {tried:.4g} ≤ {bound:.4g}"
     if status == INVALID_LOSS:
         return f"rejected: validity, Δℓ={delta:+.4f} > τ={tau:g} (adaptation makes this example worse)"
     if status == INVALID_GRADIENT:
-        return f"rejected: validity, adding it moves the set mean-gradient norm to {tried:.4g} > ε·‖ḡ_A‖={bound:.4g}"
+        return f"rejected: validity, adding it moves the set's gradient drift to {tried:.4g} > ε·‖ḡ_A‖={bound:.4g}"
     return f"rejected: budget filled before its curvature {curvature:.4g}"
 
 
@@ -97,7 +118,11 @@ class AlbatMethod(SelectionMethod):
         score_seconds = time.perf_counter() - clock
 
         delta = loss_s - loss0
-        decision = proposition_filter(delta, grads, curvature, bound, opts["tau"], request.budget)
+        set_norm = opts["set_norm"] if opts["set_norm"] != "auto" else ("pairwise" if opts["surrogate"] == "lm" else "mean")
+        if set_norm not in ("mean", "pairwise"):
+            raise AlbatError(f"method albat: set_norm={opts['set_norm']!r}; choose auto, mean or pairwise")
+        decision = proposition_filter(delta, grads, curvature, bound, opts["tau"], request.budget,
+                                      pairwise=set_norm == "pairwise")
         status = np.full(len(pool.ids), BUDGET, dtype=np.int8)
         status[pool.rows] = decision.status
         columns = {"loss_initial": pool.spread(loss0), "loss_adapted": pool.spread(loss_s),
@@ -106,7 +131,7 @@ class AlbatMethod(SelectionMethod):
         why = lambda row: explain(status[row], columns["delta_loss"][row], columns["set_grad_norm"][row],  # noqa: E731
                                   columns["curvature"][row], opts["tau"], bound)
         report = {"surrogate": opts["surrogate"], "tau": opts["tau"] if np.isfinite(opts["tau"]) else "inf",
-                  "epsilon": opts["epsilon"],
+                  "epsilon": opts["epsilon"], "set_norm": set_norm,
                   "gradient_bound": round(bound, 6), "valid_by_loss": int(np.sum(delta <= opts["tau"])),
                   "fit_seconds": round(fit_seconds, 3), "score_seconds": round(score_seconds, 3),
                   "ms_per_candidate": round(1000 * score_seconds / max(len(pool.rows), 1), 4), "surrogate_fit": fit}
