@@ -11,7 +11,7 @@ from the MiniLM backbone store (the test split passed as --exclude); for each me
 selects m = ratio·n_A rows (`albat` and `gradalign` with the `lm` surrogate on the same backbone LM)
 and `albat emit` writes the shard set. `scripts/train_lora.py` then trains LoRA on those shards with
 albat_weight as the per-example loss weight (same steps, batch and seed for every method) and we
-measure perplexity on the domain's 600 test texts, and the relative distance of the adapter's
+measure perplexity on the first 300 of the domain's 600 test texts, and the relative distance of the adapter's
 ΔW = B·A to the one trained on the full target data (all 512 adaptation texts), the paper's
 diagnostic. Results append to WORK/results.jsonl, so a rerun resumes.
 """
@@ -94,12 +94,12 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="a local causal-LM checkpoint (default: pre-train our own)")
     parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
     parser.add_argument("--sizes", default="16,64,256")
-    parser.add_argument("--ratio", type=int, default=4, help="budget m = ratio * n_A")
+    parser.add_argument("--ratio", type=int, default=2, help="budget m = ratio * n_A")
     parser.add_argument("--k", type=int, default=16, help="neighbours retrieved per adaptation text")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--domains", default="", help="comma-separated slugs (default: all)")
-    parser.add_argument("--steps", type=int, default=150, help="LoRA steps of every arm")
+    parser.add_argument("--steps", type=int, default=100, help="LoRA steps of every arm")
     parser.add_argument("--surrogate-steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=16.0)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--projection-dim", type=int, default=1024)
-    parser.add_argument("--test-texts", type=int, default=600)
+    parser.add_argument("--test-texts", type=int, default=300)
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import collections
 import gzip
-import hashlib
 import json
 import os
 import re
@@ -38,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from stores.atomic import sha256_file as sha256
 
 DEBS = {"wordnet": "wordnet-base", "foldoc": "dict-foldoc"}
 ID_BASE = {"wordnet": 1 * 10**9, "foldoc": 2 * 10**9, "wiki": 3 * 10**9}
@@ -79,15 +80,6 @@ def clean(text: str) -> str:
 def norm(text: str) -> str:
     """The duplicate key: casefolded, whitespace collapsed."""
     return " ".join(text.casefold().split())
-
-
-def sha256(path: Path) -> str:
-    """SHA-256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fetch_deb(package: str, cache: Path) -> Path:
