@@ -53,7 +53,7 @@ OPTIONS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("query", "--rerank-factor", "rerank_factor", dict(type=int, help="PQ index: retrieve k*factor, re-rank exactly")),
     ("filter", "--method", "method", dict(help="selection method: none, random, knn, dsir, classifier, gradalign, albat")),
     ("filter", "--surrogate", "surrogate", dict(choices=["contrastive", "lm"], help="albat/gradalign surrogate: contrastive (store embeddings) or lm (causal LM + LoRA)")),
-    ("filter", "--surrogate-model", "model", dict(help="lm surrogate: local Hugging Face causal-LM checkpoint directory")),
+    ("filter", "--surrogate-model", "model", dict(metavar="DIR", help="lm surrogate: local Hugging Face causal-LM checkpoint directory")),
     ("filter", "--budget", "budget", dict(type=int, help="number m of backbone examples to select")),
     ("emit", "--emit-shard-rows", "shard_rows", dict(type=int, help="rows per emitted Parquet shard")),
     ("emit", "--no-adaptation", "include_adaptation", dict(action="store_const", const=False, help="do not write the adaptation examples into the shards")),
