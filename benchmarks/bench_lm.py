@@ -191,6 +191,27 @@ def run_all(args, model: Path, domains: list[dict], results_path: Path) -> None:
                                distance_to_full=float(np.linalg.norm(delta - full) / max(np.linalg.norm(full), 1e-12)))
 
 
+def in_domain_shares(args, records: list[dict]) -> dict[str, list[float]]:
+    """Per method, the share of selected backbone rows from the target's own domain, read back from
+    the emitted shard sets still in WORK/runs (oracle: 1 by construction; none: no selection)."""
+    domains = {d["slug"]: d for d in load_domains(args.data, "")}
+    owned: dict[str, set[int]] = {}
+    out: dict[str, list[float]] = {}
+    for r in records:
+        k = r["key"]
+        shards = args.work / "runs" / f"{k['domain']}-n{k.get('n_a')}-s{k.get('seed')}" / f"emitted-{k['method']}"
+        if "n_a" not in k or not (shards / "manifest.json").exists():
+            continue
+        if k["domain"] not in owned:
+            owned[k["domain"]] = {i for i, (_, own) in own_domain(args.data, domains[k["domain"]]).items() if own}
+        manifest = json.loads((shards / "manifest.json").read_text())
+        ids = [i for s in manifest["shards"] for i in pq.read_table(shards / s["path"], columns=["albat_id"])
+               .column("albat_id").to_pylist() if i is not None]
+        if ids:
+            out.setdefault(k["method"], []).append(float(np.mean([i in owned[k["domain"]] for i in ids])))
+    return out
+
+
 def own_domain(data: Path, domain: dict) -> dict[int, tuple[str, bool]]:
     """id -> (text, is of the domain's own source/label) over the backbone pool."""
     table = pq.read_table(data / "pool.parquet", columns=["id", "text", "source", "label"]).to_pydict()
@@ -240,6 +261,8 @@ def report(args, results_path: Path) -> None:
                              "tie" if abs(diff) <= sd else ("win" if diff < 0 else "loss"),
                              f"{gap[0]:+.2f} (spread {gap[1]:.2f})" if gap else "-",
                              "evidence" if gap and gap[0] > gap[1] else "control"])
+    share = in_domain_shares(args, records)
+    counts = {v: sum(row[5] == v for row in verdicts) for v in ("win", "tie", "loss")}
     timing: dict[str, list[dict]] = {}
     for (_, _, method), runs in groups.items():
         timing.setdefault(method, []).extend(runs)
@@ -260,17 +283,21 @@ def report(args, results_path: Path) -> None:
             "larger seed std, i.e. where in-domain data visibly helps; otherwise it is a control.", "",
             markdown_table(["domain", "n_A", "albat − best", "best baseline", "spread", "verdict", "random − oracle",
                             "cell"], verdicts), "",
+            f"albat against the best baseline: {counts['win']} wins, {counts['tie']} ties, {counts['loss']} losses "
+            f"in {len(verdicts)} cells (with {len(seeds)} seeds the spread is a rough yardstick).", "",
             "The paper's diagnostic: relative distance ‖ΔW − ΔW_full‖ / ‖ΔW_full‖ of the adapter's weight change "
             "(ΔW = scaling·B·A over every LoRA layer) to the one trained on the full target data, same seed "
             "(lower is closer):", "",
             markdown_table(["domain", "n_A"] + methods, dist_rows), "",
             "Selection time per call (the filter stage's clock; albat includes its surrogate fit) and LoRA training time:",
             "",
-            markdown_table(["method", "select s (mean)", "select s (max)", "candidates (mean)", "train s (mean)"],
+            markdown_table(["method", "select s (mean)", "select s (max)", "candidates (mean)", "train s (mean)",
+                            "in-domain share of the selection"],
                            [[m, f"{np.mean([r['select_seconds'] for r in timing[m]]):.2f}",
                              f"{np.max([r['select_seconds'] for r in timing[m]]):.2f}",
                              f"{np.mean([r['candidates'] for r in timing[m]]):.0f}",
-                             f"{np.mean([r['train_seconds'] for r in timing[m]]):.1f}"] for m in methods if m in timing])]
+                             f"{np.mean([r['train_seconds'] for r in timing[m]]):.1f}",
+                             f"{np.mean(share[m]):.2f}" if share.get(m) else "-"] for m in methods if m in timing])]
     plot = plot_results(groups, backbone, full, methods, args.out.parent / "benchmarks" / "lm.png")
     if plot:
         body += ["", f"![perplexity per method]({plot.relative_to(args.out.parent)})"]
