@@ -99,8 +99,9 @@ def test_early_stopping_keeps_the_best_held_out_state(tiny_lm) -> None:
 
 
 def test_fisher_trace_matches_its_exact_expectation(tiny_lm) -> None:
-    """E_ŷ‖∇ mean_t log p(ŷ_t|z_<t)‖² = (1/T²) Σ_t Σ_v p_t(v) ‖∇ log p_t(v)‖² (scores have mean 0,
-    and the ŷ_t are independent given the teacher-forced context), enumerated over the vocabulary."""
+    """The curvature of ℓ = mean over T next-token predictions is (1/T) Σ_t tr F_t,
+    tr F_t = Σ_v p_t(v) ‖∇ log p_t(v)‖², enumerated over the vocabulary; the sampled estimate
+    (T · E_ŷ‖∇ℓ(ŷ)‖², the ŷ_t independent with mean-zero scores) must match it."""
     s = surrogate(tiny_lm, batch_size=512)
     example = s.examples(SENTENCES[4:5])
     ids, mask = example.batch(slice(None), "cpu")
@@ -116,7 +117,7 @@ def test_fisher_trace_matches_its_exact_expectation(tiny_lm) -> None:
             with torch.enable_grad():
                 torch.log_softmax(s.model(input_ids=ids, attention_mask=mask).logits[0, t], -1)[v].backward()
             exact += float(probs[v]) * sum(float(p.grad.pow(2).sum()) for p in s.params.values())
-    exact /= T ** 2
+    exact /= T
     estimate = s.fisher_trace(example, "initial", samples=512, seed=0)
     assert estimate.shape == (1,)
     assert abs(estimate[0] / exact - 1) < 0.15, (estimate, exact)
