@@ -153,7 +153,7 @@ def run_all(args, model: Path, domains: list[dict], results_path: Path) -> None:
                     delta_path.parent.mkdir(parents=True, exist_ok=True)
                     np.save(delta_path, delta)
                     record(key, perplexity=ppl, train_seconds=seconds, rows=len(texts))
-                full_delta[(slug, seed)] = np.load(delta_path)
+                full_delta[(slug, seed)] = np.load(delta_path, allow_pickle=False)
         for n_a in [int(x) for x in args.sizes.split(",")]:  # smallest first: a partial run covers every domain
             for domain in domains:
                 slug = domain["slug"]
