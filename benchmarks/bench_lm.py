@@ -70,7 +70,8 @@ def oracle_texts(pool: dict[int, tuple[str, bool]], adaptation: list[str], block
     `albat emit` weighs a selection (adaptation rows 1, backbone rows λ·n_A/m with λ = 1)."""
     from pipeline.emit import backbone_weights
 
-    allowed = np.array(sorted(i for i, (_, own) in pool.items() if own and i not in set(blocked.tolist())))
+    blocked_ids = set(blocked.tolist())
+    allowed = np.array(sorted(i for i, (_, own) in pool.items() if own and i not in blocked_ids))
     chosen = np.random.default_rng([seed, m]).choice(allowed, size=min(m, len(allowed)), replace=False)
     texts = adaptation + [pool[int(i)][0] for i in chosen]
     return texts, np.concatenate([np.ones(len(adaptation)), backbone_weights(np.ones(len(chosen)), len(adaptation), 1.0)])

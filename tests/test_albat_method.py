@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from pipeline.methods.albat import BUDGET, INVALID_GRADIENT, INVALID_LOSS, KEPT, explain, proposition_filter, set_drift
-from pipeline.methods.gradalign import gradient_alignment, top_scores
+from pipeline.methods.gradalign import gradient_alignment
+from pipeline.methods.ranked import top_scores
 
 
 def test_validity_by_loss_rejects_examples_adaptation_makes_worse():

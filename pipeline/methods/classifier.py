@@ -21,7 +21,7 @@ from sklearn.linear_model import LogisticRegression
 
 from pipeline.methods.base import SelectionMethod, SelectionRequest, SelectionResult
 from pipeline.methods.random_method import uniform_draw
-from pipeline.methods.ranked import candidate_columns, check_budget, ranked_result, typed_options
+from pipeline.methods.ranked import candidate_columns, check_budget, ranked_result, top_scores, typed_options
 from stores.embedding_store import EmbeddingStore
 from stores.errors import AlbatError
 
@@ -73,8 +73,8 @@ class ClassifierMethod(SelectionMethod):
         negatives = sample_negatives(request.store, request.blocked_ids, len(positives), opts["negatives"], request.seed)
         model = fit_classifier(positives, negatives, opts["C"], request.seed)
         score = log_odds(model, request.store.vectors_for_ids(ids)) if len(ids) else np.zeros(0)
-        order = np.lexsort((ids, -score))
-        chosen = order[~blocked[order]][: request.budget]
+        open_rows = np.nonzero(~blocked)[0]
+        chosen = open_rows[top_scores(score[open_rows], ids[open_rows], request.budget)]
         m, n_neg, seed = len(chosen), len(negatives), request.seed
         cut = f"lowest kept {score[chosen[-1]]:.3f}" if m else "budget 0"
         return ranked_result(

@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from pipeline.methods.base import SelectionMethod, SelectionRequest, SelectionResult
-from pipeline.methods.ranked import check_budget, ranked_result, typed_options
+from pipeline.methods.ranked import check_budget, ranked_result, top_scores, typed_options
 from pipeline.methods.surrogate_inputs import SURROGATE_DEFAULTS, prepare_pool
 
 
@@ -20,11 +20,6 @@ def gradient_alignment(grads: np.ndarray, target: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(grads, axis=1) * np.linalg.norm(target)
     dots = grads.astype(np.float64) @ target.astype(np.float64)
     return np.divide(dots, norms, out=np.zeros(len(grads)), where=norms > 0)
-
-
-def top_scores(score: np.ndarray, ids: np.ndarray, budget: int) -> np.ndarray:
-    """Indices of the `budget` highest scores, ties to the lower id."""
-    return np.lexsort((ids, -score))[:budget]
 
 
 class GradAlignMethod(SelectionMethod):

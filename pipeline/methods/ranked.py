@@ -1,5 +1,6 @@
-"""Helpers the scored baselines (dsir, classifier) share: typed method options, the candidate
-table's columns, and one decision row (score, keep, rank, reason) per considered id.
+"""Helpers the scored methods (dsir, classifier, gradalign, albat) share: typed method options, the
+candidate table's columns, top-by-score with id tie-breaks, and one decision row (score, keep,
+rank, reason) per considered id.
 
 Why one place: every method must give every row a reason and must name a blocked row's block, so
 that a user can ask in SQL why a row was or was not chosen; writing that loop once keeps the
@@ -50,6 +51,11 @@ def candidate_columns(candidates: pa.Table) -> tuple[np.ndarray, np.ndarray, lis
 def check_budget(budget: int, selectable: int, pool: str) -> None:
     if budget > selectable:
         raise AlbatError(f"budget {budget} exceeds the {selectable} selectable rows of {pool}; lower filter.budget")
+
+
+def top_scores(score: np.ndarray, ids: np.ndarray, budget: int) -> np.ndarray:
+    """Indices of the `budget` highest scores, ties to the lower id."""
+    return np.lexsort((ids, -score))[:budget]
 
 
 def ranked_result(ids: np.ndarray, score: np.ndarray, chosen: np.ndarray, query_idx: np.ndarray,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import numpy as np
 
@@ -42,6 +42,21 @@ class Surrogate(ABC):
 
         With a unit `direction` u (in the space `gradients` returns): the curvature along it,
         uᵀF(z)u = E (∇ log p(ŷ|z)·u)²."""
+
+
+def holdout_split(n: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out, train) row indices of a seeded permutation: `fraction` of n held out for early
+    stopping, none below 4 examples (too few to spare any)."""
+    order = rng.permutation(n)
+    n_hold = int(round(fraction * n)) if n >= 4 else 0
+    return order[:n_hold], order[n_hold:]
+
+
+def row_slices(n: int, size: int, per_row: int = 1) -> Iterator[slice]:
+    """Consecutive row slices whose work (rows × per_row) stays within `size`."""
+    step = max(1, size // per_row)
+    for start in range(0, n, step):
+        yield slice(start, min(n, start + step))
 
 
 SURROGATES: dict[str, str] = {

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.surrogates.base import State, Surrogate
+from pipeline.surrogates.base import State, Surrogate, holdout_split, row_slices
 
 SCALE = 20.0  # 1/temperature, as in sentence-transformers' MultipleNegativesRankingLoss
 
@@ -219,13 +219,11 @@ class ContrastiveSurrogate(Surrogate):
 
     def fit(self, adaptation: Pairs, seed: int) -> dict[str, Any]:
         """Train φ_s on the adaptation pairs, early-stopped on a held-out quarter (none below 4 pairs)."""
-        rng = np.random.default_rng(seed)
-        order = rng.permutation(len(adaptation))
-        n_hold = int(round(self.holdout_fraction * len(adaptation))) if len(adaptation) >= 4 else 0
-        holdout = adaptation.take(order[:n_hold]) if n_hold else None
-        self.Ws, report = train_adapter(adaptation.take(order[n_hold:]), self.bank, steps=self.steps, lr=self.lr,
+        held, train = holdout_split(len(adaptation), self.holdout_fraction, np.random.default_rng(seed))
+        holdout = adaptation.take(held) if len(held) else None
+        self.Ws, report = train_adapter(adaptation.take(train), self.bank, steps=self.steps, lr=self.lr,
                                         batch_size=self.batch_size, seed=seed, holdout=holdout, scale=self.scale)
-        return {**report, "holdout_pairs": n_hold}
+        return {**report, "holdout_pairs": len(held)}
 
     def _W(self, state: State) -> torch.Tensor:
         return self.Ws if state == "adapted" else self.W0
@@ -233,18 +231,12 @@ class ContrastiveSurrogate(Surrogate):
     def _t(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
-    def _chunks(self, n: int, per_row: int = 1):
-        """Row slices whose work (rows × per_row) stays within one chunk."""
-        step = max(1, self.chunk // per_row)
-        for start in range(0, n, step):
-            yield slice(start, min(n, start + step))
-
     @torch.no_grad()
     def losses(self, examples: Pairs, state: State) -> np.ndarray:
         W = self._W(state)
         bq, bd = adapt(self._t(self.bank.query), W), adapt(self._t(self.bank.doc), W)
         out = [batch_losses(adapt(self._t(examples.query[s]), W), adapt(self._t(examples.doc[s]), W),
-                            bq, bd, in_batch=False, scale=self.scale) for s in self._chunks(len(examples))]
+                            bq, bd, in_batch=False, scale=self.scale) for s in row_slices(len(examples), self.chunk)]
         return torch.cat(out).numpy().astype(np.float64) if out else np.empty(0)
 
     def _bank_terms(self, W: torch.Tensor) -> _BankTerms:
@@ -282,7 +274,7 @@ class ContrastiveSurrogate(Surrogate):
         gen = torch.Generator().manual_seed(seed)
         u = None if direction is None else torch.from_numpy(np.asarray(direction, dtype=np.float32))
         out = []
-        for s in self._chunks(len(examples), max(1, samples)):
+        for s in row_slices(len(examples), self.chunk, max(1, samples)):
             xq, xd = self._t(examples.query[s]), self._t(examples.doc[s])
             (qh, nq), (dh, nd) = _unit(xq, W), _unit(xd, W)
             banks = (bank.hat_q, bank.norm_q, bank.hat_d, bank.norm_d)

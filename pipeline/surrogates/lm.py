@@ -31,11 +31,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
-from pipeline.surrogates.base import State, Surrogate
+from pipeline.surrogates.base import State, Surrogate, holdout_split, row_slices
 from stores.errors import AlbatError
 
 EVAL_EVERY = 10  # surrogate steps between held-out evaluations
@@ -134,9 +134,14 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> Tokens:
 
 def token_nll(model, ids, mask, targets=None):
     """Per-example mean next-token NLL, shape (n,); `targets` replaces the next tokens (Fisher labels)."""
+    return nll_from_logits(model(input_ids=ids, attention_mask=mask).logits, ids, mask, targets)
+
+
+def nll_from_logits(logits, ids, mask, targets=None):
+    """`token_nll` on logits already computed (n, L, V)."""
     import torch.nn.functional as F
 
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    logits = logits[:, :-1]
     labels = (ids if targets is None else targets)[:, 1:]
     weight = mask[:, 1:].to(logits.dtype)
     nll = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none") * weight
@@ -148,7 +153,6 @@ class _Capture:
 
     def __init__(self, model, names: list[str]):
         modules = dict(model.named_modules())
-        self.names = names
         self.inputs: dict[str, Any] = {}
         self.outputs: dict[str, Any] = {}
         self.hooks = [modules[n].register_forward_hook(self._hook(n)) for n in names]
@@ -203,20 +207,15 @@ class LmSurrogate(Surrogate):
                     p.copy_(self.state[state][n])
             self._loaded = state
 
-    def _batches(self, n: int, per_row: int = 1) -> Iterator[slice]:
-        step = max(1, self.batch_size // per_row)
-        for start in range(0, n, step):
-            yield slice(start, min(n, start + step))
-
     # -- training ---------------------------------------------------------------------------------
     def fit(self, adaptation: Tokens, seed: int) -> dict[str, Any]:
         """AdamW on the mean adaptation loss; keep the LoRA state with the lowest held-out loss."""
         import torch
 
         rng = np.random.default_rng(seed)
-        order = rng.permutation(len(adaptation))
-        n_hold = int(round(self.holdout_fraction * len(adaptation))) if len(adaptation) >= 4 else 0
-        holdout, train = adaptation.take(order[:n_hold]), adaptation.take(order[n_hold:])
+        held, rest = holdout_split(len(adaptation), self.holdout_fraction, rng)
+        n_hold = len(held)
+        holdout, train = adaptation.take(held), adaptation.take(rest)
         self._use("initial")
         opt = torch.optim.AdamW(self.params.values(), lr=self.lr, weight_decay=0.0)
         best = (math.inf, self.state["initial"], 0)
@@ -238,7 +237,7 @@ class LmSurrogate(Surrogate):
         self.state["adapted"] = best[1] if n_hold else {n: p.detach().clone() for n, p in self.params.items()}
         self._loaded = None
         report: dict[str, Any] = {"steps": self.steps, "holdout_texts": n_hold,
-                                  "lora_parameters": int(sum(p.numel() for p in self.params.values()))}
+                                  "lora_parameters": int(sum(self._numels))}
         if n_hold:
             report.update(best_step=best[2], holdout_loss=round(best[0], 5), holdout_loss_at_init=round(first, 5))
         return report
@@ -249,7 +248,7 @@ class LmSurrogate(Surrogate):
 
         out = []
         with torch.no_grad():
-            for rows in self._batches(len(examples)):
+            for rows in row_slices(len(examples), self.batch_size):
                 out.append(token_nll(self.model, *examples.batch(rows, self.device)).double().cpu())
         return torch.cat(out).numpy() if out else np.empty(0)
 
@@ -257,14 +256,19 @@ class LmSurrogate(Surrogate):
         self._use(state)
         return self._loss_rows(examples)
 
-    def _per_example_grads(self, ids, mask, targets=None) -> list[Any]:
-        """Exact per-example gradients of ℓ, one (b, out, in) tensor per LoRA factor, in `params` order."""
+    def _per_example_grads(self, ids, mask, labels: Callable[[Any], Any] | None = None) -> list[Any]:
+        """Exact per-example gradients of ℓ, one (b, out, in) tensor per LoRA factor, in `params` order.
+
+        `labels` maps the (detached) logits of this same forward pass to replacement next tokens
+        (the Fisher's sampled labels), so sampling costs no second forward."""
         import torch
 
         capture = _Capture(self.model, self.modules)
         try:
             with torch.enable_grad():
-                total = token_nll(self.model, ids, mask, targets).sum()
+                logits = self.model(input_ids=ids, attention_mask=mask).logits
+                targets = None if labels is None else labels(logits.detach())
+                total = nll_from_logits(logits, ids, mask, targets).sum()
                 outs = [capture.outputs[m] for m in self.modules]
                 deltas = torch.autograd.grad(total, outs)
             return [torch.einsum("bto,bti->boi", d, capture.inputs[m]) for d, m in zip(deltas, self.modules)]
@@ -295,14 +299,14 @@ class LmSurrogate(Surrogate):
 
     @property
     def grad_dim(self) -> int:
-        return self.projection_dim or int(sum(p.numel() for p in self.params.values()))
+        return self.projection_dim or int(sum(self._numels))
 
     def gradients(self, examples: Tokens, state: State) -> np.ndarray:
         import torch
 
         self._use(state)
         out = [self._flatten(self._per_example_grads(*examples.batch(rows, self.device))).detach().float().cpu()
-               for rows in self._batches(len(examples))]
+               for rows in row_slices(len(examples), self.batch_size)]
         return torch.cat(out).numpy() if out else np.empty((0, self.grad_dim), np.float32)
 
     def fisher_trace(self, examples: Tokens, state: State, samples: int = 2, seed: int = 0,
@@ -314,14 +318,16 @@ class LmSurrogate(Surrogate):
         gen = torch.Generator(device=self.device).manual_seed(seed)
         u = None if direction is None else torch.as_tensor(direction, dtype=torch.float32, device=self.device)
         out = []
-        for rows in self._batches(len(examples), samples):
+        for rows in row_slices(len(examples), self.batch_size, samples):
             ids, mask = examples.batch(rows, self.device)
             ids, mask = ids.repeat_interleave(samples, 0), mask.repeat_interleave(samples, 0)
-            with torch.no_grad():
-                probs = torch.softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+
+            def sampled(logits, ids=ids):
+                probs = torch.softmax(logits.float(), -1)
                 drawn = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=gen).reshape(ids.shape)
-            targets = torch.cat([ids[:, :1], drawn[:, :-1]], 1)  # ŷ_t ~ p(·|z_<t) predicts position t
-            grads = self._per_example_grads(ids, mask, targets)
+                return torch.cat([ids[:, :1], drawn[:, :-1]], 1)  # ŷ_t ~ p(·|z_<t) predicts position t
+
+            grads = self._per_example_grads(ids, mask, sampled)
             if u is None:
                 norms = sum(g.pow(2).sum((1, 2)) for g in grads)
             else:
