@@ -30,7 +30,7 @@ from stores.embedding_store import EmbeddingStore
 
 METHODS = ["none", "random", "knn", "dsir", "classifier", "gradalign", "albat", "oracle"]
 EMBED_ARGS = ["--text-column", "text", "--pair-column", "query", "--id-column", "id",
-              "--keep-columns", "source,label", "--dtype", "bfloat16", "--max-seq-length", "128", "--quiet"]
+              "--keep-columns", "source,label", "--max-seq-length", "128", "--quiet"]  # runtime: measured (auto)
 
 
 def run(*args: Any) -> None:

@@ -39,12 +39,14 @@ DEFAULTS: dict[str, Any] = {
         "encoder": "all-MiniLM-L6-v2",
         "batch_size": 64,
         "shard_rows": 8192,
-        "dtype": "float32",  # float32 | bfloat16 | float16 (encoder compute; stored vectors stay float32)
+        "dtype": "auto",  # auto (measured, see pipeline/encoder_probe.py) | float32 | bfloat16 | float16 | int8
+        "backend": "auto",  # auto (measured) | torch | onnx (onnxruntime); stored vectors stay float32
         "device": "auto",  # auto (CUDA when present) | cpu | cuda | cuda:N
         "max_seq_length": None,
         "skip_empty": False,
         "max_text_bytes": 1 << 20,  # a longer text is an error (the encoder reads ~1 KB of it); 0: no limit
         "threads": 0,  # 0: all cores
+        "probe_rows": 96,  # corpus texts timed per candidate backend/dtype when either is auto
     },
     "index": {
         "memory_budget": "4GB",

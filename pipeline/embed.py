@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import shutil
+import sys
+import time
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.encoders import TextEncoder, set_threads
+from pipeline.prefetch import WriteBehind, prefetched
 from pipeline.progress import progress_bar
 from stores.corpus import CorpusBatch, CorpusSpec, count_rows, iter_batches, resolve_files, scan_corpus
 from stores.embedding_store import ID, RESERVED, ROW, SOURCE, TEXT_HASH, EmbeddingStore, text_hash
@@ -42,7 +45,8 @@ def _input_signature(spec: CorpusSpec) -> list[list[Any]]:
 def embed_fingerprint(options: dict[str, Any], spec: CorpusSpec) -> str:
     return fingerprint({"spec": [spec.columns, spec.text_column, spec.id_column, spec.format, spec.skip_empty],
                         "inputs": _input_signature(spec), "encoder": options["encoder"],
-                        "dtype": options["dtype"], "max_seq_length": options["max_seq_length"],
+                        "dtype": options["dtype"], "backend": options["backend"],
+                        "max_seq_length": options["max_seq_length"],
                         "shard_rows": options["shard_rows"]})
 
 
@@ -96,6 +100,57 @@ def encode_sorted(encoder: TextEncoder, texts: list[str], chunk: int,
     return out
 
 
+def probe_sample(spec: CorpusSpec, size: int, seed: int) -> list[str]:
+    """A seeded sample of `size` texts from the first 16·size rows of the corpus stream."""
+    texts: list[str] = []
+    for batch in iter_batches(spec, batch_rows=max(size, 256)):
+        texts.extend(batch.table.column(spec.text_column).to_pylist())
+        if len(texts) >= 16 * size:
+            break
+    rng = np.random.default_rng([seed, 7])
+    picked = rng.choice(len(texts), size=min(size, len(texts)), replace=False)
+    return [texts[i] for i in np.sort(picked)]
+
+
+# Read ahead, tokenize ahead and write behind while the encoder runs (False: one thing at a time,
+# as before; benchmarks/bench_embed.py measures the encoder's idle time both ways).
+OVERLAP = True
+
+_PROBED: dict[tuple, tuple[tuple[str, str], dict[str, Any]]] = {}
+
+
+def choose_encoder(options: dict[str, Any], spec: CorpusSpec, seed: int, show: bool) -> tuple[TextEncoder, dict[str, Any] | None]:
+    """The encoder `embed` runs: as asked, or (both --backend and --dtype auto) the fastest runtime
+    measured here that agrees with torch float32 (`pipeline.encoder_probe`). Measured once per
+    process for the same encoder and settings."""
+    from pipeline import encoder_probe as probe
+    from pipeline.encoder_backends import onnx_available
+    from pipeline.encoders import resolve_device
+
+    def make(backend: str, dtype: str) -> TextEncoder:
+        return TextEncoder(name=options["encoder"], dtype=dtype, backend=backend, max_seq_length=options["max_seq_length"],
+                           batch_size=int(options["batch_size"]), device=options["device"])
+
+    backend, dtype = options["backend"], options["dtype"]
+    if backend != "auto" or dtype != "auto":
+        return make("torch" if backend == "auto" else backend, "float32" if dtype == "auto" else dtype), None
+    device = resolve_device(options["device"])
+    import torch
+
+    cuda_bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
+    runtimes = probe.candidates(device, probe.native_bf16(probe.machine_flags()), cuda_bf16, onnx_available())
+    key = (options["encoder"], device, options["max_seq_length"], int(options["batch_size"]), torch.get_num_threads())
+    if key not in _PROBED:
+        texts = probe_sample(spec, int(options["probe_rows"]), seed)
+        choice, rows = probe.run_probe(texts, make, runtimes)
+        _PROBED[key] = (choice, probe.probe_table(choice, rows, len(texts), seed))
+        if show:
+            print(f"embed: encoder runtimes timed on {len(texts)} corpus texts:\n{probe.format_table(rows, choice)}",
+                  file=sys.stderr, flush=True)
+    choice, table = _PROBED[key]
+    return make(*choice), table
+
+
 def run_embed(config: dict[str, Any], work: Workdir, force: bool = False, show_progress: bool = True) -> dict[str, Any]:
     options = config["embed"]
     spec = corpus_spec(options)
@@ -113,9 +168,16 @@ def run_embed(config: dict[str, Any], work: Workdir, force: bool = False, show_p
         if info.get("complete"):
             return {"skipped": True, "rows": info["rows"], "shards": info["shards"]}
     set_threads(int(options["threads"]))
-    encoder = TextEncoder(name=options["encoder"], dtype=options["dtype"], max_seq_length=options["max_seq_length"],
-                          batch_size=int(options["batch_size"]), device=options["device"])
+    if store.exists():  # resuming: the runtime the store started with, never a new measurement
+        identity = store.info["encoder"]
+        encoder = TextEncoder(name=options["encoder"], dtype=identity.get("dtype", "float32"),
+                              backend=identity.get("backend", "torch"), max_seq_length=options["max_seq_length"],
+                              batch_size=int(options["batch_size"]), device=options["device"])
+        probe_info = store.info.get("encoder_probe")
+    else:
+        encoder, probe_info = choose_encoder(options, spec, int(config["seed"]), show_progress)
     base_info = {"fingerprint": fp, "encoder": encoder.identity() if not store.exists() else store.info["encoder"],
+                 "encoder_probe": probe_info,
                  "dim": encoder.dim, "normalized": True, "metric": "inner_product",
                  "shard_rows": int(options["shard_rows"]), "text_column": spec.text_column,
                  "pair_column": spec.pair_column,
@@ -124,28 +186,45 @@ def run_embed(config: dict[str, Any], work: Workdir, force: bool = False, show_p
     store.clean_temps()
     chunk = max(int(options["batch_size"]) * 8, 512)
     rows = shards = encoded = 0
-    with progress_bar(total=count_rows(spec), desc="embed", enabled=show_progress) as bar:
+    started, busy_before = time.perf_counter(), encoder.stats["forward_seconds"]
+
+    def planned() -> Iterator[tuple[int, pa.Table, pa.Table | None]]:  # runs on the read-ahead thread
         for index, table in shard_tables(iter_batches(spec, batch_rows=chunk), int(options["shard_rows"])):
+            yield index, table, (None if store.is_done(index) else build_metadata(table, spec))
+
+    def write(index: int, vectors: np.ndarray, meta: pa.Table, pair_vectors: np.ndarray | None) -> None:
+        crash_point("embed.before_shard_write")
+        if not store.exists():  # first output: nothing is written before the first shard is ready
+            store.write_info(base_info)
+        store.write_shard(index, vectors, meta, pair_vectors)
+        crash_point("embed.shard")
+
+    encoder.prefetch = OVERLAP
+    with progress_bar(total=count_rows(spec), desc="embed", enabled=show_progress) as bar, WriteBehind() as writer:
+        for index, table, meta in (prefetched(planned(), depth=1) if OVERLAP else planned()):
             rows += table.num_rows
             shards += 1
-            if store.is_done(index):
+            if meta is None:
                 bar.update(table.num_rows)
                 continue
             vectors = encode_sorted(encoder, table.column(spec.text_column).to_pylist(), chunk, bar.update)
             pair_vectors = (encode_sorted(encoder, table.column(spec.pair_column).to_pylist(), chunk)
                             if spec.pair_column else None)
-            crash_point("embed.before_shard_write")
-            if not store.exists():  # first output: nothing is written before the first shard is ready
-                store.write_info(base_info)
-            store.write_shard(index, vectors, build_metadata(table, spec), pair_vectors)
+            if OVERLAP:
+                writer.submit(lambda a=(index, vectors, meta, pair_vectors): write(*a))
+            else:
+                write(index, vectors, meta, pair_vectors)
             encoded += table.num_rows
-            crash_point("embed.shard")
     if rows == 0:
         raise AlbatError(f"{', '.join(map(str, spec.paths))}: the corpus holds no rows; check the input")
     _check_unique_ids(store.write_id_index(), spec)
     store.write_info({**{k: v for k, v in store.info.items() if k != "format_version"},
                       "rows": rows, "shards": shards, "complete": True})
-    return {"skipped": False, "rows": rows, "shards": shards, "encoded_rows": encoded}
+    wall = time.perf_counter() - started
+    busy = encoder.stats["forward_seconds"] - busy_before
+    return {"skipped": False, "rows": rows, "shards": shards, "encoded_rows": encoded,
+            "runtime": f"{encoder.backend}/{encoder.dtype}",
+            "encoder_busy": round(busy / wall, 3) if encoded else None}
 
 
 def _check_unique_ids(sorted_ids: np.ndarray, spec: CorpusSpec) -> None:

@@ -5,20 +5,23 @@ query encoded by another model, or by a changed checkpoint under the same name, 
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-from functools import lru_cache
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipeline.threads import set_threads  # noqa: F401 (re-exported for callers of the old name)
 from stores.errors import AlbatError
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 _BUNDLED = {DEFAULT_ENCODER, "sentence-transformers/all-MiniLM-L6-v2"}
 PROBE_TEXT = "albat encoder probe: the quick brown fox jumps over the lazy dog."
-PROBE_TOLERANCE = 1e-3  # bf16 vs fp32 of the same model differ by ~1e-3; other models by far more
+# 1 − cosine of the probe sentence's embedding against the store's: another backend or dtype of the
+# same weights stays within it (the speed probe's own bar is cosine ≥ 0.999); another model is far off
+PROBE_TOLERANCE = 1e-3
 
 
 def resolve_encoder_path(name: str) -> str:
@@ -32,12 +35,6 @@ def resolve_encoder_path(name: str) -> str:
     return name
 
 
-def set_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads if threads > 0 else (os.cpu_count() or 1))
-
-
 def resolve_device(device: str) -> str:
     """'auto' is CUDA when torch sees a GPU, else CPU; an explicit device must exist."""
     import torch
@@ -49,30 +46,6 @@ def resolve_device(device: str) -> str:
     return device
 
 
-@lru_cache(maxsize=4)
-def _load(path: str, dtype: str, max_seq_length: int | None, device: str = "cpu") -> Any:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    import torch
-    from sentence_transformers import SentenceTransformer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # the per-load "Loading weights" bar is noise in a pipeline log
-
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
-    if torch_dtype is None:
-        raise AlbatError(f"encoder dtype '{dtype}' not supported; use float32, bfloat16 or float16 (GPU)")
-    try:
-        model = SentenceTransformer(path, device=device, model_kwargs={"torch_dtype": torch_dtype})
-    except Exception as exc:  # sentence-transformers raises OSError, ValueError, HF errors...
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise AlbatError(f"encoder '{path}' could not be loaded offline ({first}); pass a local model "
-                         "directory or a name already in the HF cache") from None
-    if max_seq_length:
-        model.max_seq_length = int(max_seq_length)
-    return model
-
-
 def normalize_rows(vectors: np.ndarray) -> np.ndarray:
     """Unit rows in float32 (normalising inside a bfloat16 model leaves norms off by up to ~1%)."""
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -81,40 +54,84 @@ def normalize_rows(vectors: np.ndarray) -> np.ndarray:
 
 @dataclass
 class TextEncoder:
+    """One text encoder: a sentence-transformers model run by `backend` (torch | onnx) in `dtype`.
+
+    `encode` sorts texts by length (less padding), tokenizes the next batch on a helper thread while
+    the model runs the current one, and returns unit float32 rows in input order. `stats` counts
+    the seconds spent inside the model, so a caller can measure how idle the encoder was."""
+
     name: str
     dtype: str = "float32"
     max_seq_length: int | None = None
     batch_size: int = 64
     device: str = "auto"
+    backend: str = "torch"
+    prefetch: bool = True  # tokenize the next batch on a helper thread (False: inline, to measure the gain)
+    stats: dict[str, float] = field(default_factory=lambda: {"forward_seconds": 0.0, "rows": 0})
 
     @property
     def model(self) -> Any:
-        return _load(resolve_encoder_path(self.name), self.dtype, self.max_seq_length, resolve_device(self.device))
+        from pipeline.encoder_backends import load_backend
+
+        return load_backend(self.backend, resolve_encoder_path(self.name), self.dtype, self.max_seq_length,
+                            resolve_device(self.device))
 
     @property
     def dim(self) -> int:
-        model = self.model
-        getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-        return int(getter())
+        return int(self.model.dim)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """L2-normalised float32 embeddings, so inner product is cosine similarity."""
         if not texts:
             return np.empty((0, self.dim), dtype=np.float32)
-        vectors = self.model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
-                                    show_progress_bar=False)
-        return normalize_rows(np.asarray(vectors, dtype=np.float32))
+        backend = self.model
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        batches = [order[i:i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="albat-tokenize") as pool:
+            tokenize = (lambda rows: pool.submit(backend.tokenize, [texts[i] for i in rows])) if self.prefetch else \
+                (lambda rows: _Done(backend.tokenize([texts[i] for i in rows])))
+            pending = tokenize(batches[0])
+            for n, rows in enumerate(batches):
+                features = pending.result()
+                if n + 1 < len(batches):
+                    pending = tokenize(batches[n + 1])
+                started = time.perf_counter()
+                out[rows] = backend.forward(features)
+                self.stats["forward_seconds"] += time.perf_counter() - started
+        self.stats["rows"] += len(texts)
+        return normalize_rows(out)
 
     def identity(self) -> dict[str, Any]:
         probe = self.encode([PROBE_TEXT])[0]
         return {"name": self.name, "path": resolve_encoder_path(self.name), "dim": self.dim,
-                "dtype": self.dtype, "max_seq_length": int(self.model.max_seq_length),
+                "backend": self.backend, "dtype": self.dtype, "max_seq_length": int(self.model.max_seq_length),
                 "normalized": True, "probe": [round(float(x), 6) for x in probe]}
 
 
+class _Done:
+    def __init__(self, value: Any):
+        self.value = value
+
+    def result(self) -> Any:
+        return self.value
+
+
 def encoder_from_identity(identity: dict[str, Any], batch_size: int = 64, device: str = "auto") -> TextEncoder:
-    return TextEncoder(name=identity["name"], dtype=identity.get("dtype", "float32"),
+    """The store's own encoder: same model, backend and dtype (torch float32 where this machine
+    cannot run the store's choice; `check_same_encoder` then decides whether it still agrees)."""
+    backend, dtype = identity.get("backend", "torch"), identity.get("dtype", "float32")
+    on_gpu = resolve_device(device).startswith("cuda")
+    if (backend == "onnx" and (on_gpu or not _onnx_available())) or (dtype == "int8" and on_gpu):
+        backend, dtype = "torch", "float32"
+    return TextEncoder(name=identity["name"], dtype=dtype, backend=backend,
                        max_seq_length=identity.get("max_seq_length"), batch_size=batch_size, device=device)
+
+
+def _onnx_available() -> bool:
+    from pipeline.encoder_backends import onnx_available
+
+    return onnx_available()
 
 
 def check_same_encoder(store_identity: dict[str, Any], encoder: TextEncoder, where: str) -> None:
@@ -126,7 +143,8 @@ def check_same_encoder(store_identity: dict[str, Any], encoder: TextEncoder, whe
         raise AlbatError(f"{where}: encoder '{encoder.name}' gives dimension {encoder.dim}, the store holds "
                          f"{store_identity['dim']}; use the store's encoder")
     probe = encoder.encode([PROBE_TEXT])[0]
-    drift = float(np.max(np.abs(probe - np.asarray(store_identity["probe"], dtype=np.float32))))
-    if drift > PROBE_TOLERANCE * 10:
+    stored = np.asarray(store_identity["probe"], dtype=np.float32)
+    drift = 1.0 - float(probe @ stored / max(float(np.linalg.norm(stored)), 1e-12))
+    if drift > PROBE_TOLERANCE:
         raise AlbatError(f"{where}: encoder '{encoder.name}' now gives different embeddings than when "
                          f"the store was built (probe drift {drift:.3g}); restore that checkpoint or re-embed")

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.methods.base import SelectionRequest, get_method
+from pipeline.threads import filter_threads, torch_threads
 from stores.embedding_store import EmbeddingStore
 from stores.errors import AlbatError
 from stores.tables import read_array, read_table, write_table
@@ -45,7 +46,8 @@ def run_filter(config: dict[str, Any], work: Workdir, show_progress: bool = True
         adaptation_pair_vectors=(read_array(work.query / "adaptation.pair.npy")
                                  if (work.query / "adaptation.pair.npy").exists() else None))
     started = time.perf_counter()
-    result = method.select(request)
+    with torch_threads(filter_threads(options)):
+        result = method.select(request)
     seconds = time.perf_counter() - started
     kept = int(np.sum(result.keep))
     if kept > budget:

@@ -103,6 +103,7 @@ keep_columns = ["topic"]
 encoder = "{encoder}"
 shard_rows = 64
 threads = 1
+dtype = "float32"  # explicit: no runtime probe, so every rerun encodes with the same runtime (byte-identical stores)
 [query]
 adaptation = ["{wiki.adaptation}"]
 exclude = ["{wiki.eval}"]

@@ -80,7 +80,7 @@ class Ctx:
     def store_then_swap_encoder(self, replacement: str) -> tuple[Path, list[object]]:
         """Embed and index a small store with a private copy of the tiny encoder, then put another
         model at that path; returns the encoder path and the query command."""
-        from pipeline.encoders import _load
+        from pipeline.encoder_backends import load_backend
 
         encoder, work = self.tmp / "encoder", self.tmp / "w"
         shutil.copytree(self.encoder, encoder)
@@ -89,7 +89,7 @@ class Ctx:
         assert albat("index", "--work", work, "--quiet") == 0
         shutil.rmtree(encoder)
         shutil.copytree(self.encoders[replacement], encoder)
-        _load.cache_clear()  # as a new process would, load what is at the path now
+        load_backend.cache_clear()  # as a new process would, load what is at the path now
         return encoder, ["query", "--work", work, "--adaptation", self.wiki.adaptation, "--quiet"]
 
 

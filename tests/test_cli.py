@@ -131,9 +131,9 @@ def test_query_refuses_a_changed_checkpoint(tmp_path: Path, small_wiki: SmallWik
     assert albat("index", "--work", work, "--quiet") == 0
     shutil.rmtree(encoder)
     shutil.copytree(make_tiny_encoder(tmp_path / "other", seed=1), encoder)
-    from pipeline.encoders import _load
+    from pipeline.encoder_backends import load_backend
 
-    _load.cache_clear()  # a new process would load the new weights too
+    load_backend.cache_clear()  # a new process would load the new weights too
     err = _error(capsys, "query", "--work", work, "--adaptation", small_wiki.adaptation)
     assert "gives different embeddings than when the store was built" in err
     assert not (work / "query").exists()

@@ -39,7 +39,7 @@ def test_unknown_model_name_fails_offline_with_the_fix() -> None:
 
 
 def test_unsupported_dtype(tiny_encoder: str) -> None:
-    with pytest.raises(AlbatError, match="float32, bfloat16 or float16"):
+    with pytest.raises(AlbatError, match="float32, bfloat16, float16"):
         TextEncoder(name=tiny_encoder, dtype="int4", device="cpu").encode(["x"])
 
 
