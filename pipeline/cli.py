@@ -29,7 +29,7 @@ OPTIONS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("embed", "--shard-rows", "shard_rows", dict(type=int, help="rows per embedding shard")),
     ("embed", "--dtype", "dtype", dict(choices=["auto", "float32", "bfloat16", "float16", "int8"], help="encoder compute precision (default auto: the fastest measured here that matches float32)")),
     ("embed", "--backend", "backend", dict(choices=["auto", "torch", "onnx"], help="encoder runtime (default auto: measured on a sample of the corpus)")),
-    ("embed", "--probe-rows", "probe_rows", dict(type=int, help="corpus texts timed per candidate when --dtype/--backend is auto (default 96)")),
+    ("embed", "--probe-rows", "probe_rows", dict(type=int, help="corpus texts timed per candidate when --dtype/--backend is auto (default 64)")),
     ("embed", "--device", "device", dict(help="auto (CUDA when present), cpu, cuda, cuda:N")),
     ("embed", "--max-seq-length", "max_seq_length", dict(type=int, help="truncate texts to this many tokens")),
     ("embed", "--skip-empty", "skip_empty", dict(action="store_const", const=True, help="drop null/empty texts instead of failing")),

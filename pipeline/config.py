@@ -46,7 +46,7 @@ DEFAULTS: dict[str, Any] = {
         "skip_empty": False,
         "max_text_bytes": 1 << 20,  # a longer text is an error (the encoder reads ~1 KB of it); 0: no limit
         "threads": 0,  # 0: all cores
-        "probe_rows": 96,  # corpus texts timed per candidate backend/dtype when either is auto
+        "probe_rows": 64,  # corpus texts timed per candidate backend/dtype when either is auto
     },
     "index": {
         "memory_budget": "4GB",

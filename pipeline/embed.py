@@ -199,7 +199,7 @@ def run_embed(config: dict[str, Any], work: Workdir, force: bool = False, show_p
         store.write_shard(index, vectors, meta, pair_vectors)
         crash_point("embed.shard")
 
-    encoder.prefetch = OVERLAP
+    encoder.prefetch = None if OVERLAP else False
     with progress_bar(total=count_rows(spec), desc="embed", enabled=show_progress) as bar, WriteBehind() as writer:
         for index, table, meta in (prefetched(planned(), depth=1) if OVERLAP else planned()):
             rows += table.num_rows

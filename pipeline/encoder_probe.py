@@ -108,20 +108,28 @@ def judge(row: ProbeRow, reference: np.ndarray, vectors: np.ndarray) -> ProbeRow
     return row
 
 
-class TooSlow(Exception):
-    pass
+class Stopped(Exception):
+    """A candidate stopped part-way: slower than the best so far, or already failing the cosine bar."""
 
 
-def time_encoder(encode_batches: Callable[[Callable[[], None]], np.ndarray], limit: float) -> tuple[float, np.ndarray]:
-    """Run `encode_batches(check)`, which calls `check()` after each batch; raise TooSlow past `limit` seconds."""
+def encode_checked(encoder, texts: list[str], limit: float, reference: np.ndarray | None) -> tuple[float, np.ndarray]:
+    """Seconds and vectors of `encoder` on `texts`, a batch at a time. Stops (raises `Stopped`)
+    once past `limit` seconds, or as soon as a batch has a text whose cosine to `reference` is below
+    the bar, so a runtime that cannot win costs at most one batch or the winner's time."""
+    step = max(1, encoder.batch_size)
+    parts = []
     started = time.perf_counter()
-
-    def check() -> None:
-        if time.perf_counter() - started > limit:
-            raise TooSlow
-
-    vectors = encode_batches(check)
-    return time.perf_counter() - started, vectors
+    for start in range(0, len(texts), step):
+        part = encoder.encode(texts[start:start + step])
+        parts.append(part)
+        elapsed = time.perf_counter() - started
+        if reference is not None:
+            worst = float(np.min(np.einsum("ij,ij->i", reference[start:start + len(part)], part)))
+            if worst < MIN_COSINE:
+                raise Stopped(f"fails the bar: cosine {worst:.5f} < {MIN_COSINE} on the first {start + len(part)} texts")
+        if elapsed > limit:
+            raise Stopped(f"stopped: slower than the fastest passing runtime ({len(texts) / limit:.1f} rows/s)")
+    return time.perf_counter() - started, np.concatenate(parts)
 
 
 def run_probe(texts: list[str], make_encoder: Callable[[str, str], object], options: list[tuple[str, str]]
@@ -136,11 +144,12 @@ def run_probe(texts: list[str], make_encoder: Callable[[str, str], object], opti
         rows.append(row)
         try:
             encoder = make_encoder(backend, dtype)
-            encoder.encode(texts[: min(len(texts), 4)])  # load, export and warm up outside the timing
-            seconds, vectors = time_encoder(lambda check: _encode_checked(encoder, texts, check),
-                                            np.inf if reference is None else best)
-        except TooSlow:
-            row.note = f"stopped: slower than the fastest passing runtime ({len(texts) / best:.1f} rows/s)"
+            warm = encoder.encode(texts[: min(len(texts), 4)])  # load, export and warm up outside the timing
+            if reference is not None and (worst := float(np.min(np.einsum("ij,ij->i", reference[:len(warm)], warm)))) < MIN_COSINE:
+                raise Stopped(f"fails the bar: cosine {worst:.5f} < {MIN_COSINE} on the first {len(warm)} texts")
+            seconds, vectors = encode_checked(encoder, texts, best, reference)
+        except Stopped as stop:
+            row.note = str(stop)
             continue
         except Exception as exc:  # a runtime that cannot load or run here is skipped, not fatal
             row.note = f"unavailable: {str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}"
@@ -154,15 +163,6 @@ def run_probe(texts: list[str], make_encoder: Callable[[str, str], object], opti
         if row.passed:
             best = min(best, seconds)
     return choose(rows), rows
-
-
-def _encode_checked(encoder, texts: list[str], check: Callable[[], None]) -> np.ndarray:
-    step = max(1, encoder.batch_size)
-    parts = []
-    for start in range(0, len(texts), step):
-        parts.append(encoder.encode(texts[start:start + step]))
-        check()
-    return np.concatenate(parts)
 
 
 def probe_table(choice: tuple[str, str], rows: list[ProbeRow], sample: int, seed: int) -> dict:

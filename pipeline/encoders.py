@@ -5,6 +5,7 @@ query encoded by another model, or by a changed checkpoint under the same name, 
 """
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -66,7 +67,7 @@ class TextEncoder:
     batch_size: int = 64
     device: str = "auto"
     backend: str = "torch"
-    prefetch: bool = True  # tokenize the next batch on a helper thread (False: inline, to measure the gain)
+    prefetch: bool | None = None  # tokenize the next batch on a helper thread; None: only with a spare core
     stats: dict[str, float] = field(default_factory=lambda: {"forward_seconds": 0.0, "rows": 0})
 
     @property
@@ -89,7 +90,8 @@ class TextEncoder:
         batches = [order[i:i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="albat-tokenize") as pool:
-            tokenize = (lambda rows: pool.submit(backend.tokenize, [texts[i] for i in rows])) if self.prefetch else \
+            ahead = self.prefetch if self.prefetch is not None else spare_core()
+            tokenize = (lambda rows: pool.submit(backend.tokenize, [texts[i] for i in rows])) if ahead else \
                 (lambda rows: _Done(backend.tokenize([texts[i] for i in rows])))
             pending = tokenize(batches[0])
             for n, rows in enumerate(batches):
@@ -107,6 +109,15 @@ class TextEncoder:
         return {"name": self.name, "path": resolve_encoder_path(self.name), "dim": self.dim,
                 "backend": self.backend, "dtype": self.dtype, "max_seq_length": int(self.model.max_seq_length),
                 "normalized": True, "probe": [round(float(x), 6) for x in probe]}
+
+
+def spare_core() -> bool:
+    """Whether a core is left beside torch's threads. Without one, a tokenizer thread running beside
+    the model's matmuls stalls every OpenMP barrier: on 2 cores and 2 torch threads, tokenizing ahead
+    made `albat embed` slower, not faster (BENCHMARKS.md, "Embedding throughput")."""
+    import torch
+
+    return (os.cpu_count() or 1) > torch.get_num_threads()
 
 
 class _Done:
