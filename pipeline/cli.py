@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from stores.errors import AlbatError
 
@@ -71,6 +71,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work", help="work directory (default: ./work)")
     parser.add_argument("--seed", type=int, help="seed of every random choice (recorded in the manifest)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--force", action="store_true", help="rebuild even what is complete (embed: delete the "
+                        "store and re-embed, once the new input has been read through)")
 
 
 def _add_stage_options(parser: argparse.ArgumentParser, stages: Sequence[str]) -> None:
@@ -82,8 +84,6 @@ def _add_stage_options(parser: argparse.ArgumentParser, stages: Sequence[str]) -
     if "filter" in stages:
         parser.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
                             help="an option of the selection method (repeatable)")
-    if "embed" in stages:
-        parser.add_argument("--force", action="store_true", help="delete an existing store and re-embed")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,14 +141,9 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def _stage_runner(stage: str) -> Callable[..., dict[str, Any]]:
-    import importlib
-
-    return getattr(importlib.import_module(f"pipeline.{stage}"), f"run_{stage}")
-
-
 def run_stages(stages: Sequence[str], config: dict[str, Any], show_progress: bool = True, force: bool = False) -> dict[str, Any]:
     """Run stages in order under the work directory's writer lock; print one summary line each."""
+    from pipeline.stage import run_stage, stage_class
     from stores.workdir import Workdir
 
     work = Workdir(config["work"], output=config["emit"]["output"])
@@ -156,8 +151,7 @@ def run_stages(stages: Sequence[str], config: dict[str, Any], show_progress: boo
     results = {}
     try:
         for stage in stages:
-            kwargs = {"force": force} if stage == "embed" else {}
-            result = _stage_runner(stage)(config, work, show_progress=show_progress, **kwargs)
+            result = run_stage(stage_class(stage)(config, work, show_progress=show_progress, force=force))
             results[stage] = result
             state = "skipped (complete)" if result.pop("skipped", False) else "done"
             details = ", ".join(f"{k}={v}" for k, v in result.items())
@@ -185,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         config = load_config(args.config, overrides_from_args(args))
         stages = STAGES if args.command == "run" else (args.command,)
-        run_stages(stages, config, show_progress=not args.quiet, force=getattr(args, "force", False))
+        run_stages(stages, config, show_progress=not args.quiet, force=args.force)
         if args.command in ("run", "emit"):
             print(f"shards: {Path(config['work']) / config['emit']['output']} (manifest.json lists them); inspect with: "
                   f"albat sql {config['work']} \"SELECT * FROM shards LIMIT 5\"")

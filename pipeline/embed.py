@@ -12,6 +12,7 @@ from pipeline.progress import progress_bar
 from stores.corpus import CorpusBatch, CorpusSpec, count_rows, iter_batches, resolve_files, scan_corpus
 from stores.embedding_store import ID, RESERVED, ROW, SOURCE, TEXT_HASH, EmbeddingStore, text_hash
 from stores.errors import AlbatError
+from pipeline.stage import Plan, Stage, run_stage
 from stores.faults import crash_point
 from stores.workdir import Workdir, fingerprint
 
@@ -96,56 +97,101 @@ def encode_sorted(encoder: TextEncoder, texts: list[str], chunk: int,
     return out
 
 
-def run_embed(config: dict[str, Any], work: Workdir, force: bool = False, show_progress: bool = True) -> dict[str, Any]:
-    options = config["embed"]
-    spec = corpus_spec(options)
-    store = EmbeddingStore(work.store)
-    fp = embed_fingerprint(options, spec)
-    if force or not store.exists():
-        scan_corpus(spec)  # bad input is refused before anything is written (or deleted)
-    if force and store.root.exists():
-        shutil.rmtree(store.root)
-    if store.exists():
+class EmbedStage(Stage):
+    """Its completion record is the store's own `store.json` (`complete`), and it resumes: shards
+    already written by a killed run are kept. A store built from other inputs is refused unless
+    `force`, which deletes it once the new input has been read through."""
+    name = "embed"
+
+    def plan(self) -> Plan:
+        options = self.config["embed"]
+        spec = corpus_spec(options)
+        store = EmbeddingStore(self.work.store)
+        if self.force or not store.exists():
+            scan_corpus(spec)  # bad input is refused before anything is written (or deleted)
+        return Plan(embed_fingerprint(options, spec), store.info_path, options,
+                    {"spec": spec, "store": store})
+
+    def finished(self, plan: Plan) -> dict[str, Any] | None:
+        store = plan.inputs["store"]
+        if not store.exists():
+            return None
         info = store.info
-        if info.get("fingerprint") != fp:
+        if info.get("fingerprint") != plan.fingerprint:
             raise AlbatError(f"{store.root}: built from other inputs or embed options; pass --force to "
                              "re-embed, or use another --work")
-        if info.get("complete"):
-            return {"skipped": True, "rows": info["rows"], "shards": info["shards"]}
-    set_threads(int(options["threads"]))
-    encoder = TextEncoder(name=options["encoder"], dtype=options["dtype"], max_seq_length=options["max_seq_length"],
-                          batch_size=int(options["batch_size"]), device=options["device"])
-    base_info = {"fingerprint": fp, "encoder": encoder.identity() if not store.exists() else store.info["encoder"],
-                 "dim": encoder.dim, "normalized": True, "metric": "inner_product",
-                 "shard_rows": int(options["shard_rows"]), "text_column": spec.text_column,
-                 "pair_column": spec.pair_column,
-                 "id_column": spec.id_column, "keep_columns": list(spec.keep_columns),
-                 "inputs": [str(p) for p, _ in resolve_files(spec)], "complete": False}
-    store.clean_temps()
-    chunk = max(int(options["batch_size"]) * 8, 512)
-    rows = shards = encoded = 0
-    with progress_bar(total=count_rows(spec), desc="embed", enabled=show_progress) as bar:
-        for index, table in shard_tables(iter_batches(spec, batch_rows=chunk), int(options["shard_rows"])):
+        return {"rows": info["rows"], "shards": info["shards"]} if info.get("complete") else None
+
+    def discard(self, plan: Plan) -> None:
+        if plan.inputs["store"].root.exists():
+            shutil.rmtree(plan.inputs["store"].root)
+
+    def forget(self, plan: Plan) -> None:
+        """Nothing to drop: `store.json` says `complete: false` until `record` (a resumed run keeps it)."""
+
+    def compute(self, plan: Plan) -> Iterator[tuple[int, pa.Table, np.ndarray | None, np.ndarray | None]]:
+        options, spec, store = plan.recorded, plan.inputs["spec"], plan.inputs["store"]
+        set_threads(int(options["threads"]))
+        encoder = TextEncoder(name=options["encoder"], dtype=options["dtype"], max_seq_length=options["max_seq_length"],
+                              batch_size=int(options["batch_size"]), device=options["device"])
+        plan.inputs["base_info"] = {
+            "fingerprint": plan.fingerprint,
+            "encoder": encoder.identity() if not store.exists() else store.info["encoder"],
+            "dim": encoder.dim, "normalized": True, "metric": "inner_product",
+            "shard_rows": int(options["shard_rows"]), "text_column": spec.text_column,
+            "pair_column": spec.pair_column,
+            "id_column": spec.id_column, "keep_columns": list(spec.keep_columns),
+            "inputs": [str(p) for p, _ in resolve_files(spec)], "complete": False}
+        return encode_shards(encoder, spec, store, int(options["batch_size"]), int(options["shard_rows"]),
+                             self.show_progress)
+
+    def write(self, plan: Plan, computed: Iterator[tuple[int, pa.Table, np.ndarray | None, np.ndarray | None]]
+              ) -> dict[str, Any]:
+        spec, store = plan.inputs["spec"], plan.inputs["store"]
+        store.clean_temps()
+        rows = shards = encoded = 0
+        for index, table, vectors, pair_vectors in computed:
             rows += table.num_rows
             shards += 1
+            if vectors is None:  # done by an earlier run
+                continue
+            crash_point("embed.before_shard_write")
+            if not store.exists():  # first output: nothing is written before the first shard is ready
+                store.write_info(plan.inputs["base_info"])
+            store.write_shard(index, vectors, build_metadata(table, spec), pair_vectors)
+            encoded += table.num_rows
+            crash_point("embed.shard")
+        if rows == 0:
+            raise AlbatError(f"{', '.join(map(str, spec.paths))}: the corpus holds no rows; check the input")
+        _check_unique_ids(store.write_id_index(), spec)
+        return {"rows": rows, "shards": shards, "encoded_rows": encoded}
+
+    def record(self, plan: Plan, summary: dict[str, Any]) -> None:
+        store = plan.inputs["store"]
+        store.write_info({**{k: v for k, v in store.info.items() if k != "format_version"},
+                          "rows": summary["rows"], "shards": summary["shards"], "complete": True})
+
+
+def encode_shards(encoder: TextEncoder, spec: CorpusSpec, store: EmbeddingStore, batch_size: int, shard_rows: int,
+                  show_progress: bool) -> Iterator[tuple[int, pa.Table, np.ndarray | None, np.ndarray | None]]:
+    """(shard index, rows, vectors, pair vectors) for every shard, encoded lazily; the vectors are
+    None for a shard an earlier run already wrote."""
+    chunk = max(batch_size * 8, 512)
+    with progress_bar(total=count_rows(spec), desc="embed", enabled=show_progress) as bar:
+        for index, table in shard_tables(iter_batches(spec, batch_rows=chunk), shard_rows):
             if store.is_done(index):
                 bar.update(table.num_rows)
+                yield index, table, None, None
                 continue
             vectors = encode_sorted(encoder, table.column(spec.text_column).to_pylist(), chunk, bar.update)
             pair_vectors = (encode_sorted(encoder, table.column(spec.pair_column).to_pylist(), chunk)
                             if spec.pair_column else None)
-            crash_point("embed.before_shard_write")
-            if not store.exists():  # first output: nothing is written before the first shard is ready
-                store.write_info(base_info)
-            store.write_shard(index, vectors, build_metadata(table, spec), pair_vectors)
-            encoded += table.num_rows
-            crash_point("embed.shard")
-    if rows == 0:
-        raise AlbatError(f"{', '.join(map(str, spec.paths))}: the corpus holds no rows; check the input")
-    _check_unique_ids(store.write_id_index(), spec)
-    store.write_info({**{k: v for k, v in store.info.items() if k != "format_version"},
-                      "rows": rows, "shards": shards, "complete": True})
-    return {"skipped": False, "rows": rows, "shards": shards, "encoded_rows": encoded}
+            yield index, table, vectors, pair_vectors
+
+
+def run_embed(config: dict[str, Any], work: Workdir, force: bool = False, show_progress: bool = True) -> dict[str, Any]:
+    """The embed stage through the stage runner (pipeline.stage.run_stage)."""
+    return run_stage(EmbedStage(config, work, show_progress=show_progress, force=force))
 
 
 def _check_unique_ids(sorted_ids: np.ndarray, spec: CorpusSpec) -> None:
