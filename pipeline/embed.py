@@ -132,7 +132,7 @@ class EmbedStage(Stage):
     def compute(self, plan: Plan) -> Iterator[tuple[int, pa.Table, np.ndarray | None, np.ndarray | None]]:
         options, spec, store = plan.recorded, plan.inputs["spec"], plan.inputs["store"]
         set_threads(int(options["threads"]))
-        encoder = TextEncoder(name=options["encoder"], dtype=options["dtype"], max_seq_length=options["max_seq_length"],
+        encoder = TextEncoder(name=options["encoder"], dtype=torch_dtype(options), max_seq_length=options["max_seq_length"],
                               batch_size=int(options["batch_size"]), device=options["device"])
         plan.inputs["base_info"] = {
             "fingerprint": plan.fingerprint,
@@ -170,6 +170,14 @@ class EmbedStage(Stage):
         store = plan.inputs["store"]
         store.write_info({**{k: v for k, v in store.info.items() if k != "format_version"},
                           "rows": summary["rows"], "shards": summary["shards"], "complete": True})
+
+
+def torch_dtype(options: dict[str, Any]) -> str:
+    """The encoder's compute dtype in this build: torch only; `auto` is float32 (the measured choice
+    among backends and dtypes, `probe_rows`, belongs to the encoder probe)."""
+    if options["backend"] == "onnx":
+        raise AlbatError("embed.backend = onnx is not available in this build; use --backend torch (or auto)")
+    return "float32" if options["dtype"] == "auto" else options["dtype"]
 
 
 def encode_shards(encoder: TextEncoder, spec: CorpusSpec, store: EmbeddingStore, batch_size: int, shard_rows: int,

@@ -83,8 +83,7 @@ def assemble(backbone: pa.Table, adaptation: pa.Table | None, store_info: dict[s
 
 
 def split_shards(table: pa.Table, shard_rows: int) -> list[pa.Table]:
-    if shard_rows <= 0:
-        raise AlbatError(f"emit.shard_rows must be positive, got {shard_rows}; pass --emit-shard-rows 1 or more")
+    """Consecutive slices of `shard_rows` rows (>= 1, pipeline.options); one empty shard for no rows."""
     return [table.slice(start, shard_rows) for start in range(0, max(table.num_rows, 1), shard_rows)]
 
 

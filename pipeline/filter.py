@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.methods.base import SelectionRequest, get_method
+from pipeline.options import FILTER, by_name
 from pipeline.stage import Plan, Stage
 from stores.embedding_store import EmbeddingStore
 from stores.errors import AlbatError
@@ -17,8 +18,8 @@ SELECTION_FILE = "selection.parquet"
 
 
 def method_options(options: dict[str, Any]) -> dict[str, Any]:
-    """Everything in [filter] beside the shared keys is an option of the chosen method."""
-    return {k: v for k, v in options.items() if k not in ("method", "budget")}
+    """Everything in [filter] beside the filter stage's own keys is an option of the chosen method."""
+    return {k: v for k, v in options.items() if k not in by_name(FILTER)}
 
 
 class FilterStage(Stage):
@@ -27,8 +28,6 @@ class FilterStage(Stage):
     def plan(self) -> Plan:
         options, seed, work = self.config["filter"], int(self.config["seed"]), self.work
         budget = int(options["budget"])
-        if budget < 0:
-            raise AlbatError(f"filter.budget must be >= 0, got {budget}")
         query_record = work.stage_record("query")
         if not query_record:
             raise AlbatError(f"{work.query}: no completed query stage; run `albat query` first")
@@ -47,7 +46,7 @@ class FilterStage(Stage):
             store=EmbeddingStore(self.work.store),
             adaptation_texts=adaptation.column(text_column).to_pylist(),
             adaptation_vectors=read_array(query / "adaptation.npy"),
-            budget=budget, seed=seed, options=method_options(options),
+            budget=budget, seed=seed,
             adaptation_pair_vectors=(read_array(query / "adaptation.pair.npy")
                                      if (query / "adaptation.pair.npy").exists() else None))
         started = time.perf_counter()
