@@ -140,6 +140,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     flag_of = cli_flags()
     raw = check_values(raw, method, filter_options, lambda label, value: str(path))
     if path is not None:
+        raw.setdefault("work", DEFAULTS["work"])  # the default work directory too lies beside the config
         _resolve_paths(raw, filter_options, path.resolve().parent)
     overrides = check_values(overrides, method, filter_options,
                              lambda label, value: _cli_source(flag_of, label))

@@ -214,3 +214,11 @@ def test_non_finite_memory_budget_in_toml_is_an_albat_error(tmp_path, value):
     path = _write(tmp_path / "c.toml", f"[index]\nmemory_budget = {value}\n")
     with pytest.raises(AlbatError):
         load_config(path)
+
+
+def test_the_default_work_directory_lies_beside_the_config_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "exp").mkdir()
+    path = _write(tmp_path / "exp" / "c.toml", "seed = 1\n")
+    assert load_config(path)["work"] == str(tmp_path / "exp" / "work")
+    assert load_config(None)["work"] == "work"
