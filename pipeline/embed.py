@@ -43,7 +43,7 @@ def _input_signature(spec: CorpusSpec) -> list[list[Any]]:
 def embed_fingerprint(options: dict[str, Any], spec: CorpusSpec) -> str:
     return fingerprint({"spec": [spec.columns, spec.text_column, spec.id_column, spec.format, spec.skip_empty],
                         "inputs": _input_signature(spec), "encoder": options["encoder"],
-                        "dtype": options["dtype"], "max_seq_length": options["max_seq_length"],
+                        "dtype": torch_dtype(options), "max_seq_length": options["max_seq_length"],
                         "shard_rows": options["shard_rows"]})
 
 
