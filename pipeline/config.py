@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.options import FILTER, SECTIONS, TOP, Option, by_name, checked, section_defaults, show, unknown_key
+from pipeline.options import FILTER, SECTIONS, TOP, Option, check_given, section_defaults, show
 from pipeline.surrogates.options import SURROGATE_OPTIONS
 from stores.errors import AlbatError
 
@@ -43,34 +43,20 @@ def _method_options(config: dict[str, Any]) -> tuple[str, tuple[Option, ...]]:
     return method, FILTER + method_class(method).OPTIONS
 
 
-def _check_section(given: dict[str, Any], section: str, options: tuple[Option, ...], source: Callable[[str, Any], str],
-                   method: str) -> dict[str, Any]:
-    """The given values of one section, each checked by its option; unknown keys are errors."""
-    known = by_name(options)
-    out = {}
-    for key, value in given.items():
-        label = f"{section}.{key}" if section else key
-        if key not in known:
-            context = f" for method {method}" if section == "filter" else ""
-            names = [*known, *(s for s in SECTIONS if s)] if not section else known
-            raise unknown_key(source(label, value), label, names, context)
-        out[key] = checked(known[key], value, source(label, value), label)
-    return out
-
-
 def check_values(given: dict[str, Any], method: str, filter_options: tuple[Option, ...],
-                 source: Callable[[str, Any], str]) -> dict[str, Any]:
-    """Every value of a config (file or CLI overrides) checked and converted; `source(label, value)`
-    names where a value came from, for the error."""
-    out = _check_section({k: v for k, v in given.items() if k not in SECTIONS}, "", TOP, source, method)
-    for section in SECTIONS:
-        if not section or section not in given:
+                 source: Callable[[str], str]) -> dict[str, Any]:
+    """Every value of a config (file or CLI overrides) checked and converted; `source(label)` names
+    where a value came from, for the error."""
+    sections = [s for s in SECTIONS if s]
+    out = check_given(TOP, {k: v for k, v in given.items() if k not in sections}, source, also_known=sections)
+    for section in sections:
+        if section not in given:
             continue
         if not isinstance(given[section], dict):
-            raise AlbatError(f"{source(section, given[section])}: '{section}' must be a [{section}] table; write "
-                             f"its keys under a [{section}] line")
-        options = filter_options if section == "filter" else SECTIONS[section]
-        out[section] = _check_section(given[section], section, options, source, method)
+            raise AlbatError(f"{source(section)}: '{section}' must be a [{section}] table; write its keys under a "
+                             f"[{section}] line")
+        options, context = (filter_options, f" for method {method}") if section == "filter" else (SECTIONS[section], "")
+        out[section] = check_given(options, given[section], source, f"{section}.", context)
     return out
 
 
@@ -138,12 +124,12 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         chosen.pop("filter")  # reported as "must be a [filter] table" below
     method, filter_options = _method_options(chosen)
     flag_of = cli_flags()
-    raw = check_values(raw, method, filter_options, lambda label, value: str(path))
+    raw = check_values(raw, method, filter_options, lambda label: str(path))
     if path is not None:
         raw.setdefault("work", DEFAULTS["work"])  # the default work directory too lies beside the config
         _resolve_paths(raw, filter_options, path.resolve().parent)
     overrides = check_values(overrides, method, filter_options,
-                             lambda label, value: _cli_source(flag_of, label))
+                             lambda label: flag_of.get(label, "--method-option"))
     config = _merge(_merge(DEFAULTS, raw), overrides)
     from pipeline.filter import method_options
     from pipeline.methods.base import get_method
@@ -165,10 +151,6 @@ def cli_options() -> dict[str, tuple[Option, ...]]:
 def cli_flags() -> dict[str, str]:
     """Config label ('query.k') -> its CLI flag ('--k')."""
     return {(f"{s}.{o.name}" if s else o.name): o.cli_flag for s, options in cli_options().items() for o in options}
-
-
-def _cli_source(flag_of: dict[str, str], label: str) -> str:
-    return flag_of.get(label, "--method-option")
 
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,

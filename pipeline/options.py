@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from stores.errors import AlbatError
 
@@ -315,12 +315,21 @@ def checked(option: Option, value: Any, source: str, label: str) -> Any:
         raise AlbatError(f"{source}: {label} = {shown}: {exc}; give {option.expect()}") from None
 
 
-def resolve(options: Sequence[Option], given: dict[str, Any], source: str, context: str = "") -> dict[str, Any]:
-    """Every option's default, updated with the `given` values, each checked; an unknown key is an error."""
+def check_given(options: Sequence[Option], given: dict[str, Any], source: Callable[[str], str], prefix: str = "",
+                context: str = "", also_known: Iterable[str] = ()) -> dict[str, Any]:
+    """The `given` values, each checked and converted by its option; an unknown key is an error
+    listing the known ones. `source(label)` names where a value came from (a file, a flag);
+    labels are `prefix` + key."""
     known = by_name(options)
-    out = defaults(options)
+    out = {}
     for key, value in given.items():
+        label = prefix + key
         if key not in known:
-            raise unknown_key(source, key, known, context)
-        out[key] = checked(known[key], value, source, key)
+            raise unknown_key(source(label), label, [*known, *also_known], context)
+        out[key] = checked(known[key], value, source(label), label)
     return out
+
+
+def resolve(options: Sequence[Option], given: dict[str, Any], source: str) -> dict[str, Any]:
+    """Every option's default, updated with the `given` values, each checked."""
+    return {**defaults(options), **check_given(options, given, lambda label: source)}
