@@ -109,7 +109,7 @@ class EmbedStage(Stage):
         store = EmbeddingStore(self.work.store)
         if self.force or not store.exists():
             scan_corpus(spec)  # bad input is refused before anything is written (or deleted)
-        return Plan(embed_fingerprint(options, spec), store.info_path, options,
+        return Plan(embed_fingerprint(options, spec), (store.info_path,), options,
                     {"spec": spec, "store": store})
 
     def finished(self, plan: Plan) -> dict[str, Any] | None:

@@ -96,7 +96,7 @@ class EmitStage(Stage):
         if not filter_record or not (work.filter / SELECTION_FILE).exists():
             raise AlbatError(f"{work.filter}: no completed filter stage; run `albat filter` first")
         fp = fingerprint({"options": options, "filter": filter_record["fingerprint"]})
-        return Plan(fp, work.output / MANIFEST, options, {"filter_record": filter_record})
+        return Plan(fp, (work.output / MANIFEST,), options, {"filter_record": filter_record})
 
     def compute(self, plan: Plan) -> tuple[list[pa.Table], dict[str, Any], int]:
         options, config, work, filter_record = plan.recorded, self.config, self.work, plan.inputs["filter_record"]

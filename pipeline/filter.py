@@ -32,7 +32,7 @@ class FilterStage(Stage):
         if not query_record:
             raise AlbatError(f"{work.query}: no completed query stage; run `albat query` first")
         fp = fingerprint({"options": options, "seed": seed, "query": query_record["fingerprint"]})
-        return Plan(fp, work.filter / SELECTION_FILE, options, {"budget": budget, "seed": seed})
+        return Plan(fp, (work.filter / SELECTION_FILE,), options, {"budget": budget, "seed": seed})
 
     def compute(self, plan: Plan) -> tuple[Any, Any, float]:
         options, budget, seed, query = plan.recorded, plan.inputs["budget"], plan.inputs["seed"], self.work.query

@@ -13,7 +13,7 @@ from pipeline.progress import progress_bar
 from pipeline.stage import Plan, Stage
 from stores.embedding_store import EmbeddingStore
 from stores.errors import AlbatError
-from stores.index_store import INFOS_FILE, write_index
+from stores.index_store import INDEX_FILE, INFOS_FILE, write_index
 from stores.workdir import fingerprint
 
 TRAIN_POINTS_PER_LIST = 64
@@ -134,8 +134,8 @@ class IndexStage(Stage):
         options, seed = self.config["index"], int(self.config["seed"])
         store = EmbeddingStore(self.work.store)
         info = store.require_complete()
-        return Plan(index_fingerprint(info, options, seed), self.work.index / INFOS_FILE, options,
-                    {"store": store, "info": info, "seed": seed})
+        outputs = (self.work.index / INDEX_FILE, self.work.index / INFOS_FILE)
+        return Plan(index_fingerprint(info, options, seed), outputs, options, {"store": store, "info": info, "seed": seed})
 
     def compute(self, plan: Plan) -> tuple[Any, dict[str, Any]]:
         options, store, info, seed = plan.recorded, plan.inputs["store"], plan.inputs["info"], plan.inputs["seed"]

@@ -20,6 +20,7 @@ from stores.workdir import fingerprint
 
 MAX_QUERY_EXAMPLES = 100_000  # adaptation and exclusion sets are read whole
 CANDIDATES_FILE = "candidates.parquet"
+TABLES = ("adaptation.parquet", "adaptation.npy", "candidate_pairs.parquet", "blocked.parquet", CANDIDATES_FILE)
 
 
 def search_pairs(query_vectors: np.ndarray, index: Any, k: int) -> pa.Table:
@@ -162,8 +163,8 @@ class QueryStage(Stage):
         fp = fingerprint({"options": options, "index": index_record.get("fingerprint"), "key": infos["index_key"],
                           "adaptation": _signature(options["adaptation"], options["format"]),
                           "exclude": _signature(options["exclude"], "auto")})
-        return Plan(fp, work.query / CANDIDATES_FILE, options, {"store": store, "info": info, "index": index,
-                                                                "infos": infos})
+        return Plan(fp, tuple(work.query / name for name in TABLES), options,
+                    {"store": store, "info": info, "index": index, "infos": infos})
 
     def compute(self, plan: Plan) -> dict[str, Any]:
         options, store, info = plan.recorded, plan.inputs["store"], plan.inputs["info"]

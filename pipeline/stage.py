@@ -27,7 +27,7 @@ from stores.workdir import Workdir
 @dataclass
 class Plan:
     fingerprint: str  # digest of everything the output depends on
-    output: Path  # the file whose presence (with a matching record) means "complete"
+    outputs: tuple[Path, ...]  # the files whose presence (with a matching record) means "complete"
     recorded: Any  # the options written into the completion record
     inputs: dict[str, Any] = field(default_factory=dict)  # what `compute` and `write` need
 
@@ -51,8 +51,8 @@ class Stage(ABC):
         """Publish the outputs; return the summary recorded and printed."""
 
     def finished(self, plan: Plan) -> dict[str, Any] | None:
-        """The summary of a finished run with this fingerprint whose output is present, else None."""
-        return self.work.finished_summary(self.name, plan.fingerprint, plan.output)
+        """The summary of a finished run with this fingerprint whose outputs are all present, else None."""
+        return self.work.finished_summary(self.name, plan.fingerprint, *plan.outputs)
 
     def discard(self, plan: Plan) -> None:
         """`force`: drop what an earlier run left before rebuilding (default: nothing, `write` replaces)."""
