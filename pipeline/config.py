@@ -15,13 +15,12 @@ albat replace (swap away and delete) a directory outside its work directory.
 from __future__ import annotations
 
 import copy
-import math
 import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.options import FILTER, SECTIONS, TOP, Option, check_given, section_defaults, show
+from pipeline.options import FILTER, SECTIONS, TOP, Option, check_given, parse_bytes, section_defaults, show
 from pipeline.surrogates.options import SURROGATE_OPTIONS
 from stores.errors import AlbatError
 
@@ -151,24 +150,3 @@ def cli_options() -> dict[str, tuple[Option, ...]]:
 def cli_flags() -> dict[str, str]:
     """Config label ('query.k') -> its CLI flag ('--k')."""
     return {(f"{s}.{o.name}" if s else o.name): o.cli_flag for s, options in cli_options().items() for o in options}
-
-
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-
-
-def parse_bytes(value: str | int | float) -> int:
-    """'4GB' -> 4e9, '512MiB' -> 536870912, 1000 -> 1000."""
-    if isinstance(value, (int, float)):
-        number, unit = float(value), ""
-    else:
-        text = str(value).strip().upper().replace(" ", "")
-        digits = text.rstrip("KMGTIB")
-        unit = text[len(digits):]
-        try:
-            number = float(digits)
-        except ValueError:
-            number = math.nan
-    if unit not in _UNITS or not math.isfinite(number) or number < 0:
-        raise AlbatError(f"memory budget '{value}' not understood; write e.g. 4GB or 512MiB")
-    return int(number * _UNITS[unit])

@@ -169,9 +169,6 @@ def _strings(value: Any) -> list[str]:
 
 
 def _size(value: Any) -> Any:
-    from pipeline.config import parse_bytes  # one parser of sizes
-    from stores.errors import AlbatError
-
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise OptionError(f"{_kind_of(value)}, not a size")
     try:
@@ -179,6 +176,27 @@ def _size(value: Any) -> Any:
     except AlbatError:
         raise OptionError("not understood as a size") from None
     return value
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_bytes(value: str | int | float) -> int:
+    """'4GB' -> 4e9, '512MiB' -> 536870912, 1000 -> 1000."""
+    if isinstance(value, (int, float)):
+        number, unit = float(value), ""
+    else:
+        text = str(value).strip().upper().replace(" ", "")
+        digits = text.rstrip("KMGTIB")
+        unit = text[len(digits):]
+        try:
+            number = float(digits)
+        except ValueError:
+            number = math.nan
+    if unit not in _UNITS or not math.isfinite(number) or number < 0:
+        raise AlbatError(f"memory budget '{value}' not understood; write e.g. 4GB or 512MiB")
+    return int(number * _UNITS[unit])
 
 
 def _check_range(option: Option, number: float) -> None:
