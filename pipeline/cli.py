@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pipeline.config import cli_options
-from pipeline.options import LIST, Option
+from pipeline.options import LIST, Option, show
 from stores.errors import AlbatError
 
 STAGES = ("embed", "index", "query", "filter", "emit")
@@ -24,9 +24,10 @@ def _dest(stage: str, key: str) -> str:
 def _flag_kwargs(option: Option) -> dict[str, Any]:
     """argparse keywords for an option's flag. Values stay strings: the schema checks and converts
     them (one-line errors, not argparse's usage text)."""
-    kwargs: dict[str, Any] = {"help": f"{option.help}: {option.expect()}".replace("%", "%%")}
     if option.const is not None:
-        return {**kwargs, "action": "store_const", "const": option.const}
+        text = f"set {option.name} to {show(option.const)} ({option.help})"
+        return {"help": text.replace("%", "%%"), "action": "store_const", "const": option.const}
+    kwargs: dict[str, Any] = {"help": f"{option.help}: {option.expect()}".replace("%", "%%")}
     if option.kind == LIST:
         kwargs.update(type=_csv) if option.sep else kwargs.update(nargs="+")
     if option.choices:

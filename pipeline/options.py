@@ -280,8 +280,8 @@ FILTER = (
 
 EMIT = (
     Option("shard_rows", INT, 10_000, "rows per emitted Parquet shard", min=1, flag="--emit-shard-rows"),
-    Option("include_adaptation", BOOL, True, "write the adaptation examples into the shards (CLI: --no-adaptation)",
-           flag="--no-adaptation", const=False),
+    Option("include_adaptation", BOOL, True, "write the adaptation examples into the shards", flag="--no-adaptation",
+           const=False),
     Option("backbone_weight", FLOAT, 1.0, "lambda: weight of the backbone part of the BAT loss", min=0),
     Option("output", STR, "output", "folder inside the work directory for the shard set"),
 )
