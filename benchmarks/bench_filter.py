@@ -14,7 +14,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from benchmarks.report import markdown_table, write_section  # noqa: E402
 from pipeline import threads  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.filter import run_filter  # noqa: E402
+from pipeline.filter import FilterStage  # noqa: E402
+from pipeline.stage import run_stage  # noqa: E402
 from stores.workdir import Workdir  # noqa: E402
 
 METHODS = ["knn", "random", "dsir", "classifier", "gradalign", "albat"]
@@ -26,7 +27,7 @@ def one(config_path: str, work: Path, method: str, small_threads: int) -> dict:
     config = load_config(config_path, {"work": str(work), "filter": {"method": method}})
     before, threads.SMALL_OP_THREADS = threads.SMALL_OP_THREADS, small_threads
     try:
-        return run_filter(config, Workdir(work), show_progress=False)
+        return run_stage(FilterStage(config, Workdir(work), show_progress=False))
     finally:
         threads.SMALL_OP_THREADS = before
 

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
+from pipeline.config import cli_options
+from pipeline.options import LIST, Option, show
 from stores.errors import AlbatError
 
 STAGES = ("embed", "index", "query", "filter", "emit")
@@ -16,76 +17,43 @@ def _csv(value: str) -> list[str]:
     return [v for v in value.split(",") if v]
 
 
-# (stage, flag, config key, argparse kwargs): one table drives the stage commands and `run`.
-OPTIONS: list[tuple[str, str, str, dict[str, Any]]] = [
-    ("embed", "--input", "input", dict(nargs="+", help="corpus files, globs, directories or a saved HF dataset")),
-    ("embed", "--format", "format", dict(choices=["auto", "parquet", "jsonl", "hf", "txt"], help="corpus format (default: by suffix)")),
-    ("embed", "--text-column", "text_column", dict(help="column holding the text (default: text)")),
-    ("embed", "--pair-column", "pair_column", dict(help="column with the query side of (query, text) pairs, embedded too")),
-    ("embed", "--id-column", "id_column", dict(help="integer id column to keep as albat_id (default: row number)")),
-    ("embed", "--keep-columns", "keep_columns", dict(type=_csv, help="comma-separated extra columns to carry to the shards")),
-    ("embed", "--encoder", "encoder", dict(help="sentence-transformers model path or cached name (default: bundled all-MiniLM-L6-v2)")),
-    ("embed", "--batch-size", "batch_size", dict(type=int, help="encoder batch size")),
-    ("embed", "--shard-rows", "shard_rows", dict(type=int, help="rows per embedding shard")),
-    ("embed", "--dtype", "dtype", dict(choices=["auto", "float32", "bfloat16", "float16", "int8"], help="encoder compute precision (default auto: the fastest measured here that matches float32)")),
-    ("embed", "--backend", "backend", dict(choices=["auto", "torch", "onnx"], help="encoder runtime (default auto: measured on a sample of the corpus)")),
-    ("embed", "--probe-rows", "probe_rows", dict(type=int, help="corpus texts timed per candidate when --dtype/--backend is auto (default 64)")),
-    ("embed", "--device", "device", dict(help="auto (CUDA when present), cpu, cuda, cuda:N")),
-    ("embed", "--max-seq-length", "max_seq_length", dict(type=int, help="truncate texts to this many tokens")),
-    ("embed", "--skip-empty", "skip_empty", dict(action="store_const", const=True, help="drop null/empty texts instead of failing")),
-    ("embed", "--max-text-bytes", "max_text_bytes", dict(type=int, help="longest text accepted, in bytes (default 1 MiB; 0: no limit)")),
-    ("embed", "--threads", "threads", dict(type=int, help="torch threads (0: all cores)")),
-    ("index", "--memory-budget", "memory_budget", dict(help="memory the index may use, e.g. 4GB (default 4GB)")),
-    ("index", "--index-key", "index_key", dict(help="force a FAISS factory string, e.g. IVF1024,PQ48x8")),
-    ("index", "--flat-max-rows", "flat_max_rows", dict(type=int, help="largest corpus searched exactly")),
-    ("index", "--recall-k", "recall_k", dict(type=int, help="k of the recall@k measurement")),
-    ("index", "--recall-queries", "recall_queries", dict(type=int, help="corpus samples used to measure recall")),
-    ("index", "--target-recall", "target_recall", dict(type=float, help="recall nprobe is tuned to reach")),
-    ("query", "--adaptation", "adaptation", dict(nargs="+", help="adaptation examples (Parquet, JSONL, HF dir, or text one a line)")),
-    ("query", "--adaptation-format", "format", dict(choices=["auto", "parquet", "jsonl", "hf", "txt"], help="adaptation format")),
-    ("query", "--adaptation-text-column", "text_column", dict(help="text column of the adaptation set")),
-    ("query", "--adaptation-pair-column", "pair_column", dict(help="query-side column of the adaptation set (default: the store's)")),
-    ("query", "--exclude", "exclude", dict(nargs="+", help="evaluation examples whose duplicates must never be selected")),
-    ("query", "--exclude-text-column", "exclude_text_column", dict(help="text column of the exclusion set")),
-    ("query", "--query-encoder", "encoder", dict(help="encoder for the queries; refused unless it is the store's")),
-    ("query", "--query-device", "device", dict(help="device for the query encoder (default auto)")),
-    ("query", "--k", "k", dict(type=int, help="neighbours retrieved per adaptation example")),
-    ("query", "--dedup-threshold", "dedup_threshold", dict(type=float, help="cosine above which a corpus row is a near-duplicate")),
-    ("query", "--dedup-k", "dedup_k", dict(type=int, help="neighbours checked for near-duplicates per example")),
-    ("query", "--rerank-factor", "rerank_factor", dict(type=int, help="PQ index: retrieve k*factor, re-rank exactly")),
-    ("filter", "--method", "method", dict(help="selection method: none, random, knn, dsir, classifier, gradalign, albat")),
-    ("filter", "--surrogate", "surrogate", dict(choices=["contrastive", "lm"], help="albat/gradalign surrogate: contrastive (store embeddings) or lm (causal LM + LoRA)")),
-    ("filter", "--surrogate-model", "model", dict(metavar="DIR", help="lm surrogate: local Hugging Face causal-LM checkpoint directory")),
-    ("filter", "--budget", "budget", dict(type=int, help="number m of backbone examples to select")),
-    ("emit", "--emit-shard-rows", "shard_rows", dict(type=int, help="rows per emitted Parquet shard")),
-    ("emit", "--no-adaptation", "include_adaptation", dict(action="store_const", const=False, help="do not write the adaptation examples into the shards")),
-    ("emit", "--backbone-weight", "backbone_weight", dict(type=float, help="lambda: weight of the backbone part of the BAT loss")),
-    ("emit", "--output", "output", dict(help="folder inside the work directory for the shard set (default output)")),
-]
-
-
 def _dest(stage: str, key: str) -> str:
     return f"{stage}__{key}"
 
 
+def _flag_kwargs(option: Option) -> dict[str, Any]:
+    """argparse keywords for an option's flag. Values stay strings: the schema checks and converts
+    them (one-line errors, not argparse's usage text)."""
+    if option.const is not None:
+        text = f"set {option.name} to {show(option.const)} ({option.help})"
+        return {"help": text.replace("%", "%%"), "action": "store_const", "const": option.const}
+    kwargs: dict[str, Any] = {"help": f"{option.help}: {option.expect()}".replace("%", "%%")}
+    if option.kind == LIST:
+        kwargs.update(type=_csv) if option.sep else kwargs.update(nargs="+")
+    if option.choices:
+        kwargs["metavar"] = "{" + ",".join(option.choices) + "}"
+    else:
+        kwargs["metavar"] = option.metavar or option.name.upper()
+    return kwargs
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML config holding every option (flags override it)")
-    parser.add_argument("--work", help="work directory (default: ./work)")
-    parser.add_argument("--seed", type=int, help="seed of every random choice (recorded in the manifest)")
+    for option in cli_options()[""]:
+        parser.add_argument(option.cli_flag, dest=_dest("", option.name), default=None, **_flag_kwargs(option))
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--force", action="store_true", help="rebuild even what is complete (embed: delete the "
+                        "store and re-embed, once the new input has been read through)")
 
 
 def _add_stage_options(parser: argparse.ArgumentParser, stages: Sequence[str]) -> None:
     for stage in stages:
         group = parser.add_argument_group(stage)
-        for opt_stage, flag, key, kwargs in OPTIONS:
-            if opt_stage == stage:
-                group.add_argument(flag, dest=_dest(stage, key), default=None, **kwargs)
+        for option in cli_options()[stage]:
+            group.add_argument(option.cli_flag, dest=_dest(stage, option.name), default=None, **_flag_kwargs(option))
     if "filter" in stages:
         parser.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
                             help="an option of the selection method (repeatable)")
-    if "embed" in stages:
-        parser.add_argument("--force", action="store_true", help="delete an existing store and re-embed")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,39 +86,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {s: {} for s in STAGES}
-    for stage, _, key, _ in OPTIONS:
-        value = getattr(args, _dest(stage, key), None)
-        if value is not None:
-            overrides[stage][key] = value
+    for section, options in cli_options().items():
+        for option in options:
+            value = getattr(args, _dest(section, option.name), None)
+            if value is not None:
+                (overrides[section] if section else overrides)[option.name] = value
     for item in getattr(args, "method_option", []) or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise AlbatError(f"--method-option '{item}' must look like KEY=VALUE")
-        overrides["filter"][key] = _parse_value(value)
-    if args.work is not None:
-        overrides["work"] = args.work
-    if args.seed is not None:
-        overrides["seed"] = args.seed
+        overrides["filter"][key] = value  # a string: the method's option schema parses it
     return overrides
-
-
-def _stage_runner(stage: str) -> Callable[..., dict[str, Any]]:
-    import importlib
-
-    return getattr(importlib.import_module(f"pipeline.{stage}"), f"run_{stage}")
 
 
 def run_stages(stages: Sequence[str], config: dict[str, Any], show_progress: bool = True, force: bool = False) -> dict[str, Any]:
     """Run stages in order under the work directory's writer lock; print one summary line each."""
+    from pipeline.stage import run_stage, stage_class
     from stores.workdir import Workdir
 
     work = Workdir(config["work"], output=config["emit"]["output"])
@@ -158,8 +111,7 @@ def run_stages(stages: Sequence[str], config: dict[str, Any], show_progress: boo
     results = {}
     try:
         for stage in stages:
-            kwargs = {"force": force} if stage == "embed" else {}
-            result = _stage_runner(stage)(config, work, show_progress=show_progress, **kwargs)
+            result = run_stage(stage_class(stage)(config, work, show_progress=show_progress, force=force))
             results[stage] = result
             state = "skipped (complete)" if result.pop("skipped", False) else "done"
             details = ", ".join(f"{k}={v}" for k, v in result.items())
@@ -187,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         config = load_config(args.config, overrides_from_args(args))
         stages = STAGES if args.command == "run" else (args.command,)
-        run_stages(stages, config, show_progress=not args.quiet, force=getattr(args, "force", False))
+        run_stages(stages, config, show_progress=not args.quiet, force=args.force)
         if args.command in ("run", "emit"):
             print(f"shards: {Path(config['work']) / config['emit']['output']} (manifest.json lists them); inspect with: "
                   f"albat sql {config['work']} \"SELECT * FROM shards LIMIT 5\"")

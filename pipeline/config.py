@@ -1,7 +1,9 @@
 """One TOML config for every stage; CLI flags override it; the effective config is recorded.
 
-Sections mirror the stages. Unknown keys are errors (a typo must not silently use a default),
-and relative paths in a config file are resolved against the file's directory.
+Sections mirror the stages; every key, its type, range and default is declared in
+pipeline.options ([filter] also takes the chosen method's options). Unknown keys and bad values
+are errors before any stage runs (a typo must not silently use a default), and relative paths in
+a config file are resolved against the file's directory.
 
 Path rule: paths albat reads (inputs, adaptation and evaluation sets, a local encoder) may be
 anywhere and are checked when a stage reads them. Everything albat writes lies inside the work
@@ -13,12 +15,13 @@ albat replace (swap away and delete) a directory outside its work directory.
 from __future__ import annotations
 
 import copy
-import math
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from pipeline.options import FILTER, SECTIONS, TOP, Option, check_given, parse_bytes, section_defaults, show
+from pipeline.surrogates.options import SURROGATE_OPTIONS
 from stores.errors import AlbatError
 
 if sys.version_info >= (3, 11):
@@ -26,80 +29,34 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-DEFAULTS: dict[str, Any] = {
-    "work": "work",
-    "seed": 0,
-    "embed": {
-        "input": [],  # Parquet/JSONL/text files, globs, directories, or a saved HF dataset dir
-        "format": "auto",
-        "text_column": "text",
-        "pair_column": None,  # query side of (query, document) pairs, embedded beside the text
-        "id_column": None,  # the corpus's own integer ids; default: row number in the stream
-        "keep_columns": [],
-        "encoder": "all-MiniLM-L6-v2",
-        "batch_size": 64,
-        "shard_rows": 8192,
-        "dtype": "auto",  # auto (measured, see pipeline/encoder_probe.py) | float32 | bfloat16 | float16 | int8
-        "backend": "auto",  # auto (measured) | torch | onnx (onnxruntime); stored vectors stay float32
-        "device": "auto",  # auto (CUDA when present) | cpu | cuda | cuda:N
-        "max_seq_length": None,
-        "skip_empty": False,
-        "max_text_bytes": 1 << 20,  # a longer text is an error (the encoder reads ~1 KB of it); 0: no limit
-        "threads": 0,  # 0: all cores
-        "probe_rows": 64,  # corpus texts timed per candidate backend/dtype when either is auto
-    },
-    "index": {
-        "memory_budget": "4GB",
-        "index_key": None,  # a FAISS factory string to force, e.g. "IVF256,PQ48x8"
-        "flat_max_rows": 1_000_000,
-        "recall_k": 10,
-        "recall_queries": 1000,
-        "target_recall": 0.95,
-    },
-    "query": {
-        "adaptation": [],
-        "format": "auto",
-        "text_column": "text",
-        "pair_column": None,  # the adaptation set's query side; default: the store's pair column name
-        "exclude": [],
-        "exclude_text_column": "text",
-        "encoder": None,  # must match the store's; default: the store's own
-        "device": "auto",
-        "k": 32,
-        "dedup_threshold": 0.95,
-        "dedup_k": 16,
-        "rerank_factor": 4,  # PQ indexes: retrieve k*factor, re-rank exactly from the stored vectors
-    },
-    "filter": {
-        "method": "knn",
-        "budget": 64,
-    },
-    "emit": {
-        "shard_rows": 10_000,
-        "include_adaptation": True,
-        "backbone_weight": 1.0,  # lambda in L_bat
-        "output": "output",  # where the shard set is published, relative to and inside the work directory
-    },
-}
-
-# Keys whose values are paths (resolved against the config file's directory).
-PATH_KEYS = {("work",), ("embed", "input"), ("query", "adaptation"), ("query", "exclude"), ("filter", "model")}
-LIST_KEYS = {("embed", "input"), ("embed", "keep_columns"), ("query", "adaptation"), ("query", "exclude")}
+DEFAULTS: dict[str, Any] = section_defaults()  # declared in pipeline.options
 
 
-def _check_keys(given: dict[str, Any], known: dict[str, Any], where: str, source: str) -> None:
-    for key, value in given.items():
-        name = f"{where}.{key}" if where else key
-        if key not in known:
-            if where == "filter":  # method options live beside the method name
-                continue
-            raise AlbatError(f"{source}: unknown key '{name}' (known: {', '.join(sorted(known))}); "
-                             "fix the spelling or remove it")
-        if isinstance(known[key], dict):
-            if not isinstance(value, dict):
-                raise AlbatError(f"{source}: '{name}' must be a [{name}] table; write its keys under a "
-                              f"[{name}] line")
-            _check_keys(value, known[key], name, source)
+def _method_options(config: dict[str, Any]) -> tuple[str, tuple[Option, ...]]:
+    """The chosen method and the options [filter] may hold for it: the filter stage's, then the method's."""
+    from pipeline.methods.base import method_class
+
+    method = config.get("filter", {}).get("method", DEFAULTS["filter"]["method"])
+    if not isinstance(method, str):
+        raise AlbatError(f"filter.method = {show(method)}: not a string; give a method name such as knn")
+    return method, FILTER + method_class(method).OPTIONS
+
+
+def check_values(given: dict[str, Any], method: str, filter_options: tuple[Option, ...],
+                 source: Callable[[str], str]) -> dict[str, Any]:
+    """Every value of a config (file or CLI overrides) checked and converted; `source(label)` names
+    where a value came from, for the error."""
+    sections = [s for s in SECTIONS if s]
+    out = check_given(TOP, {k: v for k, v in given.items() if k not in sections}, source, also_known=sections)
+    for section in sections:
+        if section not in given:
+            continue
+        if not isinstance(given[section], dict):
+            raise AlbatError(f"{source(section)}: '{section}' must be a [{section}] table; write its keys under a "
+                             f"[{section}] line")
+        options, context = (filter_options, f" for method {method}") if section == "filter" else (SECTIONS[section], "")
+        out[section] = check_given(options, given[section], source, f"{section}.", context)
+    return out
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -112,24 +69,22 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _resolve_paths(config: dict[str, Any], base_dir: Path) -> None:
-    for keys in PATH_KEYS:
-        section = config if len(keys) == 1 else config[keys[0]]
-        key = keys[-1]
-        value = section.get(key)
-        if value is None:
-            continue
-        if isinstance(value, list):
-            section[key] = [os.path.normpath(base_dir / v) if not Path(v).is_absolute() else v for v in value]
-        elif not Path(value).is_absolute():
-            section[key] = os.path.normpath(base_dir / value)
+def _without_none(values: dict[str, Any]) -> dict[str, Any]:
+    """CLI overrides without the flags not given (None)."""
+    return {k: _without_none(v) if isinstance(v, dict) else v for k, v in values.items() if v is not None}
 
 
-def _listify(config: dict[str, Any]) -> None:
-    for section, key in [k for k in LIST_KEYS]:
-        value = config[section].get(key)
-        if isinstance(value, str):
-            config[section][key] = [value]
+def _resolve_paths(values: dict[str, Any], filter_options: tuple[Option, ...], base_dir: Path) -> None:
+    """Relative paths albat reads (and `work`), resolved against the config file's directory."""
+    def resolve(value: str) -> str:
+        return value if Path(value).is_absolute() else os.path.normpath(base_dir / value)
+
+    for section, options in SECTIONS.items():
+        table = values if not section else values.get(section, {})
+        for option in filter_options if section == "filter" else options:
+            if (option.path or option.name == "work" and not section) and table.get(option.name):
+                value = table[option.name]
+                table[option.name] = [resolve(v) for v in value] if isinstance(value, list) else resolve(value)
 
 
 # Folders of the work directory that albat owns (stores.workdir); emit.output may not name them.
@@ -150,8 +105,10 @@ def check_output_path(config: dict[str, Any], source: str) -> None:
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Defaults, then the TOML file (paths relative to it), then CLI overrides."""
-    config = copy.deepcopy(DEFAULTS)
+    """Defaults, then the TOML file (paths relative to it), then CLI overrides (None: not given);
+    every value checked against its option (pipeline.options) before any stage runs, an error
+    naming the file or the flag that gave it."""
+    raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         try:
@@ -160,35 +117,36 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             raise AlbatError(f"{path}: config file not found; check the --config path") from None
         except tomllib.TOMLDecodeError as exc:
             raise AlbatError(f"{path}: invalid TOML ({exc}); fix the syntax") from None
-        _check_keys(raw, DEFAULTS, "", str(path))
-        config = _merge(config, raw)
-        _listify(config)
-        _resolve_paths(config, path.resolve().parent)
-    if overrides:
-        config = _merge(config, overrides)
-    _listify(config)
-    from_cli = bool(overrides and overrides.get("emit", {}).get("output"))
+    overrides = _without_none(overrides or {})
+    chosen = _merge(raw, overrides)
+    if "filter" in chosen and not isinstance(chosen["filter"], dict):
+        chosen.pop("filter")  # reported as "must be a [filter] table" below
+    method, filter_options = _method_options(chosen)
+    flag_of = cli_flags()
+    raw = check_values(raw, method, filter_options, lambda label: str(path))
+    if path is not None:
+        raw.setdefault("work", DEFAULTS["work"])  # the default work directory too lies beside the config
+        _resolve_paths(raw, filter_options, path.resolve().parent)
+    overrides = check_values(overrides, method, filter_options,
+                             lambda label: flag_of.get(label, "--method-option"))
+    config = _merge(_merge(DEFAULTS, raw), overrides)
+    from pipeline.filter import method_options
+    from pipeline.methods.base import get_method
+
+    get_method(method, **method_options(config["filter"]))  # the method's own checks across its options
+    from_cli = bool(overrides.get("emit", {}).get("output"))
     check_output_path(config, "--output" if from_cli or path is None else str(path))
     config["index"]["memory_budget_bytes"] = parse_bytes(config["index"]["memory_budget"])
     return config
 
 
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+def cli_options() -> dict[str, tuple[Option, ...]]:
+    """Per section, the options with a CLI flag: [filter] gets the surrogate's `--surrogate` and
+    `--surrogate-model` beside its own; the other method options go through `--method-option`."""
+    extra = {"filter": tuple(o for o in SURROGATE_OPTIONS if o.cli_flag)}
+    return {s: tuple(o for o in options + extra.get(s, ()) if o.cli_flag) for s, options in SECTIONS.items()}
 
 
-def parse_bytes(value: str | int | float) -> int:
-    """'4GB' -> 4e9, '512MiB' -> 536870912, 1000 -> 1000."""
-    if isinstance(value, (int, float)):
-        number, unit = float(value), ""
-    else:
-        text = str(value).strip().upper().replace(" ", "")
-        digits = text.rstrip("KMGTIB")
-        unit = text[len(digits):]
-        try:
-            number = float(digits)
-        except ValueError:
-            number = math.nan
-    if unit not in _UNITS or not math.isfinite(number) or number < 0:
-        raise AlbatError(f"memory budget '{value}' not understood; write e.g. 4GB or 512MiB")
-    return int(number * _UNITS[unit])
+def cli_flags() -> dict[str, str]:
+    """Config label ('query.k') -> its CLI flag ('--k')."""
+    return {(f"{s}.{o.name}" if s else o.name): o.cli_flag for s, options in cli_options().items() for o in options}

@@ -12,6 +12,7 @@ import pyarrow as pa
 from pipeline.encoders import TextEncoder, set_threads
 from pipeline.prefetch import WriteBehind, prefetched
 from pipeline.progress import progress_bar
+from pipeline.stage import Plan, Stage, run_stage
 from stores.corpus import CorpusBatch, CorpusSpec, count_rows, iter_batches, resolve_files, scan_corpus
 from stores.embedding_store import ID, RESERVED, ROW, SOURCE, TEXT_HASH, EmbeddingStore, text_hash
 from stores.errors import AlbatError
@@ -151,80 +152,127 @@ def choose_encoder(options: dict[str, Any], spec: CorpusSpec, seed: int, show: b
     return make(*choice), table
 
 
-def run_embed(config: dict[str, Any], work: Workdir, force: bool = False, show_progress: bool = True) -> dict[str, Any]:
-    options = config["embed"]
-    spec = corpus_spec(options)
-    store = EmbeddingStore(work.store)
-    fp = embed_fingerprint(options, spec)
-    if force or not store.exists():
-        scan_corpus(spec)  # bad input is refused before anything is written (or deleted)
-    if force and store.root.exists():
-        shutil.rmtree(store.root)
-    if store.exists():
+class EmbedStage(Stage):
+    """Its completion record is the store's own `store.json` (`complete`), and it resumes: shards
+    already written by a killed run are kept. A store built from other inputs is refused unless
+    `force`, which deletes it once the new input has been read through."""
+    name = "embed"
+
+    def plan(self) -> Plan:
+        options = self.config["embed"]
+        spec = corpus_spec(options)
+        store = EmbeddingStore(self.work.store)
+        if self.force or not store.exists():
+            scan_corpus(spec)  # bad input is refused before anything is written (or deleted)
+        return Plan(embed_fingerprint(options, spec), (store.info_path,), options,
+                    {"spec": spec, "store": store})
+
+    def finished(self, plan: Plan) -> dict[str, Any] | None:
+        store = plan.inputs["store"]
+        if not store.exists():
+            return None
         info = store.info
-        if info.get("fingerprint") != fp:
+        if info.get("fingerprint") != plan.fingerprint:
             raise AlbatError(f"{store.root}: built from other inputs or embed options; pass --force to "
                              "re-embed, or use another --work")
-        if info.get("complete"):
-            return {"skipped": True, "rows": info["rows"], "shards": info["shards"]}
-    set_threads(int(options["threads"]))
-    if store.exists():  # resuming: the runtime the store started with, never a new measurement
-        identity = store.info["encoder"]
-        encoder = TextEncoder(name=options["encoder"], dtype=identity.get("dtype", "float32"),
-                              backend=identity.get("backend", "torch"), max_seq_length=options["max_seq_length"],
-                              batch_size=int(options["batch_size"]), device=options["device"])
-        probe_info = store.info.get("encoder_probe")
-    else:
-        encoder, probe_info = choose_encoder(options, spec, int(config["seed"]), show_progress)
-    base_info = {"fingerprint": fp, "encoder": encoder.identity() if not store.exists() else store.info["encoder"],
-                 "encoder_probe": probe_info,
-                 "dim": encoder.dim, "normalized": True, "metric": "inner_product",
-                 "shard_rows": int(options["shard_rows"]), "text_column": spec.text_column,
-                 "pair_column": spec.pair_column,
-                 "id_column": spec.id_column, "keep_columns": list(spec.keep_columns),
-                 "inputs": [str(p) for p, _ in resolve_files(spec)], "complete": False}
-    store.clean_temps()
-    chunk = max(int(options["batch_size"]) * 8, 512)
-    rows = shards = encoded = 0
-    started, busy_before = time.perf_counter(), encoder.stats["forward_seconds"]
+        return {"rows": info["rows"], "shards": info["shards"]} if info.get("complete") else None
 
-    def planned() -> Iterator[tuple[int, pa.Table, pa.Table | None]]:  # runs on the read-ahead thread
-        for index, table in shard_tables(iter_batches(spec, batch_rows=chunk), int(options["shard_rows"])):
+    def discard(self, plan: Plan) -> None:
+        if plan.inputs["store"].root.exists():
+            shutil.rmtree(plan.inputs["store"].root)
+
+    def forget(self, plan: Plan) -> None:
+        """Nothing to drop: `store.json` says `complete: false` until `record` (a resumed run keeps it)."""
+
+    def compute(self, plan: Plan) -> Iterator[tuple[int, pa.Table, pa.Table | None, np.ndarray | None, np.ndarray | None]]:
+        options, spec, store = plan.recorded, plan.inputs["spec"], plan.inputs["store"]
+        set_threads(int(options["threads"]))
+        if store.exists():  # resuming: the runtime the store started with, never a new measurement
+            identity = store.info["encoder"]
+            encoder = TextEncoder(name=options["encoder"], dtype=identity.get("dtype", "float32"),
+                                  backend=identity.get("backend", "torch"), max_seq_length=options["max_seq_length"],
+                                  batch_size=int(options["batch_size"]), device=options["device"])
+            probe_info = store.info.get("encoder_probe")
+        else:
+            encoder, probe_info = choose_encoder(options, spec, int(self.config["seed"]), self.show_progress)
+        plan.inputs["encoder"] = encoder
+        plan.inputs["base_info"] = {
+            "fingerprint": plan.fingerprint,
+            "encoder": encoder.identity() if not store.exists() else store.info["encoder"],
+            "encoder_probe": probe_info,
+            "dim": encoder.dim, "normalized": True, "metric": "inner_product",
+            "shard_rows": int(options["shard_rows"]), "text_column": spec.text_column,
+            "pair_column": spec.pair_column,
+            "id_column": spec.id_column, "keep_columns": list(spec.keep_columns),
+            "inputs": [str(p) for p, _ in resolve_files(spec)], "complete": False}
+        return encode_shards(encoder, spec, store, int(options["batch_size"]), int(options["shard_rows"]),
+                             self.show_progress)
+
+    def write(self, plan: Plan, computed: Iterator[tuple[int, pa.Table, pa.Table | None, np.ndarray | None,
+                                                        np.ndarray | None]]) -> dict[str, Any]:
+        spec, store, encoder = plan.inputs["spec"], plan.inputs["store"], plan.inputs["encoder"]
+        store.clean_temps()
+        rows = shards = encoded = 0
+        started, busy_before = time.perf_counter(), encoder.stats["forward_seconds"]
+
+        def write_shard(index: int, meta: pa.Table, vectors: np.ndarray, pair_vectors: np.ndarray | None) -> None:
+            crash_point("embed.before_shard_write")
+            if not store.exists():  # first output: nothing is written before the first shard is ready
+                store.write_info(plan.inputs["base_info"])
+            store.write_shard(index, vectors, meta, pair_vectors)
+            crash_point("embed.shard")
+
+        with WriteBehind() as writer:  # the previous shard is written while the next one encodes
+            for index, table, meta, vectors, pair_vectors in computed:
+                rows += table.num_rows
+                shards += 1
+                if vectors is None:  # done by an earlier run
+                    continue
+                if OVERLAP:
+                    writer.submit(lambda a=(index, meta, vectors, pair_vectors): write_shard(*a))
+                else:
+                    write_shard(index, meta, vectors, pair_vectors)
+                encoded += table.num_rows
+        if rows == 0:
+            raise AlbatError(f"{', '.join(map(str, spec.paths))}: the corpus holds no rows; check the input")
+        _check_unique_ids(store.write_id_index(), spec)
+        busy = encoder.stats["forward_seconds"] - busy_before
+        return {"rows": rows, "shards": shards, "encoded_rows": encoded, "runtime": f"{encoder.backend}/{encoder.dtype}",
+                "encoder_busy": round(busy / (time.perf_counter() - started), 3) if encoded else None}
+
+    def record(self, plan: Plan, summary: dict[str, Any]) -> None:
+        store = plan.inputs["store"]
+        store.write_info({**{k: v for k, v in store.info.items() if k != "format_version"},
+                          "rows": summary["rows"], "shards": summary["shards"], "complete": True})
+
+
+def encode_shards(encoder: TextEncoder, spec: CorpusSpec, store: EmbeddingStore, batch_size: int, shard_rows: int,
+                  show_progress: bool) -> Iterator[tuple[int, pa.Table, pa.Table | None, np.ndarray | None, np.ndarray | None]]:
+    """(shard index, rows, metadata, vectors, pair vectors) for every shard, encoded lazily; all but
+    the rows are None for a shard an earlier run already wrote. Reading, regrouping, hashing and
+    building the metadata run one shard ahead on a helper thread (`OVERLAP`)."""
+    chunk = max(batch_size * 8, 512)
+    encoder.prefetch = None if OVERLAP else False
+
+    def planned() -> Iterator[tuple[int, pa.Table, pa.Table | None]]:
+        for index, table in shard_tables(iter_batches(spec, batch_rows=chunk), shard_rows):
             yield index, table, (None if store.is_done(index) else build_metadata(table, spec))
 
-    def write(index: int, vectors: np.ndarray, meta: pa.Table, pair_vectors: np.ndarray | None) -> None:
-        crash_point("embed.before_shard_write")
-        if not store.exists():  # first output: nothing is written before the first shard is ready
-            store.write_info(base_info)
-        store.write_shard(index, vectors, meta, pair_vectors)
-        crash_point("embed.shard")
-
-    encoder.prefetch = None if OVERLAP else False
-    with progress_bar(total=count_rows(spec), desc="embed", enabled=show_progress) as bar, WriteBehind() as writer:
+    with progress_bar(total=count_rows(spec), desc="embed", enabled=show_progress) as bar:
         for index, table, meta in (prefetched(planned(), depth=1) if OVERLAP else planned()):
-            rows += table.num_rows
-            shards += 1
             if meta is None:
                 bar.update(table.num_rows)
+                yield index, table, None, None, None
                 continue
             vectors = encode_sorted(encoder, table.column(spec.text_column).to_pylist(), chunk, bar.update)
             pair_vectors = (encode_sorted(encoder, table.column(spec.pair_column).to_pylist(), chunk)
                             if spec.pair_column else None)
-            if OVERLAP:
-                writer.submit(lambda a=(index, vectors, meta, pair_vectors): write(*a))
-            else:
-                write(index, vectors, meta, pair_vectors)
-            encoded += table.num_rows
-    if rows == 0:
-        raise AlbatError(f"{', '.join(map(str, spec.paths))}: the corpus holds no rows; check the input")
-    _check_unique_ids(store.write_id_index(), spec)
-    store.write_info({**{k: v for k, v in store.info.items() if k != "format_version"},
-                      "rows": rows, "shards": shards, "complete": True})
-    wall = time.perf_counter() - started
-    busy = encoder.stats["forward_seconds"] - busy_before
-    return {"skipped": False, "rows": rows, "shards": shards, "encoded_rows": encoded,
-            "runtime": f"{encoder.backend}/{encoder.dtype}",
-            "encoder_busy": round(busy / wall, 3) if encoded else None}
+            yield index, table, meta, vectors, pair_vectors
+
+
+def run_embed(config: dict[str, Any], work: Workdir, force: bool = False, show_progress: bool = True) -> dict[str, Any]:
+    """The embed stage through the stage runner (pipeline.stage.run_stage)."""
+    return run_stage(EmbedStage(config, work, show_progress=show_progress, force=force))
 
 
 def _check_unique_ids(sorted_ids: np.ndarray, spec: CorpusSpec) -> None:

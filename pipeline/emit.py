@@ -14,13 +14,14 @@ import pyarrow as pa
 
 from pipeline import __version__
 from pipeline.filter import SELECTION_FILE
+from pipeline.stage import Plan, Stage
 from stores.embedding_store import ID, ROW, SOURCE, EmbeddingStore
 from stores.errors import AlbatError
 from stores.index_store import read_infos
 from stores.shard_store import MANIFEST, publish_shards
 from stores.tables import read_table
 from stores.views import fetch_table, sql_literal
-from stores.workdir import Workdir, fingerprint
+from stores.workdir import fingerprint
 
 PROVENANCE = ["albat_id", "albat_method", "albat_score", "albat_weight", "albat_query", "albat_is_adaptation",
               "albat_source", "albat_row"]
@@ -82,48 +83,52 @@ def assemble(backbone: pa.Table, adaptation: pa.Table | None, store_info: dict[s
 
 
 def split_shards(table: pa.Table, shard_rows: int) -> list[pa.Table]:
-    if shard_rows <= 0:
-        raise AlbatError(f"emit.shard_rows must be positive, got {shard_rows}; pass --emit-shard-rows 1 or more")
+    """Consecutive slices of `shard_rows` rows (>= 1, pipeline.options); one empty shard for no rows."""
     return [table.slice(start, shard_rows) for start in range(0, max(table.num_rows, 1), shard_rows)]
 
 
-def run_emit(config: dict[str, Any], work: Workdir, show_progress: bool = True) -> dict[str, Any]:
-    options = config["emit"]
-    filter_record = work.stage_record("filter")
-    if not filter_record or not (work.filter / SELECTION_FILE).exists():
-        raise AlbatError(f"{work.filter}: no completed filter stage; run `albat filter` first")
-    fp = fingerprint({"options": options, "filter": filter_record["fingerprint"]})
-    if (done := work.finished_summary("emit", fp, work.output / MANIFEST)) is not None:
-        return {"skipped": True, **done}
-    store = EmbeddingStore(work.store)
-    info = store.require_complete()
-    backbone = selected_rows(store, str(work.filter / SELECTION_FILE))
-    adaptation = read_table(work.query / "adaptation.parquet", "query") if options["include_adaptation"] else None
-    lam = float(options["backbone_weight"])
-    query_summary = work.stage_record("query")["summary"]
-    table = assemble(backbone, adaptation, info, config["query"]["text_column"], lam, int(query_summary["adaptation"]))
-    index_infos = read_infos(work.index)
-    encoder = {k: v for k, v in info["encoder"].items() if k != "probe"}
-    manifest = {
-        "format_version": 1, "created_by": f"albat {__version__}", "method": filter_record["summary"]["method"],
-        "seed": int(config["seed"]), "seeds": {"index_sample": int(config["seed"]), "recall_sample": int(config["seed"]) + 1,
-                                              "filter": int(config["seed"])},
-        "encoder": encoder, "index": {k: index_infos.get(k) for k in ("index_key", "nprobe", "recall_at_k", "recall_k")},
-        "counts": {"corpus_rows": info["rows"], "candidates": query_summary["candidates"],
-                   "blocked": query_summary["blocked"], "selected": backbone.num_rows,
-                   "adaptation": adaptation.num_rows if adaptation is not None else 0},
-        "weights": {"lambda": lam, "formula": "adaptation rows 1; backbone rows lambda * n_A / m * w_b"},
-        "columns": {"text": info["text_column"], "id": info["id_column"], "keep": info["keep_columns"],
-                    "provenance": PROVENANCE},
-        "stages": {s: (work.stage_record(s) or {}).get("fingerprint") for s in ("index", "query", "filter")},
-        "selection": filter_record["summary"],  # the method's own report: thresholds, timings, surrogate fit
-        "config": config,
-    }
-    shards = split_shards(table, int(options["shard_rows"]))
-    work.forget_stage("emit")  # from here until the new record, a kill means "not done"
-    manifest = publish_shards(work.output, shards, manifest)
-    summary = {"rows": manifest["rows"], "shards": len(manifest["shards"]), "selected": backbone.num_rows,
-               "output": str(work.output)}
-    work.mark_stage_done("emit", fp, options, summary)
-    return {"skipped": False, **summary}
+class EmitStage(Stage):
+    name = "emit"
 
+    def plan(self) -> Plan:
+        options, work = self.config["emit"], self.work
+        filter_record = work.stage_record("filter")
+        if not filter_record or not (work.filter / SELECTION_FILE).exists():
+            raise AlbatError(f"{work.filter}: no completed filter stage; run `albat filter` first")
+        fp = fingerprint({"options": options, "filter": filter_record["fingerprint"]})
+        return Plan(fp, (work.output / MANIFEST,), options, {"filter_record": filter_record})
+
+    def compute(self, plan: Plan) -> tuple[list[pa.Table], dict[str, Any], int]:
+        options, config, work, filter_record = plan.recorded, self.config, self.work, plan.inputs["filter_record"]
+        store = EmbeddingStore(work.store)
+        info = store.require_complete()
+        backbone = selected_rows(store, str(work.filter / SELECTION_FILE))
+        adaptation = read_table(work.query / "adaptation.parquet", "query") if options["include_adaptation"] else None
+        lam = float(options["backbone_weight"])
+        query_summary = work.stage_record("query")["summary"]
+        table = assemble(backbone, adaptation, info, config["query"]["text_column"], lam,
+                         int(query_summary["adaptation"]))
+        index_infos = read_infos(work.index)
+        encoder = {k: v for k, v in info["encoder"].items() if k != "probe"}
+        seed = int(config["seed"])
+        manifest = {
+            "format_version": 1, "created_by": f"albat {__version__}", "method": filter_record["summary"]["method"],
+            "seed": seed, "seeds": {"index_sample": seed, "recall_sample": seed + 1, "filter": seed},
+            "encoder": encoder, "index": {k: index_infos.get(k) for k in ("index_key", "nprobe", "recall_at_k", "recall_k")},
+            "counts": {"corpus_rows": info["rows"], "candidates": query_summary["candidates"],
+                       "blocked": query_summary["blocked"], "selected": backbone.num_rows,
+                       "adaptation": adaptation.num_rows if adaptation is not None else 0},
+            "weights": {"lambda": lam, "formula": "adaptation rows 1; backbone rows lambda * n_A / m * w_b"},
+            "columns": {"text": info["text_column"], "id": info["id_column"], "keep": info["keep_columns"],
+                        "provenance": PROVENANCE},
+            "stages": {s: (work.stage_record(s) or {}).get("fingerprint") for s in ("index", "query", "filter")},
+            "selection": filter_record["summary"],  # the method's own report: thresholds, timings, surrogate fit
+            "config": config,
+        }
+        return split_shards(table, int(options["shard_rows"])), manifest, backbone.num_rows
+
+    def write(self, plan: Plan, computed: tuple[list[pa.Table], dict[str, Any], int]) -> dict[str, Any]:
+        shards, manifest, selected = computed
+        manifest = publish_shards(self.work.output, shards, manifest)
+        return {"rows": manifest["rows"], "shards": len(manifest["shards"]), "selected": selected,
+                "output": str(self.work.output)}

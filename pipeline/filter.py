@@ -7,58 +7,65 @@ from typing import Any
 import numpy as np
 
 from pipeline.methods.base import SelectionRequest, get_method
+from pipeline.options import FILTER, by_name
+from pipeline.stage import Plan, Stage
 from pipeline.threads import filter_threads, torch_threads
 from stores.embedding_store import EmbeddingStore
 from stores.errors import AlbatError
 from stores.tables import read_array, read_table, write_table
-from stores.workdir import Workdir, fingerprint
+from stores.workdir import fingerprint
 
 SELECTION_FILE = "selection.parquet"
 
 
 def method_options(options: dict[str, Any]) -> dict[str, Any]:
-    """Everything in [filter] beside the shared keys is an option of the chosen method."""
-    return {k: v for k, v in options.items() if k not in ("method", "budget")}
+    """Everything in [filter] beside the filter stage's own keys is an option of the chosen method."""
+    return {k: v for k, v in options.items() if k not in by_name(FILTER)}
 
 
-def run_filter(config: dict[str, Any], work: Workdir, show_progress: bool = True) -> dict[str, Any]:
-    options, seed = config["filter"], int(config["seed"])
-    budget = int(options["budget"])
-    if budget < 0:
-        raise AlbatError(f"filter.budget must be >= 0, got {budget}")
-    query_record = work.stage_record("query")
-    if not query_record:
-        raise AlbatError(f"{work.query}: no completed query stage; run `albat query` first")
-    fp = fingerprint({"options": options, "seed": seed, "query": query_record["fingerprint"]})
-    if (done := work.finished_summary("filter", fp, work.filter / SELECTION_FILE)) is not None:
-        return {"skipped": True, **done}
-    method = get_method(options["method"], **method_options(options))
-    adaptation = read_table(work.query / "adaptation.parquet", "query")
-    text_column = config["query"]["text_column"]
-    request = SelectionRequest(
-        candidates=read_table(work.query / "candidates.parquet", "query"),
-        pairs=read_table(work.query / "candidate_pairs.parquet", "query"),
-        blocked_ids=read_table(work.query / "blocked.parquet", "query").column("id").to_numpy(),
-        store=EmbeddingStore(work.store),
-        adaptation_texts=adaptation.column(text_column).to_pylist(),
-        adaptation_vectors=read_array(work.query / "adaptation.npy"),
-        budget=budget, seed=seed, options=method_options(options),
-        adaptation_pair_vectors=(read_array(work.query / "adaptation.pair.npy")
-                                 if (work.query / "adaptation.pair.npy").exists() else None))
-    started = time.perf_counter()
-    with torch_threads(filter_threads(options)):
-        result = method.select(request)
-    seconds = time.perf_counter() - started
-    kept = int(np.sum(result.keep))
-    if kept > budget:
-        raise RuntimeError(f"method {method.name} kept {kept} rows over its budget {budget}")
-    if np.isin(result.ids[result.keep], request.blocked_ids).any():
-        raise RuntimeError(f"method {method.name} kept a blocked (leaking) id")
-    table = result.to_table(method.name)
-    work.filter.mkdir(parents=True, exist_ok=True)
-    work.forget_stage("filter")  # from here until the new record, a kill means "not done"
-    write_table(table, work.filter / SELECTION_FILE)
-    summary = {"method": method.name, "budget": budget, "kept": kept, "considered": table.num_rows,
-               "seed": seed, "seconds": round(seconds, 3), **result.report}
-    work.mark_stage_done("filter", fp, options, summary)
-    return {"skipped": False, **summary}
+class FilterStage(Stage):
+    name = "filter"
+
+    def plan(self) -> Plan:
+        options, seed, work = self.config["filter"], int(self.config["seed"]), self.work
+        budget = int(options["budget"])
+        query_record = work.stage_record("query")
+        if not query_record:
+            raise AlbatError(f"{work.query}: no completed query stage; run `albat query` first")
+        fp = fingerprint({"options": options, "seed": seed, "query": query_record["fingerprint"]})
+        return Plan(fp, (work.filter / SELECTION_FILE,), options, {"budget": budget, "seed": seed})
+
+    def compute(self, plan: Plan) -> tuple[Any, Any, float]:
+        options, budget, seed, query = plan.recorded, plan.inputs["budget"], plan.inputs["seed"], self.work.query
+        method = get_method(options["method"], **method_options(options))
+        adaptation = read_table(query / "adaptation.parquet", "query")
+        text_column = self.config["query"]["text_column"]
+        request = SelectionRequest(
+            candidates=read_table(query / "candidates.parquet", "query"),
+            pairs=read_table(query / "candidate_pairs.parquet", "query"),
+            blocked_ids=read_table(query / "blocked.parquet", "query").column("id").to_numpy(),
+            store=EmbeddingStore(self.work.store),
+            adaptation_texts=adaptation.column(text_column).to_pylist(),
+            adaptation_vectors=read_array(query / "adaptation.npy"),
+            budget=budget, seed=seed,
+            adaptation_pair_vectors=(read_array(query / "adaptation.pair.npy")
+                                     if (query / "adaptation.pair.npy").exists() else None))
+        started = time.perf_counter()
+        with torch_threads(filter_threads(options)):
+            result = method.select(request)
+        seconds = time.perf_counter() - started
+        kept = int(np.sum(result.keep))
+        if kept > budget:
+            raise RuntimeError(f"method {method.name} kept {kept} rows over its budget {budget}")
+        if np.isin(result.ids[result.keep], request.blocked_ids).any():
+            raise RuntimeError(f"method {method.name} kept a blocked (leaking) id")
+        return method, result, seconds
+
+    def write(self, plan: Plan, computed: tuple[Any, Any, float]) -> dict[str, Any]:
+        method, result, seconds = computed
+        table = result.to_table(method.name)
+        self.work.filter.mkdir(parents=True, exist_ok=True)
+        write_table(table, self.work.filter / SELECTION_FILE)
+        return {"method": method.name, "budget": plan.inputs["budget"], "kept": int(np.sum(result.keep)),
+                "considered": table.num_rows, "seed": plan.inputs["seed"], "seconds": round(seconds, 3),
+                **result.report}

@@ -10,10 +10,11 @@ import numpy as np
 
 from pipeline.index_plan import MAX_TRAIN_POINTS, IndexPlan, plan_index
 from pipeline.progress import progress_bar
+from pipeline.stage import Plan, Stage
 from stores.embedding_store import EmbeddingStore
 from stores.errors import AlbatError
-from stores.index_store import INFOS_FILE, write_index
-from stores.workdir import Workdir, fingerprint
+from stores.index_store import INDEX_FILE, INFOS_FILE, write_index
+from stores.workdir import fingerprint
 
 TRAIN_POINTS_PER_LIST = 64
 
@@ -126,42 +127,47 @@ def index_fingerprint(store_info: dict[str, Any], options: dict[str, Any], seed:
                         **{k: options[k] for k in keys}})
 
 
-def run_index(config: dict[str, Any], work: Workdir, show_progress: bool = True) -> dict[str, Any]:
-    options, seed = config["index"], int(config["seed"])
-    store = EmbeddingStore(work.store)
-    info = store.require_complete()
-    fp = index_fingerprint(info, options, seed)
-    if (done := work.finished_summary("index", fp, work.index / INFOS_FILE)) is not None:
-        return {"skipped": True, **done}
-    n, d = int(info["rows"]), int(info["dim"])
-    plan = _plan(options, n, d)
-    started = time.perf_counter()
-    index, train_seconds = build_index(store, plan, seed, show_progress)
-    build_seconds = time.perf_counter() - started
+class IndexStage(Stage):
+    name = "index"
 
-    k = min(int(options["recall_k"]), n)
-    rng = np.random.default_rng(seed + 1)
-    positions = np.sort(rng.choice(n, size=min(int(options["recall_queries"]), n), replace=False))
-    queries = store.vectors_at(positions)
-    _, exact_ids = exact_search(store, queries, k)
-    nprobe, curve = None, []
-    if plan.kind != "flat":
-        nprobe, curve = tune_nprobe(index, queries, exact_ids, k, float(options["target_recall"]))
-    started = time.perf_counter()
-    _, approx_ids = index.search(queries, k)
-    search_seconds = time.perf_counter() - started
-    infos = {"index_key": plan.key, "kind": plan.kind, "nlist": plan.nlist, "pq_m": plan.pq_m,
-             "reason": plan.reason, "rows": n, "dim": d, "metric": "inner_product",
-             "memory_budget_bytes": int(options["memory_budget_bytes"]),
-             "estimated_bytes": plan.estimated_bytes, "build_seconds": round(build_seconds, 3),
-             "train_seconds": round(train_seconds, 3), "nprobe": nprobe, "nprobe_curve": curve,
-             "recall_k": k, "recall_queries": len(queries), "recall_at_k": recall_at_k(approx_ids, exact_ids),
-             "queries_per_s": round(len(queries) / max(search_seconds, 1e-9), 1),
-             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-             "seed": seed, "store_fingerprint": info["fingerprint"], "encoder": info["encoder"]["name"]}
-    work.forget_stage("index")  # from here until the new record, a kill means "not done"
-    write_index(index, work.index, infos)
-    summary = {k_: infos[k_] for k_ in ("index_key", "rows", "recall_at_k", "recall_k", "nprobe", "build_seconds")}
-    work.mark_stage_done("index", fp, options, summary)
-    return {"skipped": False, **summary}
+    def plan(self) -> Plan:
+        options, seed = self.config["index"], int(self.config["seed"])
+        store = EmbeddingStore(self.work.store)
+        info = store.require_complete()
+        outputs = (self.work.index / INDEX_FILE, self.work.index / INFOS_FILE)
+        return Plan(index_fingerprint(info, options, seed), outputs, options, {"store": store, "info": info, "seed": seed})
 
+    def compute(self, plan: Plan) -> tuple[Any, dict[str, Any]]:
+        options, store, info, seed = plan.recorded, plan.inputs["store"], plan.inputs["info"], plan.inputs["seed"]
+        n, d = int(info["rows"]), int(info["dim"])
+        index_plan = _plan(options, n, d)
+        started = time.perf_counter()
+        index, train_seconds = build_index(store, index_plan, seed, self.show_progress)
+        build_seconds = time.perf_counter() - started
+
+        k = min(int(options["recall_k"]), n)
+        rng = np.random.default_rng(seed + 1)
+        positions = np.sort(rng.choice(n, size=min(int(options["recall_queries"]), n), replace=False))
+        queries = store.vectors_at(positions)
+        _, exact_ids = exact_search(store, queries, k)
+        nprobe, curve = None, []
+        if index_plan.kind != "flat":
+            nprobe, curve = tune_nprobe(index, queries, exact_ids, k, float(options["target_recall"]))
+        started = time.perf_counter()
+        _, approx_ids = index.search(queries, k)
+        search_seconds = time.perf_counter() - started
+        infos = {"index_key": index_plan.key, "kind": index_plan.kind, "nlist": index_plan.nlist,
+                 "pq_m": index_plan.pq_m, "reason": index_plan.reason, "rows": n, "dim": d, "metric": "inner_product",
+                 "memory_budget_bytes": int(options["memory_budget_bytes"]),
+                 "estimated_bytes": index_plan.estimated_bytes, "build_seconds": round(build_seconds, 3),
+                 "train_seconds": round(train_seconds, 3), "nprobe": nprobe, "nprobe_curve": curve,
+                 "recall_k": k, "recall_queries": len(queries), "recall_at_k": recall_at_k(approx_ids, exact_ids),
+                 "queries_per_s": round(len(queries) / max(search_seconds, 1e-9), 1),
+                 "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                 "seed": seed, "store_fingerprint": info["fingerprint"], "encoder": info["encoder"]["name"]}
+        return index, infos
+
+    def write(self, plan: Plan, computed: tuple[Any, dict[str, Any]]) -> dict[str, Any]:
+        index, infos = computed
+        write_index(index, self.work.index, infos)
+        return {k: infos[k] for k in ("index_key", "rows", "recall_at_k", "recall_k", "nprobe", "build_seconds")}

@@ -9,16 +9,18 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.encoders import TextEncoder, check_same_encoder, encoder_from_identity
+from pipeline.stage import Plan, Stage
 from stores.corpus import CorpusSpec, read_all, resolve_files
 from stores.embedding_store import ID, TEXT_HASH, EmbeddingStore, text_hash
 from stores.atomic import staged_directory
 from stores.errors import AlbatError
 from stores.index_store import read_index
 from stores.tables import write_array, write_table
-from stores.workdir import Workdir, fingerprint
+from stores.workdir import fingerprint
 
 MAX_QUERY_EXAMPLES = 100_000  # adaptation and exclusion sets are read whole
 CANDIDATES_FILE = "candidates.parquet"
+TABLES = ("adaptation.parquet", "adaptation.npy", "candidate_pairs.parquet", "blocked.parquet", CANDIDATES_FILE)
 
 
 def search_pairs(query_vectors: np.ndarray, index: Any, k: int) -> pa.Table:
@@ -144,67 +146,76 @@ def _signature(paths: list[str], fmt: str) -> list:
             if Path(p).is_file()]
 
 
-def run_query(config: dict[str, Any], work: Workdir, show_progress: bool = True) -> dict[str, Any]:
-    options = config["query"]
-    store = EmbeddingStore(work.store)
-    info = store.require_complete()
-    index, infos = read_index(work.index)
-    if infos.get("store_fingerprint") != info["fingerprint"] or infos.get("rows") != info["rows"]:
-        raise AlbatError(f"{work.index}: index was built from another store; delete that folder and rerun "
-                         "`albat index`")
-    if not options["adaptation"]:
-        raise AlbatError("no adaptation examples given; pass --adaptation FILE (Parquet, JSONL or one example a line)")
-    index_record = work.stage_record("index") or {}
-    fp = fingerprint({"options": options, "index": index_record.get("fingerprint"), "key": infos["index_key"],
-                      "adaptation": _signature(options["adaptation"], options["format"]),
-                      "exclude": _signature(options["exclude"], "auto")})
-    if (done := work.finished_summary("query", fp, work.query / CANDIDATES_FILE)) is not None:
-        return {"skipped": True, **done}
+class QueryStage(Stage):
+    name = "query"
 
-    encoder = encoder_from_identity(info["encoder"], device=options["device"])
-    if options.get("encoder"):
-        encoder = TextEncoder(name=options["encoder"], dtype=encoder.dtype, max_seq_length=encoder.max_seq_length,
-                              device=options["device"])
-    check_same_encoder(info["encoder"], encoder, str(options["adaptation"][0]))
+    def plan(self) -> Plan:
+        options, work = self.config["query"], self.work
+        store = EmbeddingStore(work.store)
+        info = store.require_complete()
+        index, infos = read_index(work.index)
+        if infos.get("store_fingerprint") != info["fingerprint"] or infos.get("rows") != info["rows"]:
+            raise AlbatError(f"{work.index}: index was built from another store; delete that folder and rerun "
+                             "`albat index`")
+        if not options["adaptation"]:
+            raise AlbatError("no adaptation examples given; pass --adaptation FILE (Parquet, JSONL or one example a line)")
+        index_record = work.stage_record("index") or {}
+        fp = fingerprint({"options": options, "index": index_record.get("fingerprint"), "key": infos["index_key"],
+                          "adaptation": _signature(options["adaptation"], options["format"]),
+                          "exclude": _signature(options["exclude"], "auto")})
+        return Plan(fp, tuple(work.query / name for name in TABLES), options,
+                    {"store": store, "info": info, "index": index, "infos": infos})
 
-    max_bytes = int(config["embed"].get("max_text_bytes") or 0)
-    pair_column = (options["pair_column"] or info.get("pair_column")) if info.get("pair_column") else None
-    adaptation, texts = _read_examples(options["adaptation"], options["text_column"], options["format"], max_bytes,
-                                       "--adaptation-text-column", pair_column)
-    if not texts:
-        raise AlbatError(f"{', '.join(options['adaptation'])}: zero adaptation examples; give at least one")
-    exclude, exclude_texts = (_read_examples(options["exclude"], options["exclude_text_column"], "auto", max_bytes,
-                                             "--exclude-text-column")
-                              if options["exclude"] else (None, []))
-    vectors = encoder.encode(texts)
-    exclude_vectors = encoder.encode(exclude_texts)
-    pair_vectors = encoder.encode(adaptation.column(pair_column).to_pylist()) if pair_column else None
+    def compute(self, plan: Plan) -> dict[str, Any]:
+        options, store, info = plan.recorded, plan.inputs["store"], plan.inputs["info"]
+        index, infos = plan.inputs["index"], plan.inputs["infos"]
+        encoder = encoder_from_identity(info["encoder"], device=options["device"])
+        if options.get("encoder"):
+            encoder = TextEncoder(name=options["encoder"], dtype=encoder.dtype, max_seq_length=encoder.max_seq_length,
+                                  device=options["device"])
+        check_same_encoder(info["encoder"], encoder, str(options["adaptation"][0]))
 
-    rows = int(info["rows"])
-    k = min(int(options["k"]), rows)
-    factor = max(1, int(options["rerank_factor"])) if infos["kind"] == "ivf_pq" else 1
-    pairs = top_k_per_query(exact_pairs(vectors, index, min(k * factor, rows), store), k)
-    dedup_k, threshold = min(int(options["dedup_k"]) * factor, rows), float(options["dedup_threshold"])
-    blocked = merge_blocked(exact_duplicates(texts, store, "adaptation"),
-                            exact_duplicates(exclude_texts, store, "exclude"),
-                            near_duplicates(vectors, index, dedup_k, threshold, "adaptation", store),
-                            near_duplicates(exclude_vectors, index, dedup_k, threshold, "exclude", store))
-    candidates = aggregate_candidates(pairs, blocked)
+        max_bytes = int(self.config["embed"].get("max_text_bytes") or 0)
+        pair_column = (options["pair_column"] or info.get("pair_column")) if info.get("pair_column") else None
+        adaptation, texts = _read_examples(options["adaptation"], options["text_column"], options["format"], max_bytes,
+                                           "--adaptation-text-column", pair_column)
+        if not texts:
+            raise AlbatError(f"{', '.join(options['adaptation'])}: zero adaptation examples; give at least one")
+        exclude, exclude_texts = (_read_examples(options["exclude"], options["exclude_text_column"], "auto", max_bytes,
+                                                 "--exclude-text-column")
+                                  if options["exclude"] else (None, []))
+        vectors = encoder.encode(texts)
+        exclude_vectors = encoder.encode(exclude_texts)
+        pair_vectors = encoder.encode(adaptation.column(pair_column).to_pylist()) if pair_column else None
 
-    adaptation = adaptation.add_column(0, "query_idx", pa.array(np.arange(len(texts)), pa.int32()))
-    work.forget_stage("query")  # from here until the new record, a kill means "not done"
-    with staged_directory(work.query) as out:  # the query tables change together or not at all
-        write_table(adaptation, out / "adaptation.parquet")
-        write_array(vectors, out / "adaptation.npy")
-        if pair_vectors is not None:  # the query side, for pair surrogates (pipeline.surrogates.contrastive)
-            write_array(pair_vectors, out / "adaptation.pair.npy")
-        if exclude is not None:
-            write_table(exclude, out / "exclude.parquet")
-        write_table(pairs, out / "candidate_pairs.parquet")
-        write_table(blocked, out / "blocked.parquet")
-        write_table(candidates, out / CANDIDATES_FILE)
-    summary = {"adaptation": len(texts), "exclude": len(exclude_texts), "k": k, "pairs": pairs.num_rows,
-               "candidates": candidates.num_rows, "blocked": blocked.num_rows,
-               "blocked_candidates": int(np.sum(candidates.column("blocked").to_numpy(zero_copy_only=False)))}
-    work.mark_stage_done("query", fp, options, summary)
-    return {"skipped": False, **summary}
+        rows = int(info["rows"])
+        k = min(int(options["k"]), rows)
+        factor = max(1, int(options["rerank_factor"])) if infos["kind"] == "ivf_pq" else 1
+        pairs = top_k_per_query(exact_pairs(vectors, index, min(k * factor, rows), store), k)
+        dedup_k, threshold = min(int(options["dedup_k"]) * factor, rows), float(options["dedup_threshold"])
+        blocked = merge_blocked(exact_duplicates(texts, store, "adaptation"),
+                                exact_duplicates(exclude_texts, store, "exclude"),
+                                near_duplicates(vectors, index, dedup_k, threshold, "adaptation", store),
+                                near_duplicates(exclude_vectors, index, dedup_k, threshold, "exclude", store))
+        candidates = aggregate_candidates(pairs, blocked)
+        adaptation = adaptation.add_column(0, "query_idx", pa.array(np.arange(len(texts)), pa.int32()))
+        return {"adaptation": adaptation, "vectors": vectors, "pair_vectors": pair_vectors, "exclude": exclude,
+                "pairs": pairs, "blocked": blocked, "candidates": candidates, "k": k,
+                "exclude_rows": len(exclude_texts)}
+
+    def write(self, plan: Plan, computed: dict[str, Any]) -> dict[str, Any]:
+        c = computed
+        with staged_directory(self.work.query) as out:  # the query tables change together or not at all
+            write_table(c["adaptation"], out / "adaptation.parquet")
+            write_array(c["vectors"], out / "adaptation.npy")
+            if c["pair_vectors"] is not None:  # the query side, for pair surrogates (pipeline.surrogates.contrastive)
+                write_array(c["pair_vectors"], out / "adaptation.pair.npy")
+            if c["exclude"] is not None:
+                write_table(c["exclude"], out / "exclude.parquet")
+            write_table(c["pairs"], out / "candidate_pairs.parquet")
+            write_table(c["blocked"], out / "blocked.parquet")
+            write_table(c["candidates"], out / CANDIDATES_FILE)
+        candidates = c["candidates"]
+        return {"adaptation": c["adaptation"].num_rows, "exclude": c["exclude_rows"], "k": c["k"],
+                "pairs": c["pairs"].num_rows, "candidates": candidates.num_rows, "blocked": c["blocked"].num_rows,
+                "blocked_candidates": int(np.sum(candidates.column("blocked").to_numpy(zero_copy_only=False)))}

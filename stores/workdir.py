@@ -51,10 +51,10 @@ class Workdir:
         path = self.stages / f"{stage}.json"
         return read_json(path) if path.exists() else None
 
-    def finished_summary(self, stage: str, config_fingerprint: str, output: Path) -> dict[str, Any] | None:
-        """The summary of a stage already run with this config whose output is present, else None."""
+    def finished_summary(self, stage: str, config_fingerprint: str, *outputs: Path) -> dict[str, Any] | None:
+        """The summary of a stage already run with this config whose outputs are all present, else None."""
         record = self.stage_record(stage)
-        if record and record.get("fingerprint") == config_fingerprint and Path(output).exists():
+        if record and record.get("fingerprint") == config_fingerprint and all(Path(p).exists() for p in outputs):
             return record["summary"]
         return None
 

@@ -95,9 +95,10 @@ def test_filter_never_exceeds_the_budget(budget):
 
 
 def test_default_tau_leaves_validity_to_the_set_bound():
-    from pipeline.methods.albat import DEFAULTS
+    from pipeline.methods.base import get_method
 
-    assert DEFAULTS["tau"] == float("inf")
+    tau = get_method("albat").options["tau"]
+    assert tau == float("inf")
     decision = proposition_filter(np.array([0.3, -0.2]), np.zeros((2, 2)), np.array([2.0, 1.0]), bound=1.0,
-                                  tau=DEFAULTS["tau"], budget=5)
+                                  tau=tau, budget=5)
     assert decision.order.tolist() == [0, 1]

@@ -304,7 +304,8 @@ def config_output_onto_the_store(c: Ctx) -> Case:
 
 def memory_budget_not_understood(c: Ctx) -> Case:
     config = c.config_file('[index]\nmemory_budget = "4 gigs"\n')
-    return Case(["index", "--config", config, "--work", c.fresh], ["'4 gigs'"], "write e.g. 4GB", c.fresh)
+    return Case(["index", "--config", config, "--work", c.fresh], [str(config), 'memory_budget = "4 gigs"'],
+                "give a size such as 4GB", c.fresh)
 
 
 # ----- stages on a finished work directory -----------------------------------------------------------
@@ -352,7 +353,8 @@ def budget_larger_than_the_pool(c: Ctx) -> Case:
 
 
 def negative_budget(c: Ctx) -> Case:
-    return Case(c.on_built("filter", "--budget", -3), ["filter.budget", "got -3"], "must be >= 0", c.tmp / "w")
+    return Case(c.on_built("filter", "--budget", -3), ["--budget", "filter.budget = -3"], "give an integer >= 0",
+                c.tmp / "w")
 
 
 def unknown_selection_method(c: Ctx) -> Case:
@@ -364,8 +366,8 @@ def malformed_method_option(c: Ctx) -> Case:
 
 
 def zero_rows_per_output_shard(c: Ctx) -> Case:
-    return Case(c.on_built("emit", "--emit-shard-rows", 0), ["emit.shard_rows", "got 0"],
-                "pass --emit-shard-rows 1 or more", c.tmp / "w")
+    return Case(c.on_built("emit", "--emit-shard-rows", 0), ["--emit-shard-rows", "emit.shard_rows = 0"],
+                "give an integer >= 1", c.tmp / "w")
 
 
 def query_before_embed(c: Ctx) -> Case:

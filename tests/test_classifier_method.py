@@ -97,9 +97,11 @@ def test_classifier_is_deterministic_under_the_seed_and_reads_string_options(tmp
 def test_classifier_option_and_input_errors(tmp_path):
     store = _store(tmp_path)
     request = make_request(store, [51], {}, budget=1, vectors=ADAPTATION)
-    with pytest.raises(AlbatError, match="C='strong' must be of type float"):
+    with pytest.raises(AlbatError, match='C = "strong": not a number'):
         get_method("classifier", C="strong").select(request)
-    with pytest.raises(AlbatError, match="needs negatives >= 0 and C > 0"):
+    with pytest.raises(AlbatError, match="negatives = -1: too small; give an integer >= 0"):
         get_method("classifier", negatives=-1).select(request)
+    with pytest.raises(AlbatError, match="C = 0: too small; give a finite number > 0"):
+        get_method("classifier", C=0)
     with pytest.raises(AlbatError, match="adaptation set is empty"):
         ClassifierMethod().select(make_request(store, [51], {}, budget=1))

@@ -59,9 +59,9 @@ target_recall = 0.9
 [query]
 k = 8
 [filter]
-method = "random"
+method = "dsir"
 budget = 10
-temperature = 0.5   # a method option: allowed beside the method name
+alpha = 1   # a method option: allowed beside the method name, converted to its type
 """)
     config = load_config(path)
     assert config["seed"] == 7
@@ -74,7 +74,8 @@ temperature = 0.5   # a method option: allowed beside the method name
     assert config["index"]["memory_budget_bytes"] == 512 * 1024 * 1024
     assert config["index"]["target_recall"] == 0.9
     assert config["query"]["k"] == 8
-    assert config["filter"] == {"method": "random", "budget": 10, "temperature": 0.5}
+    assert config["filter"] == {"method": "dsir", "budget": 10, "alpha": 1.0}
+    assert isinstance(config["filter"]["alpha"], float)
 
 
 def test_cli_overrides_win_over_the_file(tmp_path):
@@ -199,7 +200,7 @@ def test_parse_bytes_bad_values(value):
 
 def test_bad_memory_budget_in_the_file_is_an_albat_error(tmp_path):
     path = _write(tmp_path / "c.toml", '[index]\nmemory_budget = "plenty"\n')
-    with pytest.raises(AlbatError, match="'plenty'"):
+    with pytest.raises(AlbatError, match='memory_budget = "plenty"'):
         load_config(path)
 
 
@@ -213,3 +214,11 @@ def test_non_finite_memory_budget_in_toml_is_an_albat_error(tmp_path, value):
     path = _write(tmp_path / "c.toml", f"[index]\nmemory_budget = {value}\n")
     with pytest.raises(AlbatError):
         load_config(path)
+
+
+def test_the_default_work_directory_lies_beside_the_config_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "exp").mkdir()
+    path = _write(tmp_path / "exp" / "c.toml", "seed = 1\n")
+    assert load_config(path)["work"] == str(tmp_path / "exp" / "work")
+    assert load_config(None)["work"] == "work"

@@ -201,7 +201,11 @@ def test_get_method_unknown_name():
     assert "'nearest'" in str(info.value) and "knn" in str(info.value) and "random" in str(info.value)
 
 
-def test_get_method_known_names_pass_options():
-    method = get_method("knn", alpha=0.5)
-    assert isinstance(method, KnnMethod) and method.options == {"alpha": 0.5}
+def test_get_method_known_names():
+    assert isinstance(get_method("knn"), KnnMethod) and get_method("knn").options == {}
     assert isinstance(get_method("random"), RandomMethod)
+
+
+def test_a_method_without_options_refuses_any():
+    with pytest.raises(AlbatError, match=r"method knn: unknown key 'alpha' \(known: none\)"):
+        get_method("knn", alpha=0.5)

@@ -16,11 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.methods.base import SelectionMethod, SelectionRequest, SelectionResult
-from pipeline.methods.ranked import ranked_result, typed_options
-from pipeline.methods.surrogate_inputs import SURROGATE_DEFAULTS, prepare_pool
-from stores.errors import AlbatError
+from pipeline.methods.base import SelectionRequest, SelectionResult
+from pipeline.methods.ranked import ranked_result
+from pipeline.methods.surrogate_inputs import SurrogateMethod, prepare_pool
+from pipeline.options import FLOAT, INT, STR, Option
+from pipeline.surrogates.options import SURROGATE_OPTIONS
 
+# The options (declared on AlbatMethod.OPTIONS), why their defaults:
 # curvature: "trace" (tr F at φ_s) or "adaptation" (uᵀ F u along u, the unit mean adaptation
 # gradient at φ_0: the curvature added along the path adaptation travels from the backbone)
 # tau: inf by default, the per-example test off. On the selection benchmark the test Δℓ ≤ 0 rejected
@@ -30,8 +32,6 @@ from stores.errors import AlbatError
 # a single text's LoRA gradient is 4.6 to 35 times the norm of the adaptation set's mean gradient (the
 # bench-lm backbone, WordNet plants, n_A = 16), so the plain mean of a small S can never pass and albat
 # kept nothing; the pairwise estimate removes that per-example noise and keeps the drift.
-DEFAULTS = {**SURROGATE_DEFAULTS, "tau": float("inf"), "epsilon": 1.0, "fisher_samples": 2, "curvature": "trace",
-            "set_norm": "auto"}
 
 KEPT, INVALID_LOSS, INVALID_GRADIENT, BUDGET = 0, 1, 2, 3
 
@@ -95,11 +95,21 @@ def explain(status: int, delta: float, tried: float, curvature: float, tau: floa
     return f"rejected: budget filled before its curvature {curvature:.4g}"
 
 
-class AlbatMethod(SelectionMethod):
+class AlbatMethod(SurrogateMethod):
     name = "albat"
+    OPTIONS = SURROGATE_OPTIONS + (
+        Option("tau", FLOAT, float("inf"), "per-example validity bound on Δℓ (inf: the test is off)", inf=True),
+        Option("epsilon", FLOAT, 1.0, "set validity: drift bound as a multiple of ‖mean adaptation gradient‖ "
+               "(inf: no set bound)", min=0, inf=True),
+        Option("fisher_samples", INT, 2, "labels sampled per example for the Fisher-trace curvature", min=1),
+        Option("curvature", STR, "trace", "trace (tr F at φ_s) or adaptation (uᵀFu along the mean adaptation gradient)",
+               choices=("trace", "adaptation")),
+        Option("set_norm", STR, "auto", "set drift norm: mean, pairwise, or auto (mean for contrastive, pairwise for lm)",
+               choices=("auto", "mean", "pairwise")),
+    )
 
     def select(self, request: SelectionRequest) -> SelectionResult:
-        opts = typed_options(self.options, DEFAULTS, self.name)
+        opts = self.options
         clock = time.perf_counter()
         pool = prepare_pool(request, opts)
         fit = pool.surrogate.fit(pool.adaptation, request.seed)
@@ -111,16 +121,12 @@ class AlbatMethod(SelectionMethod):
         grads = surrogate.gradients(pairs, "adapted")
         adaptation_grad = surrogate.gradients(pool.adaptation, "initial").mean(0)
         bound = float(opts["epsilon"] * np.linalg.norm(adaptation_grad))
-        if opts["curvature"] not in ("trace", "adaptation"):
-            raise AlbatError(f"method albat: curvature={opts['curvature']!r}; choose trace or adaptation")
         direction = adaptation_grad / max(np.linalg.norm(adaptation_grad), 1e-12) if opts["curvature"] == "adaptation" else None
         curvature = surrogate.fisher_trace(pairs, "adapted", opts["fisher_samples"], request.seed, direction)
         score_seconds = time.perf_counter() - clock
 
         delta = loss_s - loss0
         set_norm = opts["set_norm"] if opts["set_norm"] != "auto" else ("pairwise" if opts["surrogate"] == "lm" else "mean")
-        if set_norm not in ("mean", "pairwise"):
-            raise AlbatError(f"method albat: set_norm={opts['set_norm']!r}; choose auto, mean or pairwise")
         decision = proposition_filter(delta, grads, curvature, bound, opts["tau"], request.budget,
                                       pairwise=set_norm == "pairwise")
         status = np.full(len(pool.ids), BUDGET, dtype=np.int8)

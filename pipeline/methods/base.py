@@ -2,6 +2,10 @@
 
 A method gets the candidate pool, the store, the adaptation set, the budget m and a seed, and
 returns, for every row it considered, a score, a keep/reject decision and the reason.
+
+A method declares its options as `OPTIONS` (`pipeline.options.Option`: name, type, range, default,
+help) on its class; they reach it one way, through the constructor, which checks them: an unknown
+key or a bad value is an AlbatError, and `self.options` holds every option's value.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
+from pipeline.options import Option, resolve
 from stores.embedding_store import EmbeddingStore
 from stores.errors import AlbatError
 
@@ -27,7 +32,6 @@ class SelectionRequest:
     adaptation_vectors: np.ndarray
     budget: int
     seed: int
-    options: dict[str, Any] = field(default_factory=dict)
     adaptation_pair_vectors: np.ndarray | None = None  # query side of the adaptation pairs, if any
 
 
@@ -63,9 +67,10 @@ class SelectionResult:
 class SelectionMethod(ABC):
     name: ClassVar[str]
     uses_candidates: ClassVar[bool] = True
+    OPTIONS: ClassVar[tuple[Option, ...]] = ()
 
     def __init__(self, **options: Any):
-        self.options = options
+        self.options = resolve(self.OPTIONS, options, f"method {self.name}")
 
     @abstractmethod
     def select(self, request: SelectionRequest) -> SelectionResult:
@@ -84,8 +89,12 @@ REGISTRY: dict[str, str] = {
 }
 
 
-def get_method(name: str, **options: Any) -> SelectionMethod:
+def method_class(name: str) -> type[SelectionMethod]:
     if name not in REGISTRY:
         raise AlbatError(f"unknown selection method '{name}'; choose one of {', '.join(sorted(REGISTRY))}")
     module, cls = REGISTRY[name].split(":")
-    return getattr(importlib.import_module(module), cls)(**options)
+    return getattr(importlib.import_module(module), cls)
+
+
+def get_method(name: str, **options: Any) -> SelectionMethod:
+    return method_class(name)(**options)

@@ -16,16 +16,19 @@ ones are kept, ties broken by the smaller id. Options: `negatives` (0 = the defa
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 
 from pipeline.methods.base import SelectionMethod, SelectionRequest, SelectionResult
 from pipeline.methods.random_method import uniform_draw
-from pipeline.methods.ranked import candidate_columns, check_budget, ranked_result, top_scores, typed_options
+from pipeline.methods.ranked import candidate_columns, check_budget, ranked_result, top_scores
+from pipeline.options import FLOAT, INT, Option
 from stores.embedding_store import EmbeddingStore
 from stores.errors import AlbatError
 
-DEFAULTS = {"negatives": 0, "C": 1.0}
+if TYPE_CHECKING:  # scikit-learn loads when the method runs, not when its options are checked
+    from sklearn.linear_model import LogisticRegression
 
 
 def default_negatives(n_adaptation: int, available: int) -> int:
@@ -47,6 +50,8 @@ def sample_negatives(store: EmbeddingStore, blocked_ids: np.ndarray, n_adaptatio
 
 def fit_classifier(positives: np.ndarray, negatives: np.ndarray, C: float, seed: int) -> LogisticRegression:
     """Class-balanced L2 logistic regression, positives labelled 1."""
+    from sklearn.linear_model import LogisticRegression
+
     x = np.concatenate([positives, negatives]).astype(np.float64)
     y = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives))])
     return LogisticRegression(C=C, class_weight="balanced", max_iter=1000, random_state=seed).fit(x, y)
@@ -59,11 +64,13 @@ def log_odds(model: LogisticRegression, vectors: np.ndarray) -> np.ndarray:
 
 class ClassifierMethod(SelectionMethod):
     name = "classifier"
+    OPTIONS = (
+        Option("negatives", INT, 0, "backbone rows sampled as negatives (0: max(10 x n_A, 1000))", min=0),
+        Option("C", FLOAT, 1.0, "inverse L2 regularisation strength", above=0),
+    )
 
     def select(self, request: SelectionRequest) -> SelectionResult:
-        opts = typed_options({**request.options, **self.options}, DEFAULTS, self.name)
-        if opts["negatives"] < 0 or opts["C"] <= 0:
-            raise AlbatError(f"method classifier needs negatives >= 0 and C > 0, got {opts['negatives']} and {opts['C']}")
+        opts = self.options
         positives = np.asarray(request.adaptation_vectors)
         if len(positives) == 0:
             raise AlbatError("method classifier needs adaptation examples to train on; the adaptation set is empty")

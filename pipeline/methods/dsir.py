@@ -28,11 +28,10 @@ import numpy as np
 from scipy import sparse
 
 from pipeline.methods.base import SelectionMethod, SelectionRequest, SelectionResult
-from pipeline.methods.ranked import candidate_columns, check_budget, ranked_result, typed_options
+from pipeline.methods.ranked import candidate_columns, check_budget, ranked_result
+from pipeline.options import FLOAT, INT, STR, Option
 from stores.embedding_store import ID, EmbeddingStore
-from stores.errors import AlbatError
 
-DEFAULTS = {"pool": "corpus", "buckets": 10_000, "alpha": 1.0}
 _WORD = re.compile(r"\w+")
 
 
@@ -111,14 +110,16 @@ class _Draw:
 
 class DsirMethod(SelectionMethod):
     name = "dsir"
+    OPTIONS = (
+        Option("pool", STR, "corpus", "corpus: the whole store, two passes; candidates: the stage-1 pool only",
+               choices=("corpus", "candidates")),
+        Option("buckets", INT, 10_000, "hash bins of the n-gram features", min=1),
+        Option("alpha", FLOAT, 1.0, "pseudo-count per bin smoothing both distributions", above=0),
+    )
 
     def select(self, request: SelectionRequest) -> SelectionResult:
-        opts = typed_options({**request.options, **self.options}, DEFAULTS, self.name)
-        if opts["pool"] not in ("corpus", "candidates"):
-            raise AlbatError(f"method dsir option pool={opts['pool']!r} must be 'corpus' or 'candidates'")
+        opts = self.options
         buckets, alpha = opts["buckets"], opts["alpha"]
-        if buckets < 1 or alpha <= 0:
-            raise AlbatError(f"method dsir needs buckets >= 1 and alpha > 0, got {buckets} and {alpha}")
         store, blocked = request.store, np.asarray(request.blocked_ids, np.int64)
         column = store.info["text_column"]
         cand_ids, cand_query, block_reason = candidate_columns(request.candidates)

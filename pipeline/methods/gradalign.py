@@ -10,9 +10,9 @@ import time
 
 import numpy as np
 
-from pipeline.methods.base import SelectionMethod, SelectionRequest, SelectionResult
-from pipeline.methods.ranked import check_budget, ranked_result, top_scores, typed_options
-from pipeline.methods.surrogate_inputs import SURROGATE_DEFAULTS, prepare_pool
+from pipeline.methods.base import SelectionRequest, SelectionResult
+from pipeline.methods.ranked import check_budget, ranked_result, top_scores
+from pipeline.methods.surrogate_inputs import SurrogateMethod, prepare_pool
 
 
 def gradient_alignment(grads: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -22,11 +22,11 @@ def gradient_alignment(grads: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.divide(dots, norms, out=np.zeros(len(grads)), where=norms > 0)
 
 
-class GradAlignMethod(SelectionMethod):
+class GradAlignMethod(SurrogateMethod):
     name = "gradalign"
 
     def select(self, request: SelectionRequest) -> SelectionResult:
-        opts = typed_options(self.options, SURROGATE_DEFAULTS, self.name)
+        opts = self.options
         clock = time.perf_counter()
         pool = prepare_pool(request, opts)
         check_budget(request.budget, len(pool.rows), "the candidate pool (raise query.k)")

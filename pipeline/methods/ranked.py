@@ -1,6 +1,6 @@
-"""Helpers the scored methods (dsir, classifier, gradalign, albat) share: typed method options, the
-candidate table's columns, top-by-score with id tie-breaks, and one decision row (score, keep,
-rank, reason) per considered id.
+"""Helpers the scored methods (dsir, classifier, gradalign, albat) share: the candidate table's
+columns, top-by-score with id tie-breaks, and one decision row (score, keep, rank, reason) per
+considered id.
 
 Why one place: every method must give every row a reason and must name a blocked row's block, so
 that a user can ask in SQL why a row was or was not chosen; writing that loop once keeps the
@@ -8,7 +8,7 @@ reasons consistent between methods.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -17,25 +17,6 @@ from pipeline.methods.base import SelectionResult
 from stores.errors import AlbatError
 
 BLOCKED = "blocked (a duplicate of adaptation or evaluation data)"
-
-
-def typed_options(options: dict[str, Any], defaults: dict[str, Any], method: str) -> dict[str, Any]:
-    """`defaults` updated with `options`, each value converted to its default's type.
-
-    Values from `--method-option KEY=VALUE` may arrive as strings; an unknown key is an error (a
-    misspelt option would otherwise be silently ignored and the run would use the default)."""
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise AlbatError(f"method {method} has no option {', '.join(unknown)}; its options are "
-                         f"{', '.join(sorted(defaults))}")
-    out = dict(defaults)
-    for key, value in options.items():
-        kind = type(defaults[key])
-        try:
-            out[key] = kind(value)
-        except (TypeError, ValueError):
-            raise AlbatError(f"method {method} option {key}={value!r} must be of type {kind.__name__}") from None
-    return out
 
 
 def candidate_columns(candidates: pa.Table) -> tuple[np.ndarray, np.ndarray, list[str | None]]:

@@ -1,4 +1,5 @@
-"""What surrogate-based methods (albat, gradalign) share: options, and the examples they score.
+"""What surrogate-based methods (albat, gradalign) share: the surrogate built from their options
+(declared in `pipeline.surrogates.options`), and the examples they score.
 
 `contrastive` scores pairs from the store: the document side is the embedded text column, the
 query side the embedded pair column (`embed.pair_column`). A store without a pair column gets two
@@ -13,30 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.methods.base import SelectionRequest
+from pipeline.methods.base import SelectionMethod, SelectionRequest
 from pipeline.methods.ranked import candidate_columns
 from pipeline.surrogates.base import surrogate_class
+from pipeline.surrogates.options import SURROGATE_OPTIONS
 from stores.embedding_store import EmbeddingStore
 from stores.errors import AlbatError
-
-SURROGATE_DEFAULTS: dict[str, Any] = {
-    "surrogate": "contrastive",
-    "bank_size": 128,  # fixed backbone negatives for per-example losses
-    "steps": 300,  # surrogate training steps (early-stopped on held-out adaptation pairs)
-    "lr": 1e-3,
-    "batch_size": 64,
-    "holdout_fraction": 0.25,  # adaptation pairs held out for early stopping (0: train on all, fixed steps)
-    "projection_dim": 1024,  # sketched gradient size; 0 = exact d×d gradients
-    "view_sigma": 1.0,  # single-column data: noise norm of the second view (cosine to the first ≈ 0.7)
-    # surrogate = "lm": a local Hugging Face causal-LM checkpoint with a peft LoRA adapter
-    "model": "",  # checkpoint directory (config.json, weights, tokenizer); nothing is downloaded
-    "max_length": 128,  # tokens per text, BOS included; ℓ is the mean NLL over them
-    "lora_rank": 8,
-    "lora_alpha": 16.0,
-    "target_modules": "",  # comma-separated LoRA targets; empty: peft's default for the architecture
-    "device": "auto",  # CUDA when present, else CPU
-}
-
 
 def store_pairs(store: EmbeddingStore, ids: np.ndarray, view_sigma: float, seed: int):
     from pipeline.surrogates.contrastive import Pairs, two_views
@@ -93,13 +76,21 @@ def _lm(request: SelectionRequest, opts: dict[str, Any], exclude: np.ndarray):
 BUILDERS = {"contrastive": _contrastive, "lm": _lm}
 
 
+class SurrogateMethod(SelectionMethod):
+    """A method that scores with a surrogate: it takes every surrogate option, and `lm` needs a model."""
+
+    OPTIONS = SURROGATE_OPTIONS
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        if self.options["surrogate"] == "lm" and not self.options["model"]:
+            raise AlbatError(f"method {self.name}: surrogate lm needs model=DIR, a local Hugging Face causal-LM "
+                             "checkpoint (--surrogate-model DIR or --method-option model=DIR)")
+
+
 def build_surrogate(request: SelectionRequest, opts: dict[str, Any], exclude: np.ndarray):
     """(surrogate, adaptation examples, ids -> store examples). The contrastive bank is seeded and
     disjoint from `exclude`."""
-    surrogate_class(opts["surrogate"])  # a clear error for unknown names
-    if opts["surrogate"] == "lm" and not opts["model"]:
-        raise AlbatError("surrogate lm needs model=DIR, a local Hugging Face causal-LM checkpoint "
-                         "(--surrogate-model DIR or --method-option model=DIR)")
     return BUILDERS[opts["surrogate"]](request, opts, exclude)
 
 

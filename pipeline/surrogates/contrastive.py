@@ -33,7 +33,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.options import defaults
 from pipeline.surrogates.base import State, Surrogate, holdout_split, row_slices
+from pipeline.surrogates.options import SURROGATE_OPTIONS
+
+DEFAULT = defaults(SURROGATE_OPTIONS)  # the options' defaults are declared once, in pipeline.surrogates.options
 
 SCALE = 20.0  # 1/temperature, as in sentence-transformers' MultipleNegativesRankingLoss
 
@@ -201,8 +205,9 @@ class _BankTerms:
 class ContrastiveSurrogate(Surrogate):
     name = "contrastive"
 
-    def __init__(self, bank: Pairs, *, steps: int = 300, lr: float = 1e-3, batch_size: int = 64,
-                 holdout_fraction: float = 0.25, projection_dim: int | None = 1024, projection_seed: int = 0,
+    def __init__(self, bank: Pairs, *, steps: int = DEFAULT["steps"], lr: float = DEFAULT["lr"],
+                 batch_size: int = DEFAULT["batch_size"], holdout_fraction: float = DEFAULT["holdout_fraction"],
+                 projection_dim: int | None = DEFAULT["projection_dim"], projection_seed: int = 0,
                  chunk: int = 128, scale: float = SCALE):
         self.bank = bank
         self.dim = bank.doc.shape[1]

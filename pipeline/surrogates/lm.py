@@ -35,8 +35,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from pipeline.options import defaults
 from pipeline.surrogates.base import State, Surrogate, holdout_split, row_slices
+from pipeline.surrogates.options import SURROGATE_OPTIONS
 from stores.errors import AlbatError
+
+DEFAULT = defaults(SURROGATE_OPTIONS)  # the options' defaults are declared once, in pipeline.surrogates.options
 
 EVAL_EVERY = 10  # surrogate steps between held-out evaluations
 
@@ -170,10 +174,12 @@ class _Capture:
 class LmSurrogate(Surrogate):
     name = "lm"
 
-    def __init__(self, model_path: str | Path, *, max_length: int = 128, lora_rank: int = 8, lora_alpha: float = 16.0,
-                 target_modules: list[str] | None = None, steps: int = 300, lr: float = 1e-3, batch_size: int = 16,
-                 holdout_fraction: float = 0.25, projection_dim: int | None = 1024, projection_seed: int = 0,
-                 device: str = "auto", seed: int = 0, projection_cache_bytes: int = 256 << 20):
+    def __init__(self, model_path: str | Path, *, max_length: int = DEFAULT["max_length"],
+                 lora_rank: int = DEFAULT["lora_rank"], lora_alpha: float = DEFAULT["lora_alpha"],
+                 target_modules: list[str] | None = None, steps: int = DEFAULT["steps"], lr: float = DEFAULT["lr"],
+                 batch_size: int = DEFAULT["batch_size"], holdout_fraction: float = DEFAULT["holdout_fraction"],
+                 projection_dim: int | None = DEFAULT["projection_dim"], projection_seed: int = 0,
+                 device: str = DEFAULT["device"], seed: int = 0, projection_cache_bytes: int = 256 << 20):
         import torch
 
         self.device = resolve_device(device)
