@@ -23,6 +23,9 @@ MIN_COSINE = 0.999
 MIN_OVERLAP = 0.98
 NEIGHBOURS = 10
 REFERENCE = ("torch", "float32")
+# texts per timed step: a runtime is stopped between steps, so a slow one (bfloat16 emulated on an
+# AVX2 CPU encodes ~1.5 long texts/s) costs at most one step past the winner's time
+STEP = 8
 
 
 @dataclass
@@ -116,7 +119,7 @@ def encode_checked(encoder, texts: list[str], limit: float, reference: np.ndarra
     """Seconds and vectors of `encoder` on `texts`, a batch at a time. Stops (raises `Stopped`)
     once past `limit` seconds, or as soon as a batch has a text whose cosine to `reference` is below
     the bar, so a runtime that cannot win costs at most one batch or the winner's time."""
-    step = max(1, encoder.batch_size)
+    step = max(1, min(encoder.batch_size, STEP))
     parts = []
     started = time.perf_counter()
     for start in range(0, len(texts), step):
