@@ -51,8 +51,7 @@ def bare(runtime: tuple[str, str], texts: list[str]) -> tuple[float, np.ndarray]
 
 
 def pipeline_run(subset: Path, work: Path, overlap: bool) -> tuple[float, dict]:
-    config = load_config(None, {"work": str(work), "embed": {"input": [str(subset)], "id_column": "id",
-                                                              "shard_rows": 256}})
+    config = load_config(None, {"work": str(work), "embed": {"input": [str(subset)], "id_column": "id"}})
     embed_stage.OVERLAP = overlap
     try:
         started = time.perf_counter()
