@@ -5,10 +5,11 @@ where the CPU has native bf16 and 6x slower where it emulates it). So at the sta
 every runtime that the hardware and the installed packages support encodes the same seeded
 sample of the user's own corpus; each is checked against torch float32 on those texts (minimum
 cosine of a text's two embeddings ≥ `MIN_COSINE`, and overlap of each text's 10 nearest
-neighbours among the sample ≥ `MIN_OVERLAP`), and the fastest that passes is used. A candidate
-already slower than the fastest passing one so far is stopped early (it cannot win). The table of
+neighbours among the sample ≥ `MIN_OVERLAP`), and the fastest that passes is used. Candidates are
+timed batch by batch in turn (see `run_probe`), and one clearly slower than the fastest, or
+already off the cosine bar, is stopped early. The table of
 timings and agreements lands in `store.json` (`encoder_probe`). Pure parts (`candidates`,
-`agreement`, `choose`) are tested on their own.
+`agreement`, `choose`) are tested on their own; `run_probe` on fake runtimes.
 """
 from __future__ import annotations
 
@@ -23,9 +24,6 @@ MIN_COSINE = 0.999
 MIN_OVERLAP = 0.98
 NEIGHBOURS = 10
 REFERENCE = ("torch", "float32")
-# texts per timed step: a runtime is stopped between steps, so a slow one (bfloat16 emulated on an
-# AVX2 CPU encodes ~1.5 long texts/s) costs at most one step past the winner's time
-STEP = 8
 
 
 @dataclass
@@ -111,60 +109,77 @@ def judge(row: ProbeRow, reference: np.ndarray, vectors: np.ndarray) -> ProbeRow
     return row
 
 
-class Stopped(Exception):
-    """A candidate stopped part-way: slower than the best so far, or already failing the cosine bar."""
+SLOWER = 1.5  # a runtime whose time so far exceeds this many times the fastest one still in the running stops
 
 
-def encode_checked(encoder, texts: list[str], limit: float, reference: np.ndarray | None) -> tuple[float, np.ndarray]:
-    """Seconds and vectors of `encoder` on `texts`, a batch at a time. Stops (raises `Stopped`)
-    once past `limit` seconds, or as soon as a batch has a text whose cosine to `reference` is below
-    the bar, so a runtime that cannot win costs at most one batch or the winner's time."""
-    step = max(1, min(encoder.batch_size, STEP))
-    parts = []
-    started = time.perf_counter()
-    for start in range(0, len(texts), step):
-        part = encoder.encode(texts[start:start + step])
-        parts.append(part)
-        elapsed = time.perf_counter() - started
-        if reference is not None:
-            worst = float(np.min(np.einsum("ij,ij->i", reference[start:start + len(part)], part)))
-            if worst < MIN_COSINE:
-                raise Stopped(f"fails the bar: cosine {worst:.5f} < {MIN_COSINE} on the first {start + len(part)} texts")
-        if elapsed > limit:
-            raise Stopped(f"stopped: slower than the fastest passing runtime ({len(texts) / limit:.1f} rows/s)")
-    return time.perf_counter() - started, np.concatenate(parts)
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.min(np.einsum("ij,ij->i", a, b)))
 
 
 def run_probe(texts: list[str], make_encoder: Callable[[str, str], object], options: list[tuple[str, str]]
               ) -> tuple[tuple[str, str], list[ProbeRow]]:
-    """Time every candidate on `texts` (after a warm-up batch), judge it against the reference,
-    return the choice and the table. `make_encoder(backend, dtype)` returns a TextEncoder."""
-    rows: list[ProbeRow] = []
-    reference: np.ndarray | None = None
-    best = np.inf
-    for backend, dtype in options:
-        row = ProbeRow(backend, dtype)
-        rows.append(row)
+    """Time every candidate on `texts` and judge it against the reference (options[0], torch
+    float32); return the choice and the table. `make_encoder(backend, dtype)` returns a TextEncoder.
+
+    Texts are sorted longest first and cut into batches of the encoder's batch size, as `embed`
+    encodes them. Each candidate is loaded and warmed up on the first texts first (a runtime whose
+    warm-up vectors already fail the cosine bar is dropped then). The batches are then timed round
+    by round, every candidate on the same batch in a rotating order, so a load that drifts during
+    the probe hits every candidate alike. After each round a candidate leaves the running when one
+    of its texts falls below the cosine bar, or when its time so far is over `SLOWER` times the
+    fastest candidate's (the reference always runs: the others are judged against it)."""
+    rows = [ProbeRow(b, d) for b, d in options]
+    live: dict[tuple[str, str], object] = {}
+    warm_reference: np.ndarray | None = None
+    warm_texts = texts[: min(len(texts), 4)]
+    for row in rows:
         try:
-            encoder = make_encoder(backend, dtype)
-            warm = encoder.encode(texts[: min(len(texts), 4)])  # load, export and warm up outside the timing
-            if reference is not None and (worst := float(np.min(np.einsum("ij,ij->i", reference[:len(warm)], warm)))) < MIN_COSINE:
-                raise Stopped(f"fails the bar: cosine {worst:.5f} < {MIN_COSINE} on the first {len(warm)} texts")
-            seconds, vectors = encode_checked(encoder, texts, best, reference)
-        except Stopped as stop:
-            row.note = str(stop)
-            continue
+            encoder = make_encoder(*row.key)
+            warm = encoder.encode(warm_texts)  # load, export and JIT outside the timing
         except Exception as exc:  # a runtime that cannot load or run here is skipped, not fatal
-            row.note = f"unavailable: {str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}"
-            if (backend, dtype) == REFERENCE:
+            if row.key == REFERENCE:
                 raise
+            row.note = f"unavailable: {str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}"
             continue
-        row.rows_per_second = round(len(texts) / seconds, 2)
-        if reference is None:
-            reference = vectors
-        judge(row, reference, vectors)
-        if row.passed:
-            best = min(best, seconds)
+        if warm_reference is None:
+            warm_reference = warm
+        elif (worst := _min_cosine(warm_reference, warm)) < MIN_COSINE:
+            row.note = f"fails the bar: cosine {worst:.5f} < {MIN_COSINE} on the first {len(warm)} texts"
+            continue
+        live[row.key] = encoder
+    by_key = {r.key: r for r in rows}
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    size = max(1, int(getattr(live[REFERENCE], "batch_size", 64)))
+    batches = [order[i:i + size] for i in range(0, len(texts), size)]
+    seconds = {k: 0.0 for k in live}
+    done = {k: 0 for k in live}
+    parts: dict[tuple[str, str], list[np.ndarray]] = {k: [] for k in live}
+    for n, batch in enumerate(batches):
+        keys = list(live)
+        keys = keys[n % len(keys):] + keys[:n % len(keys)]
+        chunk = [texts[i] for i in batch]
+        for key in keys:
+            started = time.perf_counter()
+            parts[key].append(live[key].encode(chunk))
+            seconds[key] += time.perf_counter() - started
+            done[key] += len(chunk)
+        fastest = min(seconds[k] for k in live)
+        for key in [k for k in live if k != REFERENCE]:
+            if (worst := _min_cosine(parts[REFERENCE][-1], parts[key][-1])) < MIN_COSINE:
+                by_key[key].note = f"fails the bar: cosine {worst:.5f} < {MIN_COSINE}"
+            elif seconds[key] > SLOWER * fastest:
+                by_key[key].note = f"stopped after {done[key]} texts: over {SLOWER}x the fastest runtime's time"
+            else:
+                continue
+            by_key[key].rows_per_second = round(done[key] / seconds[key], 2)
+            del live[key]
+    reference = np.empty((len(texts), parts[REFERENCE][0].shape[1]), dtype=np.float32)
+    reference[order] = np.concatenate(parts[REFERENCE])
+    for key in live:
+        vectors = np.empty_like(reference)
+        vectors[order] = np.concatenate(parts[key])
+        by_key[key].rows_per_second = round(len(texts) / seconds[key], 2)
+        judge(by_key[key], reference, vectors)
     return choose(rows), rows
 
 

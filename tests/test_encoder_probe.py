@@ -103,11 +103,35 @@ def test_run_probe_times_judges_and_stops_the_slow() -> None:
     by_key = {r.key: r for r in rows}
     assert choice == ("onnx", "float32")  # int8 is faster but fails the bar, and is stopped at its first batch
     assert not by_key[("torch", "int8")].passed and by_key[("torch", "int8")].note.startswith("fails the bar: cosine")
-    assert by_key[("torch", "bfloat16")].rows_per_second is None and "stopped" in by_key[("torch", "bfloat16")].note
+    slow = by_key[("torch", "bfloat16")]  # 5x slower than onnx: stopped after the first round
+    assert not slow.passed and slow.note.startswith("stopped after 8 texts") and slow.rows_per_second < 100
     assert by_key[("onnx", "int8")].note.startswith("unavailable")
     table = probe.probe_table(choice, rows, len(texts), seed=3)
     assert table["choice"] == {"backend": "onnx", "dtype": "float32"} and table["seed"] == 3
     assert json.loads(json.dumps(table)) == table
+
+
+class DriftingLoad:
+    """Two equal-quality runtimes on a machine whose load grows call by call: B is 1.25x faster."""
+
+    batch_size = 4
+
+    def __init__(self, clock: list[int], cost: float):
+        self.clock, self.cost = clock, cost
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        self.clock[0] += 1
+        time.sleep(self.cost * len(texts) * (1 + 0.5 * self.clock[0]))
+        return FakeEncoder(0, 0).encode(texts)
+
+
+def test_interleaved_rounds_see_the_same_drifting_load() -> None:
+    clock = [0]
+    fakes = {("torch", "float32"): DriftingLoad(clock, 0.001), ("onnx", "float32"): DriftingLoad(clock, 0.0008)}
+    texts = [f"t{i}" for i in range(24)]
+    choice, rows = probe.run_probe(texts, lambda b, d: fakes[(b, d)], list(fakes))
+    assert choice == ("onnx", "float32")  # timed one after the other, the later (faster) one would look slower
+    assert all(r.passed for r in rows)
 
 
 # --- backends ------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ def test_the_encoder_options_are_declared_as_agreed() -> None:
     assert (embed["dtype"].choices, embed["dtype"].default) == (("auto", "float32", "bfloat16", "float16", "int8"), "auto")
     assert (embed["backend"].choices, embed["backend"].default) == (("auto", "torch", "onnx"), "auto")
     probe = embed["probe_rows"]
-    assert (probe.kind, probe.min, probe.default) == (INT, 1, 64)
+    assert (probe.kind, probe.min, probe.default) == (INT, 1, 128)
     assert probe.help == "corpus texts timed per runtime when both --backend and --dtype are auto"
 
 
