@@ -207,8 +207,9 @@ class EmbedStage(Stage):
         if options["executor"] == "ray":  # lazy: the actors start when `write` drains it
             from pipeline.ray_executor import embed_on_ray, start_ray
 
-            start_ray(options["ray_address"], int(options["ray_cpus"]))  # refused here, before anything is written
             todo = [t for t in plan.inputs["tasks"] if not store.is_done(t.shard)]
+            if todo:  # Ray missing or unreachable is refused here, before anything is written
+                start_ray(options["ray_address"], int(options["ray_cpus"]))
             return embed_on_ray(todo, spec, encoder_settings(encoder, options), str(store.root), options)
         return encode_shards(encoder, spec, store, plan.inputs["tasks"], int(options["batch_size"]), self.show_progress)
 

@@ -73,10 +73,10 @@ def embed_on_ray(tasks: list[ShardTask], spec: CorpusSpec, encoder: dict[str, An
                  options: dict[str, Any]) -> Iterator[tuple[int, int, int]]:
     """(shard, rows, rows encoded here) per task as the actors finish them (any order); tasks
     already done are counted, not sent."""
+    if not tasks:
+        return
     ray = start_ray(options["ray_address"], int(options["ray_cpus"]))
     items = [{"task": t.to_json()} for t in tasks]
-    if not items:
-        return
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = False
