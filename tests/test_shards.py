@@ -48,3 +48,14 @@ def test_scan_counts_valid_rows_per_file_and_ranges_read_alone(tmp_path):
                for b in iter_file(spec, tmp_path / part.source, part.format, 2, part.start, part.stop)
                for r, t in zip(b.rows.to_pylist(), b.table.column("text").to_pylist())]
         assert got == stream[task.position:task.position + task.rows]
+
+
+def test_the_ray_executor_without_ray_is_one_clear_error(monkeypatch):
+    import sys
+
+    from pipeline.ray_executor import start_ray
+    from stores.errors import AlbatError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(AlbatError, match=r"--executor ray needs Ray: pip install .*'\.\[ray\]'.*or use --executor local"):
+        start_ray(None, 2)
