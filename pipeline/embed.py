@@ -4,6 +4,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -12,8 +13,9 @@ import pyarrow as pa
 from pipeline.encoders import TextEncoder, set_threads
 from pipeline.prefetch import WriteBehind, prefetched
 from pipeline.progress import progress_bar
+from pipeline.shards import ShardTask, plan_shards
 from pipeline.stage import Plan, Stage, run_stage
-from stores.corpus import CorpusBatch, CorpusSpec, count_rows, iter_batches, resolve_files, scan_corpus
+from stores.corpus import CorpusSpec, FileCount, iter_batches, iter_file, resolve_files, scan_corpus
 from stores.embedding_store import ID, RESERVED, ROW, SOURCE, TEXT_HASH, EmbeddingStore, text_hash
 from stores.errors import AlbatError
 from stores.faults import crash_point
@@ -51,28 +53,21 @@ def embed_fingerprint(options: dict[str, Any], spec: CorpusSpec) -> str:
                         "shard_rows": options["shard_rows"]})
 
 
-def shard_tables(batches: Iterator[CorpusBatch], shard_rows: int) -> Iterator[tuple[int, pa.Table]]:
-    """Regroup reader batches into shards of exactly `shard_rows` rows (the last may be shorter),
-    adding source, row and the stream position (the default id)."""
-    pending: list[pa.Table] = []
-    pending_rows = 0
-    position = 0
-    shard = 0
-    for batch in batches:
-        n = batch.table.num_rows
-        table = batch.table.append_column(SOURCE, pa.array([batch.source] * n, pa.string()).dictionary_encode())
-        table = table.append_column(ROW, batch.rows)
-        table = table.append_column("__position", pa.array(np.arange(position, position + n), pa.int64()))
-        position += n
-        pending.append(table)
-        pending_rows += n
-        while pending_rows >= shard_rows:
-            merged = pa.concat_tables(pending, promote_options="permissive").combine_chunks()
-            yield shard, merged.slice(0, shard_rows)
-            rest = merged.slice(shard_rows)
-            pending, pending_rows, shard = [rest], rest.num_rows, shard + 1
-    if pending_rows:
-        yield shard, pa.concat_tables(pending, promote_options="permissive").combine_chunks()
+def read_task(spec: CorpusSpec, task: ShardTask, batch_rows: int) -> pa.Table:
+    """A shard's rows, read from only the files and row ranges it covers, with source, row and the
+    stream position (the default id) added."""
+    tables, position = [], task.position
+    for part in task.ranges:
+        for batch in iter_file(spec, Path(part.source), part.format, batch_rows, part.start, part.stop):
+            n = batch.table.num_rows
+            table = batch.table.append_column(SOURCE, pa.array([batch.source] * n, pa.string()).dictionary_encode())
+            table = table.append_column(ROW, batch.rows)
+            tables.append(table.append_column("__position", pa.array(np.arange(position, position + n), pa.int64())))
+            position += n
+    if position - task.position != task.rows:
+        raise AlbatError(f"{', '.join(p.source for p in task.ranges)}: changed while albat read it "
+                         f"(shard {task.shard} expected {task.rows} rows); rerun with --force")
+    return pa.concat_tables(tables, promote_options="permissive").combine_chunks()
 
 
 def build_metadata(table: pa.Table, spec: CorpusSpec) -> pa.Table:
@@ -162,10 +157,11 @@ class EmbedStage(Stage):
         options = self.config["embed"]
         spec = corpus_spec(options)
         store = EmbeddingStore(self.work.store)
+        files = None
         if self.force or not store.exists():
-            scan_corpus(spec)  # bad input is refused before anything is written (or deleted)
+            files = scan_corpus(spec)  # bad input is refused before anything is written (or deleted)
         return Plan(embed_fingerprint(options, spec), (store.info_path,), options,
-                    {"spec": spec, "store": store})
+                    {"spec": spec, "store": store, "files": files})
 
     def finished(self, plan: Plan) -> dict[str, Any] | None:
         store = plan.inputs["store"]
@@ -184,7 +180,7 @@ class EmbedStage(Stage):
     def forget(self, plan: Plan) -> None:
         """Nothing to drop: `store.json` says `complete: false` until `record` (a resumed run keeps it)."""
 
-    def compute(self, plan: Plan) -> Iterator[tuple[int, pa.Table, pa.Table | None, np.ndarray | None, np.ndarray | None]]:
+    def compute(self, plan: Plan) -> Iterator[tuple[int, int, pa.Table | None, np.ndarray | None, np.ndarray | None]]:
         options, spec, store = plan.recorded, plan.inputs["spec"], plan.inputs["store"]
         set_threads(int(options["threads"]))
         if store.exists():  # resuming: the runtime the store started with, never a new measurement
@@ -196,6 +192,8 @@ class EmbedStage(Stage):
         else:
             encoder, probe_info = choose_encoder(options, spec, int(self.config["seed"]), self.show_progress)
         plan.inputs["encoder"] = encoder
+        files = plan.inputs["files"] or _recorded_files(store) or scan_corpus(spec)
+        plan.inputs["tasks"] = plan_shards(files, int(options["shard_rows"]))
         plan.inputs["base_info"] = {
             "fingerprint": plan.fingerprint,
             "encoder": encoder.identity() if not store.exists() else store.info["encoder"],
@@ -204,14 +202,23 @@ class EmbedStage(Stage):
             "shard_rows": int(options["shard_rows"]), "text_column": spec.text_column,
             "pair_column": spec.pair_column,
             "id_column": spec.id_column, "keep_columns": list(spec.keep_columns),
-            "inputs": [str(p) for p, _ in resolve_files(spec)], "complete": False}
-        return encode_shards(encoder, spec, store, int(options["batch_size"]), int(options["shard_rows"]),
-                             self.show_progress)
+            "inputs": [str(p) for p, _ in resolve_files(spec)], "files": [list(f) for f in files],
+            "complete": False}
+        if options["executor"] == "ray":  # lazy: the actors start when `write` drains it
+            from pipeline.ray_executor import embed_on_ray, start_ray
 
-    def write(self, plan: Plan, computed: Iterator[tuple[int, pa.Table, pa.Table | None, np.ndarray | None,
+            todo = [t for t in plan.inputs["tasks"] if not store.is_done(t.shard)]
+            if todo:  # Ray missing or unreachable is refused here, before anything is written
+                start_ray(options["ray_address"], int(options["ray_cpus"]))
+            return embed_on_ray(todo, spec, encoder_settings(encoder, options), str(store.root), options)
+        return encode_shards(encoder, spec, store, plan.inputs["tasks"], int(options["batch_size"]), self.show_progress)
+
+    def write(self, plan: Plan, computed: Iterator[tuple[int, int, pa.Table | None, np.ndarray | None,
                                                         np.ndarray | None]]) -> dict[str, Any]:
         spec, store, encoder = plan.inputs["spec"], plan.inputs["store"], plan.inputs["encoder"]
         store.clean_temps()
+        if plan.recorded["executor"] == "ray":
+            return self._write_ray(plan, computed)
         rows = shards = encoded = 0
         started, busy_before = time.perf_counter(), encoder.stats["forward_seconds"]
 
@@ -223,8 +230,8 @@ class EmbedStage(Stage):
             crash_point("embed.shard")
 
         with WriteBehind() as writer:  # the previous shard is written while the next one encodes
-            for index, table, meta, vectors, pair_vectors in computed:
-                rows += table.num_rows
+            for index, shard_rows, meta, vectors, pair_vectors in computed:
+                rows += shard_rows
                 shards += 1
                 if vectors is None:  # done by an earlier run
                     continue
@@ -232,13 +239,32 @@ class EmbedStage(Stage):
                     writer.submit(lambda a=(index, meta, vectors, pair_vectors): write_shard(*a))
                 else:
                     write_shard(index, meta, vectors, pair_vectors)
-                encoded += table.num_rows
+                encoded += shard_rows
+        busy = encoder.stats["forward_seconds"] - busy_before
+        return self._finish(plan, rows, shards, encoded, round(busy / (time.perf_counter() - started), 3) if encoded else None)
+
+    def _write_ray(self, plan: Plan, computed: Iterator[tuple[int, int, int]]) -> dict[str, Any]:
+        """The ray executor's shards are written by its actors; the driver writes `store.json` first
+        and counts what they report."""
+        store, tasks = plan.inputs["store"], plan.inputs["tasks"]
+        if not store.exists() and tasks:
+            store.write_info(plan.inputs["base_info"])
+        encoded = 0
+        for _, _, encoded_rows in computed:
+            encoded += encoded_rows
+            crash_point("embed.ray_shard")
+        missing = [t.shard for t in tasks if not store.is_done(t.shard)]
+        if missing:
+            raise AlbatError(f"{store.root}: the ray executor left shards {missing[:5]} unwritten; rerun `albat embed`")
+        return self._finish(plan, sum(t.rows for t in tasks), len(tasks), encoded, None)
+
+    def _finish(self, plan: Plan, rows: int, shards: int, encoded: int, busy: float | None) -> dict[str, Any]:
+        spec, store, encoder = plan.inputs["spec"], plan.inputs["store"], plan.inputs["encoder"]
         if rows == 0:
             raise AlbatError(f"{', '.join(map(str, spec.paths))}: the corpus holds no rows; check the input")
         _check_unique_ids(store.write_id_index(), spec)
-        busy = encoder.stats["forward_seconds"] - busy_before
         return {"rows": rows, "shards": shards, "encoded_rows": encoded, "runtime": f"{encoder.backend}/{encoder.dtype}",
-                "encoder_busy": round(busy / (time.perf_counter() - started), 3) if encoded else None}
+                "encoder_busy": busy}
 
     def record(self, plan: Plan, summary: dict[str, Any]) -> None:
         store = plan.inputs["store"]
@@ -246,28 +272,62 @@ class EmbedStage(Stage):
                           "rows": summary["rows"], "shards": summary["shards"], "complete": True})
 
 
-def encode_shards(encoder: TextEncoder, spec: CorpusSpec, store: EmbeddingStore, batch_size: int, shard_rows: int,
-                  show_progress: bool) -> Iterator[tuple[int, pa.Table, pa.Table | None, np.ndarray | None, np.ndarray | None]]:
-    """(shard index, rows, metadata, vectors, pair vectors) for every shard, encoded lazily; all but
-    the rows are None for a shard an earlier run already wrote. Reading, regrouping, hashing and
-    building the metadata run one shard ahead on a helper thread (`OVERLAP`)."""
-    chunk = max(batch_size * 8, 512)
+def prepare_task(spec: CorpusSpec, task: ShardTask, chunk: int) -> tuple[pa.Table, pa.Table]:
+    """A shard's rows and its stored metadata (everything but the encoding)."""
+    table = read_task(spec, task, chunk)
+    return table, build_metadata(table, spec)
+
+
+def encode_table(encoder: TextEncoder, spec: CorpusSpec, table: pa.Table, chunk: int,
+                 on_progress: Callable[[int], object] = lambda _: None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The vectors of a shard's text column, and of its pair column when there is one."""
+    vectors = encode_sorted(encoder, table.column(spec.text_column).to_pylist(), chunk, on_progress)
+    pair_vectors = (encode_sorted(encoder, table.column(spec.pair_column).to_pylist(), chunk)
+                    if spec.pair_column else None)
+    return vectors, pair_vectors
+
+
+def embed_task(encoder: TextEncoder, spec: CorpusSpec, task: ShardTask,
+               batch_size: int) -> tuple[pa.Table, np.ndarray, np.ndarray | None]:
+    """One shard, start to end: (metadata, vectors, pair vectors), exactly what the sequential run
+    stores for it. Any executor may call it for any task, in any order."""
+    chunk = encode_chunk(batch_size)
+    table, meta = prepare_task(spec, task, chunk)
+    return (meta, *encode_table(encoder, spec, table, chunk))
+
+
+def encode_chunk(batch_size: int) -> int:
+    """Texts handed to the encoder at once (sorted by length within a chunk)."""
+    return max(batch_size * 8, 512)
+
+
+def encode_shards(encoder: TextEncoder, spec: CorpusSpec, store: EmbeddingStore, tasks: list[ShardTask],
+                  batch_size: int, show_progress: bool) -> Iterator[tuple[int, int, pa.Table | None, np.ndarray | None,
+                                                                          np.ndarray | None]]:
+    """The local executor: (shard index, rows, metadata, vectors, pair vectors) for every task, in
+    order, encoded lazily; metadata and vectors are None for a shard an earlier run already wrote.
+    Reading, hashing and building the metadata run one shard ahead on a helper thread (`OVERLAP`)."""
+    chunk = encode_chunk(batch_size)
     encoder.prefetch = None if OVERLAP else False
 
-    def planned() -> Iterator[tuple[int, pa.Table, pa.Table | None]]:
-        for index, table in shard_tables(iter_batches(spec, batch_rows=chunk), shard_rows):
-            yield index, table, (None if store.is_done(index) else build_metadata(table, spec))
+    def planned() -> Iterator[tuple[ShardTask, tuple[pa.Table, pa.Table] | None]]:
+        for task in tasks:
+            yield task, (None if store.is_done(task.shard) else prepare_task(spec, task, chunk))
 
-    with progress_bar(total=count_rows(spec), desc="embed", enabled=show_progress) as bar:
-        for index, table, meta in (prefetched(planned(), depth=1) if OVERLAP else planned()):
-            if meta is None:
-                bar.update(table.num_rows)
-                yield index, table, None, None, None
+    with progress_bar(total=sum(t.rows for t in tasks), desc="embed", enabled=show_progress) as bar:
+        for task, prepared in (prefetched(planned(), depth=1) if OVERLAP else planned()):
+            if prepared is None:
+                bar.update(task.rows)
+                yield task.shard, task.rows, None, None, None
                 continue
-            vectors = encode_sorted(encoder, table.column(spec.text_column).to_pylist(), chunk, bar.update)
-            pair_vectors = (encode_sorted(encoder, table.column(spec.pair_column).to_pylist(), chunk)
-                            if spec.pair_column else None)
-            yield index, table, meta, vectors, pair_vectors
+            table, meta = prepared
+            yield (task.shard, task.rows, meta, *encode_table(encoder, spec, table, chunk, bar.update))
+
+
+def encoder_settings(encoder: TextEncoder, options: dict[str, Any]) -> dict[str, Any]:
+    """What another process needs to build the same encoder (`TextEncoder(**settings)`)."""
+    return {"name": encoder.name, "dtype": encoder.dtype, "backend": encoder.backend,
+            "max_seq_length": encoder.max_seq_length, "batch_size": encoder.batch_size, "device": options["device"]}
 
 
 def run_embed(config: dict[str, Any], work: Workdir, force: bool = False, show_progress: bool = True) -> dict[str, Any]:
@@ -283,3 +343,9 @@ def _check_unique_ids(sorted_ids: np.ndarray, spec: CorpusSpec) -> None:
         raise AlbatError(f"id {dup} appears {count} times in column '{spec.id_column}' "
                          f"of {', '.join(map(str, spec.paths))}; ids must be unique (fix them, or drop "
                          "--id-column to use row numbers), then rerun with --force")
+
+
+def _recorded_files(store: EmbeddingStore) -> list[FileCount] | None:
+    """The per-file row counts a resumed store recorded (its fingerprint ties them to the inputs)."""
+    files = store.info.get("files") if store.exists() else None
+    return [FileCount(*f) for f in files] if files else None

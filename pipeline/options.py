@@ -243,6 +243,13 @@ EMBED = (
     Option("skip_empty", BOOL, False, "drop null/empty texts instead of failing", const=True),
     Option("max_text_bytes", INT, 1 << 20, "longest text accepted, in bytes (0: no limit)", min=0),
     Option("threads", INT, 0, "torch threads (0: all cores)", min=0),
+    Option("executor", STR, "local", "where shards are encoded: local (this process) or ray (Ray Data actors)",
+           choices=("local", "ray")),
+    Option("ray_address", STR, None, "ray: cluster address, e.g. ray://head:10001 or auto (unset: start a local Ray)"),
+    Option("ray_cpus", INT, 0, "ray: CPUs of the local Ray it starts (0: all cores)", min=0),
+    Option("ray_actors", INT, 1, "ray: encoder actors running at once", min=1),
+    Option("ray_actor_cpus", FLOAT, 1.0, "ray: CPUs reserved per encoder actor", min=0),
+    Option("ray_actor_gpus", FLOAT, 0.0, "ray: GPUs reserved per encoder actor (e.g. 1 with --device cuda)", min=0),
 )
 
 INDEX = (

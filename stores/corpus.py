@@ -10,7 +10,7 @@ import glob
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -268,15 +268,27 @@ _READERS = {"parquet": _parquet_batches, "jsonl": _jsonl_batches, "txt": _txt_ba
 def iter_batches(spec: CorpusSpec, batch_rows: int = 4096) -> Iterator[CorpusBatch]:
     """Yield validated batches of at most `batch_rows` rows, files in sorted order."""
     for path, fmt in resolve_files(spec):
-        any_rows = False
-        for table, start in _READERS[fmt](path, spec, batch_rows):
-            rows = pa.array(range(start, start + table.num_rows), type=pa.int64())
-            table, rows = _validate(table, str(path), rows, spec)
-            if table.num_rows:
-                any_rows = True
-                yield CorpusBatch(table=table, source=str(path), rows=rows)
-        if not any_rows:
-            _empty_file(path, spec)
+        yield from iter_file(spec, path, fmt, batch_rows)
+
+
+def iter_file(spec: CorpusSpec, path: Path, fmt: str, batch_rows: int = 4096, start: int = 0,
+              stop: int | None = None) -> Iterator[CorpusBatch]:
+    """Validated batches of one input file; with `start`/`stop`, only its valid rows [start, stop)
+    (counted as `iter_batches` yields them), and reading ends once `stop` is reached."""
+    seen, any_rows = 0, False
+    for table, first in _READERS[fmt](path, spec, batch_rows):
+        rows = pa.array(range(first, first + table.num_rows), type=pa.int64())
+        table, rows = _validate(table, str(path), rows, spec)
+        if table.num_rows:
+            any_rows = True
+            lo, hi = max(start - seen, 0), table.num_rows if stop is None else min(stop - seen, table.num_rows)
+            seen += table.num_rows
+            if lo < hi:
+                yield CorpusBatch(table=table.slice(lo, hi - lo), source=str(path), rows=rows.slice(lo, hi - lo))
+            if stop is not None and seen >= stop:
+                return
+    if not any_rows:
+        _empty_file(path, spec)
 
 
 def _empty_file(path: Path, spec: CorpusSpec) -> None:
@@ -284,23 +296,33 @@ def _empty_file(path: Path, spec: CorpusSpec) -> None:
         raise AlbatError(f"{path}: holds no rows; add rows or remove the file from the input")
 
 
-def scan_corpus(spec: CorpusSpec, batch_rows: int = 65_536) -> int:
+class FileCount(NamedTuple):
+    source: str  # the file (or HF directory) as the readers name it
+    format: str
+    rows: int  # valid rows (after --skip-empty)
+
+
+def scan_corpus(spec: CorpusSpec, batch_rows: int = 65_536) -> list[FileCount]:
     """Read the whole corpus once and raise what streaming would raise part-way (a bad row, a
     non-UTF-8 line, a truncated file, no rows) and any duplicated id, so a stage can refuse bad input
-    before it writes anything. Costs one read pass; returns the row count."""
-    total = 0
+    before it writes anything. Costs one read pass; returns each file's valid row count, in stream
+    order (`pipeline.shards.plan_shards` plans the shards from them)."""
+    counts: list[FileCount] = []
     ids: list[np.ndarray] = []
     where: list[tuple[str, np.ndarray]] = []  # (source, row numbers) of each batch, for the message
-    for batch in iter_batches(spec, batch_rows=batch_rows):
-        total += batch.table.num_rows
-        if spec.id_column:
-            ids.append(batch.table.column(spec.id_column).cast(pa.int64()).to_numpy())
-            where.append((batch.source, batch.rows.to_numpy()))
-    if total == 0:
+    for path, fmt in resolve_files(spec):
+        rows = 0
+        for batch in iter_file(spec, path, fmt, batch_rows):
+            rows += batch.table.num_rows
+            if spec.id_column:
+                ids.append(batch.table.column(spec.id_column).cast(pa.int64()).to_numpy())
+                where.append((batch.source, batch.rows.to_numpy()))
+        counts.append(FileCount(str(path), fmt, rows))
+    if sum(c.rows for c in counts) == 0:
         raise AlbatError(f"{', '.join(map(str, spec.paths))}: the corpus holds no rows; check the input")
     if ids:
         _check_unique(np.concatenate(ids), where, spec)
-    return total
+    return counts
 
 
 def _check_unique(ids: np.ndarray, where: list[tuple[str, np.ndarray]], spec: CorpusSpec) -> None:

@@ -167,7 +167,7 @@ class EmbeddingStore:
     def row_counts(self) -> list[int]:
         return [rec["rows"] for rec in self.done_records()]
 
-    def _locate(self, positions: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    def locate(self, positions: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """Group global row positions by shard: (shard index, mask into positions, rows in shard)."""
         positions = np.asarray(positions, dtype=np.int64)
         counts = np.array(self.row_counts(), dtype=np.int64)
@@ -183,14 +183,14 @@ class EmbeddingStore:
     def vectors_at(self, positions: np.ndarray, side: str = "text") -> np.ndarray:
         """Vectors at global row positions, read shard by shard."""
         out = np.empty((len(positions), self.dim), dtype=np.float32)
-        for index, mask, rows in self._locate(positions):
+        for index, mask, rows in self.locate(positions):
             out[mask] = self.vectors(index, side)[rows]
         return out
 
     def ids_at(self, positions: np.ndarray) -> np.ndarray:
         """Ids at global row positions, read shard by shard."""
         out = np.empty(len(positions), dtype=np.int64)
-        for index, mask, rows in self._locate(positions):
+        for index, mask, rows in self.locate(positions):
             out[mask] = self.metadata(index, [ID]).column(ID).to_numpy()[rows]
         return out
 
@@ -198,7 +198,7 @@ class EmbeddingStore:
         """Texts (default: the embedded text column) of some ids, reading only the shards that hold them."""
         column = column or self.info["text_column"]
         out: list[str] = [""] * len(ids)
-        for index, mask, rows in self._locate(self.id_positions(ids)):
+        for index, mask, rows in self.locate(self.id_positions(ids)):
             texts = self.metadata(index, [column]).column(column).take(rows).to_pylist()
             for slot, text in zip(np.nonzero(mask)[0], texts):
                 out[slot] = text

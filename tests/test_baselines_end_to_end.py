@@ -57,7 +57,9 @@ def test_dsir_draws_from_the_corpus_end_to_end(run_dir: Path, small_wiki: SmallW
     assert "dsir_key" in selection and manifest["counts"]["selected"] == BUDGET
     topics = dict(zip(*pq.read_table(small_wiki.corpus, columns=["id", "topic"]).to_pydict().values()))
     base_rate = sum(t == TARGET_TOPIC for t in topics.values()) / len(topics)
-    assert sum(topics[i] == TARGET_TOPIC for i in kept) / BUDGET > 2 * base_rate  # n-grams find the topic
+    # n-grams find the topic: over seeds 0..19 the kept share is 0.17 to 0.25 (mean 0.21, 1.9x the base
+    # rate of 0.11), whether the Gumbel noise comes per shard ([seed, shard]) or from one stream generator
+    assert sum(topics[i] == TARGET_TOPIC for i in kept) / BUDGET > 1.25 * base_rate
     # the candidate pool, chosen on the command line
     selection, _, _ = _run(run_dir, "dsir", "pool=candidates", "buckets=4096")
     kept = _check_decisions(run_dir, selection, "dsir", BUDGET)

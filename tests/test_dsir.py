@@ -10,7 +10,8 @@ from method_fixtures import make_request, make_store
 from scipy import sparse
 
 from pipeline.methods.base import get_method
-from pipeline.methods.dsir import DsirMethod, gumbel_top_k, hashed_ngram_counts, log_importance, log_ratio, ngrams
+from pipeline.methods.dsir import (DsirMethod, _Draw, gumbel_keys, gumbel_top_k, hashed_ngram_counts, log_importance,
+                                  log_ratio, ngrams, top_k)
 from stores.errors import AlbatError
 
 B = 10_000
@@ -96,7 +97,8 @@ def test_dsir_candidate_pool_by_hand(tmp_path):
     by_id = {int(i): (s, k, r) for i, s, k, r in zip(result.ids, result.score, result.keep, result.reason)}
     assert sorted(by_id) == [1, 2, 3]  # the candidates; store row 4 is outside the pool
     assert np.allclose([by_id[1][0], by_id[2][0], by_id[3][0]], [lw_x, lw_y, lw_x])
-    drawn = [1, 2, 3][gumbel_top_k(np.array([lw_x, lw_y, -np.inf]), 1, seed=5)[0]]
+    # the candidates are rows 0..2 of store shard 0: their noise is that shard's generator [seed, 0]
+    drawn = [1, 2, 3][top_k(np.array([lw_x, lw_y, -np.inf]) + gumbel_keys(5, 0, 3), 1)[0]]
     assert result.ids[result.keep].tolist() == [drawn]
     assert by_id[drawn][2].startswith("kept: importance draw 0 of 1 from the candidates") and "seed 5" in by_id[drawn][2]
     assert by_id[3][1:] == (False, f"rejected: {BLOCK}")
@@ -126,7 +128,8 @@ def test_dsir_corpus_pool_streams_shards_and_matches_a_one_shot_draw(tmp_path):
         ratio = log_ratio(hashed_ngram_counts(target, B).sum(axis=0), hashed_ngram_counts(texts, B).sum(axis=0), 1.0)
         log_w = log_importance(hashed_ngram_counts(texts, B), ratio)
         masked = np.where(np.isin(ids, list(blocked)), -np.inf, log_w)
-        expected = [ids[i] for i in gumbel_top_k(masked, 3, seed)]
+        noise = np.concatenate([gumbel_keys(seed, shard, n) for shard, n in enumerate([3, 3, 3, 1])])
+        expected = [ids[i] for i in top_k(masked + noise, 3)]
         kept_order = result.ids[np.argsort(np.where(result.keep, result.rank, 99))][:3]
         assert kept_order.tolist() == expected
         assert set(result.ids.tolist()) == set(expected) | set(candidates)  # kept rows plus every candidate
@@ -134,6 +137,27 @@ def test_dsir_corpus_pool_streams_shards_and_matches_a_one_shot_draw(tmp_path):
         assert np.allclose(result.score, [weights[int(i)] for i in result.ids])
         assert not set(result.ids[result.keep].tolist()) & set(blocked)
         assert all(r.startswith("kept: importance draw") == k for r, k in zip(result.reason, result.keep))
+
+
+def test_dsir_keys_do_not_depend_on_the_shard_order_or_the_pool(tmp_path):
+    store, ids, texts = _corpus_store(tmp_path)
+    log_w = np.linspace(-1, 1, len(ids))
+    shards = [(s, np.arange(3 * s, min(3 * s + 3, len(ids)))) for s in range(4)]
+
+    def draw(order):
+        d = _Draw(4, np.asarray(ids, np.int64))
+        for shard, rows in order:
+            d.add(np.asarray(ids)[rows], log_w[rows], gumbel_keys(9, shard, len(rows)), np.empty(0, np.int64))
+        return d
+
+    forward, backward = draw(shards), draw(shards[::-1])
+    assert forward.ids.tolist() == backward.ids.tolist() and np.array_equal(forward.cand_key, backward.cand_key)
+    target = ["apple banana"]
+    corpus = DsirMethod().select(make_request(store, [ids[1], ids[7]], {}, budget=2, seed=9, texts=target))
+    pool = DsirMethod(pool="candidates").select(make_request(store, [ids[1], ids[7]], {}, budget=1, seed=9, texts=target))
+    noise = dict(zip(corpus.ids.tolist(), corpus.extra["dsir_key"] - corpus.score))
+    pool_noise = dict(zip(pool.ids.tolist(), pool.extra["dsir_key"] - pool.score))
+    assert noise[ids[1]] == pytest.approx(pool_noise[ids[1]]) and noise[ids[7]] == pytest.approx(pool_noise[ids[7]])
 
 
 def test_dsir_prefers_target_like_texts(tmp_path):

@@ -10,7 +10,8 @@ across runs and machines, unlike Python's salted hash()). The target distributio
 the adaptation texts, the raw distribution p_R from the pool, both smoothed with `alpha`
 pseudo-counts per bin. A text's log importance weight is the sum over its features of
 log p_T - log p_R; `budget` rows are drawn without replacement with probability proportional to
-the weight, by Gumbel top-k.
+the weight, by Gumbel top-k. The Gumbel noise of store shard s comes from its own generator `[seed, s]`, so
+a row's key does not depend on the order shards are processed in (nor on the pool).
 
 Options: `pool` = "corpus" (default: the whole store, read shard by shard in two passes, p_R first,
 then the weights with a running top-`budget`, so memory stays one shard deep) or "candidates" (the
@@ -78,25 +79,41 @@ def gumbel_top_k(log_w: np.ndarray, k: int, seed: int) -> np.ndarray:
     return top_k(log_w + np.random.default_rng(seed).gumbel(size=len(log_w)), k)
 
 
-def _shards(store: EmbeddingStore, column: str) -> Iterator[tuple[np.ndarray, list[str]]]:
+def gumbel_keys(seed: int, shard: int, rows: int) -> np.ndarray:
+    """The Gumbel noise of a store shard's rows, from that shard's own generator `[seed, shard]`: row r
+    of shard s gets the same noise whichever order the shards are read in, and whichever pool."""
+    return np.random.default_rng([seed, shard]).gumbel(size=rows)
+
+
+def candidate_keys(store: EmbeddingStore, ids: np.ndarray, seed: int) -> np.ndarray:
+    """The same per-row noise for rows given by id (the candidate pool), shard by shard."""
+    noise = np.empty(len(ids))
+    sizes = dict(zip(store.shard_indices(), store.row_counts()))
+    for index, mask, rows in store.locate(store.id_positions(ids)):
+        noise[mask] = gumbel_keys(seed, index, sizes[index])[rows]
+    return noise
+
+
+def _shards(store: EmbeddingStore, column: str) -> Iterator[tuple[int, np.ndarray, list[str]]]:
     for index in store.shard_indices():
         meta = store.metadata(index, [ID, column])
-        yield meta.column(ID).to_numpy(), meta.column(column).to_pylist()
+        yield index, meta.column(ID).to_numpy(), meta.column(column).to_pylist()
 
 
 class _Draw:
     """A running top-`budget` of Gumbel keys over a stream of rows, plus the weights and keys of
-    the candidate rows seen on the way (every one is recorded, kept or not)."""
+    the candidate rows seen on the way (every one is recorded, kept or not). The keys do not depend
+    on the order rows arrive in (ties: the earlier arrival)."""
 
-    def __init__(self, budget: int, seed: int, candidate_ids: np.ndarray):
-        self.budget, self.rng = budget, np.random.default_rng(seed)
+    def __init__(self, budget: int, candidate_ids: np.ndarray):
+        self.budget = budget
         self.ids, self.log_w, self.key = np.empty(0, np.int64), np.empty(0), np.empty(0)
         self.cand_ids = candidate_ids
         self.cand_log_w = np.full(len(candidate_ids), np.nan)
         self.cand_key = np.full(len(candidate_ids), -np.inf)
 
-    def add(self, ids: np.ndarray, log_w: np.ndarray, blocked: np.ndarray) -> None:
-        key = log_w + self.rng.gumbel(size=len(ids))  # one draw per row, in stream order
+    def add(self, ids: np.ndarray, log_w: np.ndarray, noise: np.ndarray, blocked: np.ndarray) -> None:
+        key = log_w + noise
         key[np.isin(ids, blocked)] = -np.inf
         where = np.isin(self.cand_ids, ids)
         if where.any():
@@ -124,20 +141,22 @@ class DsirMethod(SelectionMethod):
         column = store.info["text_column"]
         cand_ids, cand_query, block_reason = candidate_columns(request.candidates)
         target = np.asarray(hashed_ngram_counts(request.adaptation_texts, buckets).sum(axis=0)).ravel()
-        draw = _Draw(request.budget, request.seed, cand_ids)
+        draw = _Draw(request.budget, cand_ids)
         if opts["pool"] == "candidates":
             check_budget(request.budget, int((~np.isin(cand_ids, blocked)).sum()), "the dsir candidate pool")
             counts = hashed_ngram_counts(store.texts_for_ids(cand_ids, column), buckets)
-            draw.add(cand_ids, log_importance(counts, log_ratio(target, counts.sum(axis=0), alpha)), blocked)
+            draw.add(cand_ids, log_importance(counts, log_ratio(target, counts.sum(axis=0), alpha)),
+                     candidate_keys(store, cand_ids, request.seed), blocked)
         else:
             raw, selectable = np.zeros(buckets), 0
-            for ids, texts in _shards(store, column):  # pass 1: the raw distribution
+            for _, ids, texts in _shards(store, column):  # pass 1: the raw distribution
                 raw += np.asarray(hashed_ngram_counts(texts, buckets).sum(axis=0)).ravel()
                 selectable += int((~np.isin(ids, blocked)).sum())
             check_budget(request.budget, selectable, "the corpus")
             ratio = log_ratio(target, raw, alpha)
-            for ids, texts in _shards(store, column):  # pass 2: weights and the draw
-                draw.add(ids, log_importance(hashed_ngram_counts(texts, buckets), ratio), blocked)
+            for index, ids, texts in _shards(store, column):  # pass 2: weights and the draw, per-shard noise
+                draw.add(ids, log_importance(hashed_ngram_counts(texts, buckets), ratio),
+                         gumbel_keys(request.seed, index, len(ids)), blocked)
         return self._result(request, draw, cand_ids, cand_query, block_reason, opts["pool"])
 
     @staticmethod

@@ -1,0 +1,89 @@
+"""The ray executor: embed shard tasks on Ray Data (`--executor ray`).
+
+    tasks -> ray.data.from_items -> map_batches(EncoderActor, concurrency=ray_actors,
+                                               num_cpus=ray_actor_cpus, num_gpus=ray_actor_gpus)
+
+Each actor loads the encoder once (the runtime the driver chose or the store started with) and
+embeds one task at a time with `pipeline.embed.embed_task`, then writes the shard itself through
+`EmbeddingStore.write_shard`: vectors and metadata by rename, the completion record last. So the
+store, its shard names and bytes are those of the local executor, a shard with a completion record
+is skipped by either executor, and a run killed under one resumes under the other. The driver
+writes `store.json` before the first task and the id lookup files and `complete` after the last.
+Workers must see the work directory at the same path (one machine, or a shared file system).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, Iterator
+
+import numpy as np
+
+from pipeline.shards import ShardTask
+from stores.corpus import CorpusSpec
+from stores.errors import AlbatError
+
+
+class EncoderActor:
+    """A Ray Data callable class: one encoder per actor, one shard task per batch row."""
+
+    def __init__(self, spec: dict[str, Any], encoder: dict[str, Any], store_root: str, batch_size: int, threads: int):
+        from pipeline.encoders import TextEncoder
+        from pipeline.threads import set_threads
+        from stores.embedding_store import EmbeddingStore
+
+        set_threads(threads)
+        self.spec = CorpusSpec(**spec)
+        self.encoder = TextEncoder(**encoder)
+        self.store = EmbeddingStore(store_root)
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from pipeline.embed import embed_task
+        from stores.faults import crash_point
+
+        shards, rows, encoded = [], [], []
+        for text in batch["task"]:
+            task = ShardTask.from_json(str(text))
+            done = self.store.is_done(task.shard)
+            if not done:
+                meta, vectors, pair_vectors = embed_task(self.encoder, self.spec, task, self.batch_size)
+                crash_point("embed.before_shard_write")
+                self.store.write_shard(task.shard, vectors, meta, pair_vectors)
+            shards.append(task.shard)
+            rows.append(task.rows)
+            encoded.append(0 if done else task.rows)
+        return {"shard": np.array(shards, np.int64), "rows": np.array(rows, np.int64),
+                "encoded": np.array(encoded, np.int64)}
+
+
+def start_ray(address: str | None, cpus: int) -> Any:
+    """Connect to the cluster at `address`, or start a local Ray with `cpus` CPUs (0: all)."""
+    try:
+        import ray
+    except ImportError:
+        raise AlbatError("--executor ray needs Ray: pip install -c constraints.txt -e '.[ray]' "
+                         "(or run `make setup`), or use --executor local") from None
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"address": address} if address else {"num_cpus": cpus or None}
+        ray.init(**kwargs, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    return ray
+
+
+def embed_on_ray(tasks: list[ShardTask], spec: CorpusSpec, encoder: dict[str, Any], store_root: str,
+                 options: dict[str, Any]) -> Iterator[tuple[int, int, int]]:
+    """(shard, rows, rows encoded here) per task as the actors finish them (any order); tasks
+    already done are counted, not sent."""
+    if not tasks:
+        return
+    ray = start_ray(options["ray_address"], int(options["ray_cpus"]))
+    items = [{"task": t.to_json()} for t in tasks]
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.execution_options.preserve_order = False
+    dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        EncoderActor, batch_size=1, concurrency=int(options["ray_actors"]),
+        num_cpus=float(options["ray_actor_cpus"]), num_gpus=float(options["ray_actor_gpus"]) or None,
+        fn_constructor_kwargs={"spec": asdict(spec), "encoder": encoder, "store_root": store_root,
+                               "batch_size": int(options["batch_size"]), "threads": int(options["threads"])})
+    for row in dataset.iter_rows():
+        yield int(row["shard"]), int(row["rows"]), int(row["encoded"])
