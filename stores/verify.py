@@ -239,10 +239,8 @@ def _stage_check(work: Workdir, stage: str, output: Path, leftovers: list[Findin
     returns what it found sound; a missing output, a store that cannot be compared with, and a
     stage killed between publishing and its record are reported around it."""
     record = work.stage_record(stage)
-    record_path = work.stages / f"{stage}.json"
-    if record is None and record_path.exists():
-        return leftovers + [Finding("drift", str(record_path), f"damaged (does not parse as a completion record); "
-                                    f"rerun `albat {stage}`, which rebuilds its output and the record")]
+    if record is None and (work.stages / f"{stage}.json").exists():
+        return leftovers  # check_records reports the damaged record
     if not output.exists():
         if record:
             return leftovers + [Finding("drift", str(output), f"missing although _stages/{stage}.json records the "
@@ -335,7 +333,8 @@ def check_output(work: Workdir, info: dict[str, Any] | None, store_ids: np.ndarr
                 raise _drift(out / shard["path"], f"{tables[-1].num_rows} rows, the manifest says {shard['rows']}; {fix}")
         rows = pa.concat_tables(tables)
         is_adapt = rows.column("albat_is_adaptation").to_numpy(zero_copy_only=False)
-        ids = rows.column("albat_id").to_numpy(zero_copy_only=False)[~is_adapt].astype(np.int64)
+        # filtered in Arrow: adaptation rows' null ids would turn the column into float64 (ids beyond 2**53 blur)
+        ids = rows.filter(pa.array(~is_adapt)).column("albat_id").cast(pa.int64()).to_numpy(zero_copy_only=False)
         counts = manifest["counts"]
         if sum(s["rows"] for s in manifest["shards"]) != manifest["rows"] or len(ids) != counts["selected"] \
                 or int(is_adapt.sum()) != counts["adaptation"]:
@@ -363,6 +362,17 @@ def check_output(work: Workdir, info: dict[str, Any] | None, store_ids: np.ndarr
     return _stage_check(work, "emit", out, leftovers, store_ids, body)
 
 
+def check_records(work: Workdir) -> list[Finding]:
+    """Completion records that do not parse as one (truncated, edited): the stage is not complete."""
+    findings = []
+    for stage in ("index", "query", "filter", "emit"):
+        path = work.stages / f"{stage}.json"
+        if path.exists() and work.stage_record(stage) is None:
+            findings.append(Finding("drift", str(path), f"damaged (does not parse as a completion record); rerun "
+                                    f"`albat {stage}`, which rebuilds its output and the record"))
+    return findings
+
+
 def require_workdir(work: Workdir) -> None:
     if not work.root.is_dir():
         raise AlbatError(f"{work.root}: no such work directory; pass the --work of a run")
@@ -385,7 +395,7 @@ def verify_workdir(work: Workdir) -> list[Finding]:
     require_workdir(work)
     (findings, info, store_ids), damage = _guarded(work.store, "embed --force", lambda: check_store(EmbeddingStore(work.store)),
                                                    ([], None, None))
-    findings += damage
+    findings += damage + check_records(work)
     for where, stage, check in ((work.index, "index", lambda: check_index(work, info, store_ids)),
                                 (work.query, "query", lambda: check_query(work, info, store_ids)),
                                 (work.filter, "filter", lambda: check_filter(work, store_ids)),
