@@ -177,7 +177,7 @@ def _validate(table: pa.Table, source: str, rows: pa.Array, spec: CorpusSpec) ->
         if not pa.types.is_integer(ids.type) and not pa.types.is_null(ids.type):
             raise AlbatError(f"{source}: id column '{spec.id_column}' holds {ids.type}, not integers; "
                              "pass an integer --id-column or none (ids are then row numbers)")
-        if ids.type == pa.uint64() and ids.num_rows and (pc.max(ids).as_py() or 0) > INT64_MAX:
+        if ids.type == pa.uint64() and len(ids) and (pc.max(ids).as_py() or 0) > INT64_MAX:
             bad = pc.index(pc.greater(ids, pa.scalar(INT64_MAX, pa.uint64())), True).as_py()
             raise AlbatError(f"{source} row {rows[bad].as_py()}: id {ids[bad].as_py()} in column '{spec.id_column}' "
                              f"does not fit int64; give ids within [{INT64_MIN}, {INT64_MAX}], or drop --id-column "

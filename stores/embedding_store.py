@@ -89,9 +89,11 @@ class EmbeddingStore:
     @property
     def info(self) -> dict[str, Any]:
         info = self.read_info()
+        if info is None and self.info_path.exists():
+            raise AlbatError(f"{self.info_path}: damaged (does not parse as a store description); run `albat embed`, "
+                             "which rebuilds the store")
         if info is None:
-            state = "damaged (does not parse)" if self.info_path.exists() else "missing"
-            raise AlbatError(f"{self.info_path}: {state}, no embedding store here; run `albat embed`")
+            raise AlbatError(f"{self.root}: no embedding store here; run `albat embed` first")
         return info
 
     def write_info(self, info: dict[str, Any]) -> None:
