@@ -108,7 +108,7 @@ class EmitStage(Stage):
         store = EmbeddingStore(work.store)
         info = store.require_complete()
         for index in store.shard_indices():  # the join below reads every metadata shard
-            store.check_shard(index)
+            store.check_shard(index, ("meta",))
         backbone = selected_rows(store, str(work.filter / SELECTION_FILE))
         adaptation = read_table(work.query / "adaptation.parquet", "query") if options["include_adaptation"] else None
         lam = float(options["backbone_weight"])

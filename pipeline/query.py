@@ -168,7 +168,8 @@ class QueryStage(Stage):
         fp = fingerprint({"options": options, "index": index_record.get("fingerprint"), "key": infos["index_key"],
                           "adaptation": _signature(options["adaptation"], options["format"]),
                           "exclude": _signature(options["exclude"], "auto")})
-        return Plan(fp, tuple(work.query / name for name in TABLES), options,
+        optional = (["exclude.parquet"] if options["exclude"] else []) + (["adaptation.pair.npy"] if info.get("pair_column") else [])
+        return Plan(fp, tuple(work.query / name for name in [*TABLES, *optional]), options,
                     {"store": store, "info": info, "index": index, "infos": infos})
 
     def compute(self, plan: Plan) -> dict[str, Any]:

@@ -36,6 +36,7 @@ ROW = "albat_row"
 TEXT_HASH = "albat_text_hash"
 RESERVED = (ID, SOURCE, ROW, TEXT_HASH)
 NORM_TOLERANCE = 1e-3  # a stored vector's L2 norm is 1 within this
+PARTS = ("meta", "text", "pair")  # a shard's files: metadata, text vectors, pair vectors
 
 _SPACES = re.compile(r"\s+")
 
@@ -65,7 +66,7 @@ class EmbeddingStore:
         self.root = Path(root)
         self.shard_dir = self.root / "shards"
         self.info_path = self.root / "store.json"
-        self._checked: set[int] = set()  # shards whose checksums, shape and norms were checked
+        self._checked: set[tuple[int, str]] = set()  # (shard, part) whose checksum, shape and norms were checked
         self._ids_checked = False
 
     # ----- description -------------------------------------------------------------------
@@ -77,8 +78,8 @@ class EmbeddingStore:
             return None
         except (OSError, ValueError):
             return None
-        if not isinstance(info, dict) or not isinstance(info.get("fingerprint"), str) \
-                or not isinstance(info.get("encoder"), dict) or not isinstance(info.get("dim"), int):
+        if not isinstance(info, dict) or not isinstance(info.get("dim"), int) \
+                or not isinstance(info.get("fingerprint", ""), str) or not isinstance(info.get("encoder", {}), dict):
             return None
         return info
 
@@ -132,41 +133,46 @@ class EmbeddingStore:
         keys = ("rows", "emb_sha256", "meta_sha256")
         return record if isinstance(record, dict) and all(k in record for k in keys) else None
 
-    def shard_damage(self, index: int, dim: int | None = None) -> str | None:
-        """What is wrong with a finished shard (its record, a checksum, its shape or norms), or None.
-        Reads the shard once."""
+    def shard_damage(self, index: int, dim: int | None = None, parts: tuple[str, ...] = PARTS) -> str | None:
+        """What is wrong with some parts ("meta", "text", "pair") of a finished shard: its record, a
+        checksum, the vectors' dtype, shape or norms; None when sound. Reads those parts once."""
         paths, record = self.paths(index), self.done_record(index)
         if record is None:
             return f"{paths.done}: completion record missing or damaged"
-        checks = [(paths.emb, record["emb_sha256"]), (paths.meta, record["meta_sha256"])]
-        if "pair_sha256" in record:
-            checks.append((paths.pair, record["pair_sha256"]))
-        for path, expected in checks:
-            if not path.exists():
+        files = {"meta": (paths.meta, record["meta_sha256"]), "text": (paths.emb, record["emb_sha256"]),
+                 "pair": (paths.pair, record.get("pair_sha256"))}
+        for part in parts:
+            path, expected = files[part]
+            if expected is None:
+                continue  # a store without a pair column
+            if not path.is_file():
                 return f"{path}: missing"
             if sha256_file(path) != expected:
                 return f"{path}: SHA-256 differs from its completion record (damaged or changed)"
-        try:
-            vectors = np.load(paths.emb, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            return f"{paths.emb}: unreadable ({exc})"
-        dim = self.dim if dim is None else dim
-        if vectors.dtype != np.float32 or vectors.shape != (record["rows"], dim):
-            return f"{paths.emb}: holds {vectors.dtype} {vectors.shape}, expected float32 ({record['rows']}, {dim})"
-        norms = np.linalg.norm(vectors, axis=1)
-        if len(norms) and not float(np.max(np.abs(norms - 1))) <= NORM_TOLERANCE:
-            return f"{paths.emb}: vectors are not unit length"
+            if part == "meta":
+                continue
+            try:
+                vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                return f"{path}: unreadable ({exc})"
+            dim = self.dim if dim is None else dim
+            if vectors.dtype != np.float32 or vectors.shape != (record["rows"], dim):
+                return f"{path}: holds {vectors.dtype} {vectors.shape}, expected float32 ({record['rows']}, {dim})"
+            norms = np.linalg.norm(vectors, axis=1) if part == "text" else np.ones(0)
+            if len(norms) and not float(np.max(np.abs(norms - 1))) <= NORM_TOLERANCE:
+                return f"{path}: vectors are not unit length"
         return None
 
-    def check_shard(self, index: int) -> None:
-        """Raise an AlbatError if a shard a reader is about to use is damaged; each shard is checked
-        once per process, so a stage pays one extra read of the shards it touches."""
-        if index in self._checked:
+    def check_shard(self, index: int, parts: tuple[str, ...] = PARTS) -> None:
+        """Raise an AlbatError if a part of a shard a reader is about to use is damaged; each part is
+        checked once per process, so a stage pays one extra read of what it touches."""
+        todo = tuple(p for p in parts if (index, p) not in self._checked)
+        if not todo:
             return
-        damage = self.shard_damage(index)
+        damage = self.shard_damage(index, parts=todo)
         if damage:
             raise AlbatError(f"{damage}; rerun `albat embed`, which re-embeds damaged shards")
-        self._checked.add(index)
+        self._checked.update((index, p) for p in todo)
 
     def write_shard(self, index: int, vectors: np.ndarray, meta: pa.Table,
                     pair_vectors: np.ndarray | None = None) -> dict[str, Any]:
@@ -220,7 +226,7 @@ class EmbeddingStore:
         if side == "pair" and not self.pair_column:
             raise AlbatError(f"{self.root}: the store has no pair column; re-embed with --pair-column")
         path = self.paths(index).pair if side == "pair" else self.paths(index).emb
-        self.check_shard(index)
+        self.check_shard(index, ("pair",) if side == "pair" else ("text",))
         try:
             return np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
@@ -228,7 +234,7 @@ class EmbeddingStore:
 
     def metadata(self, index: int, columns: list[str] | None = None) -> pa.Table:
         path = self.paths(index).meta
-        self.check_shard(index)
+        self.check_shard(index, ("meta",))
         try:
             return pq.read_table(path, columns=columns)
         except (pa.ArrowException, OSError) as exc:

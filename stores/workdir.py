@@ -65,6 +65,8 @@ class Workdir:
         if not isinstance(record, dict) or record.get("stage") != stage or not isinstance(record.get("summary"), dict) \
                 or not isinstance(record.get("fingerprint"), str):
             return None
+        if "checksum" in record and record.pop("checksum") != _record_checksum(record):
+            return None  # edited by hand: its summary or outputs can no longer be trusted
         return record
 
     def finished_summary(self, stage: str, config_fingerprint: str, *outputs: Path) -> dict[str, Any] | None:
@@ -84,9 +86,9 @@ class Workdir:
 
     def mark_stage_done(self, stage: str, config_fingerprint: str, config: Any, summary: dict[str, Any],
                         outputs: tuple[Path, ...] = ()) -> None:
-        write_json(self.stages / f"{stage}.json",
-                   {"stage": stage, "fingerprint": config_fingerprint, "config": config, "summary": summary,
-                    "outputs": self.output_checksums(outputs)})
+        record = {"stage": stage, "fingerprint": config_fingerprint, "config": config, "summary": summary,
+                  "outputs": self.output_checksums(outputs)}
+        write_json(self.stages / f"{stage}.json", {**record, "checksum": _record_checksum(record)})
 
     def own_folders(self) -> list[Path]:
         """The folders albat writes (and `albat sql --out` must never write into)."""
@@ -131,6 +133,11 @@ class Workdir:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _record_checksum(record: dict[str, Any]) -> str:
+    """Digest of a completion record's content (as JSON round-trips it), written into the record."""
+    return hashlib.sha256(json.dumps(json.loads(json.dumps(record, default=str)), sort_keys=True).encode()).hexdigest()
 
 
 def _make_dirs(root: Path) -> list[Path]:

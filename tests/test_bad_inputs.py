@@ -16,7 +16,7 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import SmallWiki, albat, make_tiny_encoder, small_run_config
+from conftest import SmallWiki, albat, finished_small_run, make_tiny_encoder
 
 from stores.workdir import Workdir
 
@@ -612,10 +612,7 @@ def tree(work: Path) -> list[tuple] | None:
 
 @pytest.fixture(scope="module")
 def finished(small_wiki: SmallWiki, tiny_encoder: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("finished")
-    config = small_run_config(root, small_wiki, tiny_encoder)
-    assert albat("run", "--config", config, "--quiet") == 0
-    return root / "work", config
+    return finished_small_run(tmp_path_factory.mktemp("finished"), small_wiki, tiny_encoder)
 
 
 @pytest.fixture(scope="module")

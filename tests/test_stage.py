@@ -67,6 +67,7 @@ def test_first_run_does_every_step_in_order_and_records(tmp_path: Path) -> None:
     record = _record(work)
     assert record == {"stage": "toy", "fingerprint": fingerprint({"value": 1}), "config": {"value": 1},
                       "summary": {"bytes": 8}, "outputs": {"toy/out.txt": sha256_file(work.root / "toy" / "out.txt")}}
+    assert "checksum" in json.loads((work.stages / "toy.json").read_text())  # an edited record is not complete
     assert (tmp_path / "toy" / "out.txt").read_text() == "value 1\n"
 
 

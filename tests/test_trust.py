@@ -15,17 +15,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, SmallWiki, albat, small_run_config
+from conftest import REPO, SmallWiki, albat, finished_small_run, small_run_config
 
 import stores.atomic as atomic
 
 
 @pytest.fixture(scope="module")
 def built(small_wiki: SmallWiki, tiny_encoder: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("trust")
-    config = small_run_config(root, small_wiki, tiny_encoder)
-    assert albat("run", "--config", config, "--quiet") == 0
-    return root / "work", config
+    return finished_small_run(tmp_path_factory.mktemp("trust"), small_wiki, tiny_encoder)
 
 
 def _copy(built: tuple[Path, Path], tmp: Path) -> tuple[Path, list[object]]:
