@@ -37,7 +37,7 @@ def check_out_path(work: Workdir, out: str) -> Path:
     if path.is_dir():
         raise AlbatError(f"{out}: is a directory; give --out a file name ending in {suffix}")
     real = os.path.realpath(path)
-    owned = [work.store, work.index, work.query, work.filter, work.stages, *_emitted_sets(work)]
+    owned = [*work.own_folders(), *_emitted_sets(work)]
     for folder in owned:
         inside = os.path.realpath(folder)
         if real == inside or real.startswith(inside + os.sep):

@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 from conftest import SmallWiki, albat, finished_small_run
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_bad_inputs import tree
 
-from pipeline.config import cli_options  # noqa: E402
-from test_bad_inputs import tree  # noqa: E402
+from pipeline.config import cli_options
 
 STAGES = ("index", "query", "filter", "emit")
 # Options whose valid values send a stage somewhere slow or elsewhere by design (a model name, a device,
