@@ -124,6 +124,14 @@ def run_stages(stages: Sequence[str], config: dict[str, Any], show_progress: boo
     return results
 
 
+_LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines splits on
+
+
+def one_line(text: str) -> str:
+    """`text` with every line break escaped (a value quoted in an error may hold one)."""
+    return "".join(c.encode("unicode_escape").decode() if c in _LINE_BREAKS else c for c in text)
+
+
 _OS_FIXES = {
     errno.ENOSPC: "free space on that file system (or use another --work) and rerun the same command; it resumes",
     errno.EDQUOT: "free space within your quota (or use another --work) and rerun the same command; it resumes",
@@ -178,12 +186,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"albat sql {config['work']} \"SELECT * FROM shards LIMIT 5\"")
         return 0
     except AlbatError as exc:
-        print(f"albat: error: {exc}", file=sys.stderr)
+        print(f"albat: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return _closed_pipe()
     except OSError as exc:
-        print(f"albat: error: {os_error_line(exc)}", file=sys.stderr)
+        print(f"albat: error: {one_line(os_error_line(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("albat: interrupted; rerun the same command to resume", file=sys.stderr)

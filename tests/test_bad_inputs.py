@@ -438,6 +438,12 @@ def method_option_out_of_range(c: Ctx) -> Case:
     return Case(c.on_built("filter", "--method", "classifier", "--method-option", "C=0"), ["C", "0"], "> 0", c.tmp / "w")
 
 
+def value_holding_line_breaks(c: Ctx) -> Case:
+    """Found by tests/test_properties.py: a value quoted in the error must not break it into lines."""
+    return Case(c.on_built("index", "--index-key", "IVF\nFlat\x1e"), ["index key 'IVF\\nFlat\\x1e'"],
+                "drop --index-key", c.tmp / "w")
+
+
 # ----- ids that do not fit int64 -----------------------------------------------------------------
 def uint64_id_beyond_int64(c: Ctx) -> Case:
     rows = [{**r, "id": i} for i, r in enumerate(c.rows())]
@@ -592,7 +598,7 @@ CASES = [empty_parquet, empty_jsonl, empty_text_file, wrong_text_column, wrong_i
          malformed_method_option, zero_rows_per_output_shard, query_before_embed, emit_before_filter, a_second_writer,
          sql_that_writes, sql_reading_outside_the_work_directory, verify_without_a_work_directory,
          config_budget_a_word, config_budget_a_fraction, config_budget_a_boolean, zero_neighbours, backbone_weight_nan,
-         dedup_threshold_above_one, method_option_out_of_range, uint64_id_beyond_int64, json_id_beyond_uint64,
+         dedup_threshold_above_one, method_option_out_of_range, value_holding_line_breaks, uint64_id_beyond_int64, json_id_beyond_uint64,
          json_id_below_int64, query_on_a_flipped_store_shard, query_on_a_changed_metadata_shard,
          index_on_a_truncated_store_json, query_on_a_flipped_index_file, query_on_truncated_index_infos,
          filter_after_a_truncated_query_record, emit_on_a_flipped_metadata_shard, sql_out_onto_a_store_shard,

@@ -23,7 +23,7 @@ STAGES = ("index", "query", "filter", "emit")
 # thread counts, paths): their checks are covered case by case in test_bad_inputs / test_options.
 SKIP = {"device", "threads", "encoder", "query_encoder", "adaptation", "exclude", "input", "backend", "dtype",
         "memory_budget", "recall_queries", "output", "budget_fraction"}
-EXAMPLES = 30
+EXAMPLES = 80
 
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
