@@ -69,7 +69,8 @@ def main() -> None:
         reranked = "-"
         if plan.kind == "ivf_pq":  # what `albat query` delivers: k*RERANK neighbours re-ranked exactly
             pairs = top_k_per_query(exact_pairs(queries, index, args.k * RERANK, store), args.k)
-            reranked = f"{recall_at_k(_id_matrix(pairs, len(queries), args.k), exact):.3f}"
+            exact_ids = store.ids_at(exact.ravel()).reshape(exact.shape)  # exact search labels rows by position
+            reranked = f"{recall_at_k(_id_matrix(pairs, len(queries), args.k), exact_ids):.3f}"
         size = len(faiss.serialize_index(index))
         rows.append([plan.key, f"{build:.2f}", f"{train_seconds:.2f}", f"{size / 2**20:.1f}",
                      f"{plan.estimated_bytes / 2**20:.1f}", f"{max(grown, 0) / 2**20:.1f}", nprobe,

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -121,19 +124,57 @@ def run_stages(stages: Sequence[str], config: dict[str, Any], show_progress: boo
     return results
 
 
+_LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines splits on
+
+
+def one_line(text: str) -> str:
+    """`text` with every line break escaped (a value quoted in an error may hold one)."""
+    return "".join(c.encode("unicode_escape").decode() if c in _LINE_BREAKS else c for c in text)
+
+
+_OS_FIXES = {
+    errno.ENOSPC: "free space on that file system (or use another --work) and rerun the same command; it resumes",
+    errno.EDQUOT: "free space within your quota (or use another --work) and rerun the same command; it resumes",
+    errno.EROFS: "the file system is read-only: remount it writable or use another --work, then rerun",
+    errno.EACCES: "fix the permissions (or use another path) and rerun",
+    errno.EPERM: "fix the permissions (or use another path) and rerun",
+    errno.EMFILE: "too many open files: raise the limit (ulimit -n) and rerun",
+    errno.ENFILE: "the system ran out of file handles: close other programs and rerun",
+}
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an OS error: the path, what the system said, and the fix."""
+    reason = exc.strerror or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    where = f"{exc.filename}: " if exc.filename else ""
+    fix = _OS_FIXES.get(exc.errno or 0, "fix the cause and rerun the same command")
+    return f"{where}{reason}; {fix}"
+
+
+def _closed_pipe() -> int:
+    """The reader of our output went away (`albat sql ... | head -1`): stop quietly, as a program
+    killed by SIGPIPE would, and keep the interpreter from complaining when it flushes stdout."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 128 + signal.SIGPIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "sql":
             from pipeline.sql import run_sql
 
-            print(run_sql(args.work, args.query, out=args.out))
+            print(run_sql(args.work, args.query, out=args.out), flush=True)
             return 0
         if args.command == "verify":
             from pipeline.verify import run_verify
 
             findings, report = run_verify(args.work, quiet=args.quiet)
-            print(report)
+            print(report, flush=True)
             return 1 if any(f.level == "drift" for f in findings) else 0
         from pipeline.config import load_config
 
@@ -145,7 +186,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"albat sql {config['work']} \"SELECT * FROM shards LIMIT 5\"")
         return 0
     except AlbatError as exc:
-        print(f"albat: error: {exc}", file=sys.stderr)
+        print(f"albat: error: {one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return _closed_pipe()
+    except OSError as exc:
+        print(f"albat: error: {one_line(os_error_line(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("albat: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -164,21 +164,40 @@ class EmbedStage(Stage):
                     {"spec": spec, "store": store, "files": files})
 
     def finished(self, plan: Plan) -> dict[str, Any] | None:
+        """Complete when store.json says so and every shard and id lookup file matches its checksum
+        (one read of the store); a damaged part is re-embedded by this run."""
         store = plan.inputs["store"]
-        if not store.exists():
+        info = store.read_info()
+        if info is None:
             return None
-        info = store.info
         if info.get("fingerprint") != plan.fingerprint:
             raise AlbatError(f"{store.root}: built from other inputs or embed options; pass --force to "
                              "re-embed, or use another --work")
-        return {"rows": info["rows"], "shards": info["shards"]} if info.get("complete") else None
+        plan.inputs["damaged"] = [i for i in store.shard_indices() if store.shard_damage(i, info["dim"])]
+        complete = info.get("complete") and isinstance(info.get("shards"), int) and isinstance(info.get("rows"), int)
+        if not complete or plan.inputs["damaged"] or store.shard_indices() != list(range(info["shards"])) \
+                or store.id_index_damage(info):
+            return None
+        return {"rows": info["rows"], "shards": info["shards"]}
 
     def discard(self, plan: Plan) -> None:
         if plan.inputs["store"].root.exists():
             shutil.rmtree(plan.inputs["store"].root)
 
     def forget(self, plan: Plan) -> None:
-        """Nothing to drop: `store.json` says `complete: false` until `record` (a resumed run keeps it)."""
+        """`store.json` says `complete: false` until `record` (a resumed run keeps its shards); a
+        store found damaged is marked incomplete and its damaged shards dropped, to be re-embedded.
+        A store.json that does not parse is no record: the shards beside it are of unknown origin."""
+        store = plan.inputs["store"]
+        info = store.read_info()
+        if info is None and store.shard_dir.exists():
+            shutil.rmtree(store.shard_dir)
+        if info is not None and info.get("complete"):
+            store.write_info({**{k: v for k, v in info.items() if k != "format_version"}, "complete": False})
+        for index in plan.inputs.get("damaged", []):
+            paths = store.paths(index)
+            for path in (paths.done, paths.emb, paths.meta, paths.pair):
+                path.unlink(missing_ok=True)
 
     def compute(self, plan: Plan) -> Iterator[tuple[int, int, pa.Table | None, np.ndarray | None, np.ndarray | None]]:
         options, spec, store = plan.recorded, plan.inputs["spec"], plan.inputs["store"]
@@ -269,7 +288,8 @@ class EmbedStage(Stage):
     def record(self, plan: Plan, summary: dict[str, Any]) -> None:
         store = plan.inputs["store"]
         store.write_info({**{k: v for k, v in store.info.items() if k != "format_version"},
-                          "rows": summary["rows"], "shards": summary["shards"], "complete": True})
+                          "rows": summary["rows"], "shards": summary["shards"], "complete": True,
+                          "ids_sha256": store.id_index_checksums()})
 
 
 def prepare_task(spec: CorpusSpec, task: ShardTask, chunk: int) -> tuple[pa.Table, pa.Table]:

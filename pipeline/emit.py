@@ -18,7 +18,7 @@ from pipeline.stage import Plan, Stage
 from stores.embedding_store import ID, ROW, SOURCE, EmbeddingStore
 from stores.errors import AlbatError
 from stores.index_store import read_infos
-from stores.shard_store import MANIFEST, publish_shards
+from stores.shard_store import MANIFEST, publish_shards, set_damage
 from stores.tables import read_table
 from stores.views import fetch_table, sql_literal
 from stores.workdir import fingerprint
@@ -98,10 +98,17 @@ class EmitStage(Stage):
         fp = fingerprint({"options": options, "filter": filter_record["fingerprint"]})
         return Plan(fp, (work.output / MANIFEST,), options, {"filter_record": filter_record})
 
+    def finished(self, plan: Plan) -> dict[str, Any] | None:
+        """Complete when the record matches and every shard the manifest names is as published."""
+        done = super().finished(plan)
+        return done if done is not None and set_damage(self.work.output) is None else None
+
     def compute(self, plan: Plan) -> tuple[list[pa.Table], dict[str, Any], int]:
         options, config, work, filter_record = plan.recorded, self.config, self.work, plan.inputs["filter_record"]
         store = EmbeddingStore(work.store)
         info = store.require_complete()
+        for index in store.shard_indices():  # the join below reads every metadata shard
+            store.check_shard(index, ("meta",))
         backbone = selected_rows(store, str(work.filter / SELECTION_FILE))
         adaptation = read_table(work.query / "adaptation.parquet", "query") if options["include_adaptation"] else None
         lam = float(options["backbone_weight"])

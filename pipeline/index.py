@@ -13,21 +13,24 @@ from pipeline.progress import progress_bar
 from pipeline.stage import Plan, Stage
 from stores.embedding_store import EmbeddingStore
 from stores.errors import AlbatError
-from stores.index_store import INDEX_FILE, INFOS_FILE, write_index
+from stores.index_store import INDEX_FILE, INFOS_FILE, LABELS, write_index
 from stores.workdir import fingerprint
 
 TRAIN_POINTS_PER_LIST = 64
 
 
 def exact_search(store: EmbeddingStore, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-k over the store, one shard in memory at a time."""
+    """Exact inner-product top-k over the store, one shard in memory at a time; the labels are row
+    positions (as in the index), -1 where fewer than k rows exist."""
     import faiss
 
     heap = faiss.ResultHeap(len(queries), k, keep_max=True)
+    offset = 0
     for _, ids, vectors in store.iter_shards():
         kk = min(k, len(ids))
         D, I = faiss.knn(queries, np.ascontiguousarray(vectors), kk, metric=faiss.METRIC_INNER_PRODUCT)
-        found = np.where(I >= 0, ids[np.clip(I, 0, None)], -1)
+        found = np.where(I >= 0, I + offset, -1).astype(np.int64)
+        offset += len(ids)
         if kk < k:
             pad = k - kk
             D = np.hstack([D, np.full((len(D), pad), -np.inf, np.float32)])
@@ -38,7 +41,8 @@ def exact_search(store: EmbeddingStore, queries: np.ndarray, k: int) -> tuple[np
 
 
 def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
-    """Mean fraction of the exact top-k ids the approximate search returned (k-recall@k)."""
+    """Mean fraction of the exact top-k rows the approximate search returned (k-recall@k); labels
+    are row positions, so -1 (FAISS: no result) is never a real one."""
     k = exact.shape[1]
     hits = [len(set(a[a >= 0]) & set(e[e >= 0])) / k for a, e in zip(approx, exact)]
     return float(np.mean(hits)) if hits else 0.0
@@ -93,8 +97,10 @@ def build_index(store: EmbeddingStore, plan: IndexPlan, seed: int, show_progress
                              "drop --index-key to let albat plan, or choose fewer lists/PQ bits") from None
         train_seconds = time.perf_counter() - started
     with progress_bar(total=n, desc="index", enabled=show_progress) as bar:
-        for _, ids, vectors in store.iter_shards():
-            index.add_with_ids(np.ascontiguousarray(vectors), ids)
+        offset = 0
+        for _, ids, vectors in store.iter_shards():  # labels: row positions (FAISS's -1 means "no result")
+            index.add_with_ids(np.ascontiguousarray(vectors), np.arange(offset, offset + len(ids), dtype=np.int64))
+            offset += len(ids)
             bar.update(len(ids))
     return index, train_seconds
 
@@ -123,7 +129,7 @@ def tune_nprobe(index: Any, queries: np.ndarray, exact_ids: np.ndarray, k: int, 
 
 def index_fingerprint(store_info: dict[str, Any], options: dict[str, Any], seed: int) -> str:
     keys = ("memory_budget_bytes", "index_key", "flat_max_rows", "recall_k", "recall_queries", "target_recall")
-    return fingerprint({"store": store_info["fingerprint"], "rows": store_info["rows"], "seed": seed,
+    return fingerprint({"store": store_info["fingerprint"], "rows": store_info["rows"], "seed": seed, "labels": LABELS,
                         **{k: options[k] for k in keys}})
 
 
@@ -164,7 +170,8 @@ class IndexStage(Stage):
                  "recall_k": k, "recall_queries": len(queries), "recall_at_k": recall_at_k(approx_ids, exact_ids),
                  "queries_per_s": round(len(queries) / max(search_seconds, 1e-9), 1),
                  "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                 "seed": seed, "store_fingerprint": info["fingerprint"], "encoder": info["encoder"]["name"]}
+                 "seed": seed, "store_fingerprint": info["fingerprint"], "encoder": info["encoder"]["name"],
+                 "labels": LABELS}
         return index, infos
 
     def write(self, plan: Plan, computed: tuple[Any, dict[str, Any]]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from stores.corpus import CorpusSpec, read_all, resolve_files
 from stores.embedding_store import ID, TEXT_HASH, EmbeddingStore, text_hash
 from stores.atomic import staged_directory
 from stores.errors import AlbatError
-from stores.index_store import read_index
+from stores.index_store import LABELS, read_index
 from stores.tables import write_array, write_table
 from stores.workdir import fingerprint
 
@@ -23,11 +23,13 @@ CANDIDATES_FILE = "candidates.parquet"
 TABLES = ("adaptation.parquet", "adaptation.npy", "candidate_pairs.parquet", "blocked.parquet", CANDIDATES_FILE)
 
 
-def search_pairs(query_vectors: np.ndarray, index: Any, k: int) -> pa.Table:
-    """Every (adaptation example, candidate) pair the index returns, in rank order."""
-    sims, ids = index.search(np.ascontiguousarray(query_vectors, dtype=np.float32), k)
-    q_idx, rank = np.nonzero(ids >= 0)
-    return pa.table({"candidate_id": ids[q_idx, rank].astype(np.int64), "query_idx": q_idx.astype(np.int32),
+def search_pairs(query_vectors: np.ndarray, index: Any, k: int, store: EmbeddingStore) -> pa.Table:
+    """Every (adaptation example, candidate) pair the index returns, in rank order. The index labels
+    rows by store position, so FAISS's -1 ("no result") never hides a real id (ids may be negative)."""
+    sims, positions = index.search(np.ascontiguousarray(query_vectors, dtype=np.float32), k)
+    q_idx, rank = np.nonzero(positions >= 0)
+    ids = store.ids_at(positions[q_idx, rank].astype(np.int64))
+    return pa.table({"candidate_id": ids.astype(np.int64), "query_idx": q_idx.astype(np.int32),
                      "rank": rank.astype(np.int32), "similarity": sims[q_idx, rank].astype(np.float32)})
 
 
@@ -42,7 +44,7 @@ def exact_similarity(pairs: pa.Table, query_vectors: np.ndarray, store: Embeddin
 
 def exact_pairs(query_vectors: np.ndarray, index: Any, k: int, store: EmbeddingStore) -> pa.Table:
     """`search_pairs` with each similarity replaced by the exact cosine from the stored vectors."""
-    pairs = search_pairs(query_vectors, index, k)
+    pairs = search_pairs(query_vectors, index, k, store)
     return pairs.set_column(3, "similarity", pa.array(exact_similarity(pairs, query_vectors, store)))
 
 
@@ -154,6 +156,9 @@ class QueryStage(Stage):
         store = EmbeddingStore(work.store)
         info = store.require_complete()
         index, infos = read_index(work.index)
+        if infos.get("labels") != LABELS:
+            raise AlbatError(f"{work.index}: index built by an earlier albat (labels ids, not row positions); rerun "
+                             "`albat index`, which rebuilds it")
         if infos.get("store_fingerprint") != info["fingerprint"] or infos.get("rows") != info["rows"]:
             raise AlbatError(f"{work.index}: index was built from another store; delete that folder and rerun "
                              "`albat index`")
@@ -163,7 +168,8 @@ class QueryStage(Stage):
         fp = fingerprint({"options": options, "index": index_record.get("fingerprint"), "key": infos["index_key"],
                           "adaptation": _signature(options["adaptation"], options["format"]),
                           "exclude": _signature(options["exclude"], "auto")})
-        return Plan(fp, tuple(work.query / name for name in TABLES), options,
+        optional = (["exclude.parquet"] if options["exclude"] else []) + (["adaptation.pair.npy"] if info.get("pair_column") else [])
+        return Plan(fp, tuple(work.query / name for name in [*TABLES, *optional]), options,
                     {"store": store, "info": info, "index": index, "infos": infos})
 
     def compute(self, plan: Plan) -> dict[str, Any]:

@@ -1,10 +1,12 @@
 """`albat sql`: read-only DuckDB over a work directory's views (corpus, candidates, selection, shards...)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from stores.atomic import atomic_path
 from stores.errors import AlbatError
+from stores.shard_store import MANIFEST
 from stores.views import connect, fetch_table, work_views
 from stores.workdir import Workdir
 
@@ -25,6 +27,49 @@ def check_read_only(con, sql: str) -> None:
                          f"{statements[0].type.name}; use --out FILE to save results")
 
 
+def check_out_path(work: Workdir, out: str) -> Path:
+    """`--out` must name a new or plain file outside the folders albat writes (store, index, query,
+    filter, _stages, the emitted sets): writing there would replace albat's own files."""
+    path = Path(out)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise AlbatError(f"{out}: --out must end in .csv or .parquet")
+    if path.is_dir():
+        raise AlbatError(f"{out}: is a directory; give --out a file name ending in {suffix}")
+    real = os.path.realpath(path)
+    owned = [*work.own_folders(), *_emitted_sets(work)]
+    for folder in owned:
+        inside = os.path.realpath(folder)
+        if real == inside or real.startswith(inside + os.sep):
+            raise AlbatError(f"{out}: inside {folder}, one of albat's own folders; write --out outside the store, "
+                             "index, query, filter, _stages and output folders")
+    root = os.path.realpath(work.root)
+    if os.path.dirname(real) == root and os.path.basename(real).startswith("."):
+        raise AlbatError(f"{out}: a hidden name inside {work.root}, where albat stages its writes; choose another "
+                         "--out name")
+    return path
+
+
+def _emitted_sets(work: Workdir) -> list[Path]:
+    """The output set of the last emit, and any folder of the work directory holding a manifest."""
+    sets = {work.output}
+    if work.root.is_dir():
+        sets.update(p.parent for p in work.root.glob(f"*/{MANIFEST}"))
+        sets.update(p.parent for p in work.root.glob(f"*/*/{MANIFEST}"))
+    return sorted(sets)
+
+
+def check_csv_columns(table, out: str) -> None:
+    """CSV holds flat values only: refuse lists, structs and maps with one line."""
+    import pyarrow as pa
+
+    for field in table.schema:
+        if pa.types.is_nested(field.type):
+            raise AlbatError(f"{out}: column '{field.name}' holds {field.type}, which CSV cannot hold; write "
+                             f"--out {Path(out).with_suffix('.parquet').name}, or select it as text "
+                             f"(CAST({field.name} AS VARCHAR))")
+
+
 def run_sql(work_dir: str | Path, sql: str, out: str | None = None) -> str:
     """Run one read-only query; print it as a table, or write CSV/Parquet (by suffix) to `out`."""
     import duckdb
@@ -35,11 +80,12 @@ def run_sql(work_dir: str | Path, sql: str, out: str | None = None) -> str:
         check_read_only(con, sql)
         try:
             if out:
+                path = check_out_path(work, out)
                 table = fetch_table(con, sql)
-                suffix = Path(out).suffix.lower()
-                if suffix not in (".csv", ".parquet"):
-                    raise AlbatError(f"{out}: --out must end in .csv or .parquet")
-                with atomic_path(Path(out)) as tmp:
+                suffix = path.suffix.lower()
+                if suffix == ".csv":
+                    check_csv_columns(table, out)
+                with atomic_path(path) as tmp:
                     if suffix == ".csv":
                         import pyarrow.csv as pcsv
 

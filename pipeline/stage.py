@@ -51,7 +51,8 @@ class Stage(ABC):
         """Publish the outputs; return the summary recorded and printed."""
 
     def finished(self, plan: Plan) -> dict[str, Any] | None:
-        """The summary of a finished run with this fingerprint whose outputs are all present, else None."""
+        """The summary of a finished run with this fingerprint whose outputs are all present and
+        unchanged (the record holds their SHA-256), else None."""
         return self.work.finished_summary(self.name, plan.fingerprint, *plan.outputs)
 
     def discard(self, plan: Plan) -> None:
@@ -61,7 +62,7 @@ class Stage(ABC):
         self.work.forget_stage(self.name)
 
     def record(self, plan: Plan, summary: dict[str, Any]) -> None:
-        self.work.mark_stage_done(self.name, plan.fingerprint, plan.recorded, summary)
+        self.work.mark_stage_done(self.name, plan.fingerprint, plan.recorded, summary, plan.outputs)
 
 
 def run_stage(stage: Stage) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,15 +49,42 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def naming(exc: OSError, path: Path | str) -> OSError:
+    """`exc` with a file name (Arrow's and NumPy's write errors often carry none, or no errno)."""
+    if exc.filename and exc.errno:
+        return exc
+    number = exc.errno
+    if not number:
+        match = re.search(r"errno[ =:]*(\d+)", str(exc), re.IGNORECASE)
+        number = int(match.group(1)) if match else None
+    if number is None:
+        named = next((n for n, text in ((errno.ENOSPC, "No space left"), (errno.EROFS, "Read-only file system"),
+                                        (errno.EACCES, "Permission denied"), (errno.EMFILE, "Too many open files"))
+                      if text.lower() in str(exc).lower()), None)
+        number = named
+    if number is None:
+        return exc
+    return OSError(number, os.strerror(number), str(exc.filename or path))
+
+
+def before_publish(tmp: Path, final: Path) -> None:
+    """Called with each finished temporary before its rename (tests inject OS errors here)."""
+
+
 @contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path; on success fsync it and rename it onto `final`, else delete it."""
+    """Yield a temporary path; on success fsync it and rename it onto `final`, else delete it. An
+    OS error (no space, read-only, permissions) leaves nothing behind and names `final`."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise naming(exc, final.parent) from None
     _remove_dead_temps(final)
     tmp = temp_name(final)
     try:
         yield tmp
+        before_publish(tmp, final)
         if tmp.is_file():
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -64,11 +92,16 @@ def atomic_path(final: Path) -> Iterator[Path]:
         os.replace(tmp, final)
         crash_point(f"renamed:{final.name}")
         _fsync_dir(final.parent)
-    except BaseException:
+    except BaseException as exc:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
-            tmp.unlink(missing_ok=True)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass  # a read-only file system: nothing was written either
+        if isinstance(exc, OSError) and not isinstance(exc, (FileNotFoundError, BrokenPipeError)):
+            raise naming(exc, final) from None
         raise
 
 
@@ -100,7 +133,10 @@ def staged_directory(final: Path) -> Iterator[Path]:
     for stale in [*final.parent.glob(f".{final.name}.staging-*"), *final.parent.glob(f".{final.name}.old-*")]:
         shutil.rmtree(stale, ignore_errors=True)  # left by a killed run; never read
     staging = final.with_name(f".{final.name}.staging-{os.getpid()}")
-    staging.mkdir()
+    try:
+        staging.mkdir()
+    except OSError as exc:
+        raise naming(exc, final.parent) from None
     try:
         yield staging
         crash_point(f"{final.name}.before_swap")
@@ -115,8 +151,10 @@ def staged_directory(final: Path) -> Iterator[Path]:
         crash_point(f"{final.name}.swapped")
         _fsync_dir(final.parent)
         shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError) and not isinstance(exc, (FileNotFoundError, BrokenPipeError)):
+            raise naming(exc, final) from None
         raise
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
@@ -96,16 +97,24 @@ def resolve_files(spec: CorpusSpec) -> list[tuple[Path, str]]:
     return found
 
 
-def _expand_dir(directory: Path, fmt: str) -> list[tuple[Path, str]]:
+def _expand_dir(directory: Path, fmt: str, seen: set[str] | None = None) -> list[tuple[Path, str]]:
     """Corpus files below a directory in sorted order; saved HF datasets count as one input,
-    hidden files and folders (.ipynb_checkpoints, .cache) are skipped."""
+    hidden files and folders (.ipynb_checkpoints, .cache) are skipped. Symlinks are followed, but
+    every real directory and file is read once: a link back up the tree (a cycle) or a second link
+    to the same file adds nothing."""
+    seen = {os.path.realpath(directory)} if seen is None else seen
     found: list[tuple[Path, str]] = []
     for child in sorted(directory.iterdir()):
         if child.name.startswith("."):
             continue
+        real = os.path.realpath(child)
+        if real in seen:
+            continue
         if child.is_dir():
-            found.extend([(child, "hf")] if _is_hf_dir(child) else _expand_dir(child, fmt))
+            seen.add(real)
+            found.extend([(child, "hf")] if _is_hf_dir(child) else _expand_dir(child, fmt, seen))
         elif child.suffix in _SUFFIX_FORMAT:
+            seen.add(real)
             found.append((child, _format_of(child, fmt)))
     return found
 
@@ -168,6 +177,11 @@ def _validate(table: pa.Table, source: str, rows: pa.Array, spec: CorpusSpec) ->
         if not pa.types.is_integer(ids.type) and not pa.types.is_null(ids.type):
             raise AlbatError(f"{source}: id column '{spec.id_column}' holds {ids.type}, not integers; "
                              "pass an integer --id-column or none (ids are then row numbers)")
+        if ids.type == pa.uint64() and len(ids) and (pc.max(ids).as_py() or 0) > INT64_MAX:
+            bad = pc.index(pc.greater(ids, pa.scalar(INT64_MAX, pa.uint64())), True).as_py()
+            raise AlbatError(f"{source} row {rows[bad].as_py()}: id {ids[bad].as_py()} in column '{spec.id_column}' "
+                             f"does not fit int64; give ids within [{INT64_MIN}, {INT64_MAX}], or drop --id-column "
+                             "to number rows instead")
         if ids.null_count:
             bad = pc.index(pc.is_null(ids), True).as_py()
             raise AlbatError(f"{source} row {rows[bad].as_py()}: null id in column "
@@ -210,6 +224,13 @@ def _jsonl_batches(path: Path, spec: CorpusSpec, batch_rows: int) -> Iterator[tu
                                   "{\"text\": ...} object on each line")
             if not rows and start == 0:
                 _check_columns(f"{path} line {lineno}", list(record), spec)
+            if "\\u" in line:  # only an escape can smuggle in a lone UTF-16 surrogate
+                _check_unicode(record, spec, f"{path} line {lineno}")
+            if spec.id_column and isinstance(record.get(spec.id_column), int) \
+                    and not INT64_MIN <= record[spec.id_column] <= INT64_MAX:
+                raise AlbatError(f"{path} line {lineno}: id {record[spec.id_column]} in column '{spec.id_column}' does "
+                                 f"not fit int64; give ids within [{INT64_MIN}, {INT64_MAX}], or drop --id-column "
+                                 "to number rows instead")
             rows.append({c: record.get(c) for c in spec.columns})
             if len(rows) == batch_rows:
                 yield _table_from_rows(rows, spec, path), start
@@ -219,10 +240,26 @@ def _jsonl_batches(path: Path, spec: CorpusSpec, batch_rows: int) -> Iterator[tu
         yield _table_from_rows(rows, spec, path), start
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _check_unicode(record: dict, spec: CorpusSpec, where: str) -> None:
+    """Refuse a lone UTF-16 surrogate (JSON "\\ud800"): valid JSON, but not Unicode text."""
+    for column in spec.columns:
+        value = record.get(column)
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise AlbatError(f"{where}: column '{column}' holds a lone UTF-16 surrogate "
+                                 f"(\\u{ord(value[exc.start]):04x}), which is not valid Unicode text; fix that escape "
+                                 "or remove the line") from None
+
+
 def _table_from_rows(rows: list[dict], spec: CorpusSpec, path: Path) -> pa.Table:
     try:
         return pa.Table.from_pylist(rows).select(spec.columns)
-    except pa.ArrowException as exc:
+    except (pa.ArrowException, OverflowError) as exc:
         raise AlbatError(f"{path}: inconsistent value types across rows ({exc}); make each column one type") from None
 
 

@@ -35,6 +35,8 @@ SOURCE = "albat_source"
 ROW = "albat_row"
 TEXT_HASH = "albat_text_hash"
 RESERVED = (ID, SOURCE, ROW, TEXT_HASH)
+NORM_TOLERANCE = 1e-3  # a stored vector's L2 norm is 1 within this
+PARTS = ("meta", "text", "pair")  # a shard's files: metadata, text vectors, pair vectors
 
 _SPACES = re.compile(r"\s+")
 
@@ -64,24 +66,49 @@ class EmbeddingStore:
         self.root = Path(root)
         self.shard_dir = self.root / "shards"
         self.info_path = self.root / "store.json"
+        self._checked: set[tuple[int, str]] = set()  # (shard, part) whose checksum, shape and norms were checked
+        self._ids_checked = False
 
     # ----- description -------------------------------------------------------------------
+    def read_info(self) -> dict[str, Any] | None:
+        """`store.json`, or None when it is missing or does not parse as one (truncated, edited)."""
+        try:
+            info = read_json(self.info_path)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return None
+        if not isinstance(info, dict) or not isinstance(info.get("dim"), int) \
+                or not isinstance(info.get("fingerprint", ""), str) or not isinstance(info.get("encoder", {}), dict):
+            return None
+        return info
+
     def exists(self) -> bool:
-        return self.info_path.exists()
+        """A store.json that parses (a damaged one counts as no store: `albat embed` rebuilds it)."""
+        return self.read_info() is not None
 
     @property
     def info(self) -> dict[str, Any]:
-        if not self.info_path.exists():
+        info = self.read_info()
+        if info is None and self.info_path.exists():
+            raise AlbatError(f"{self.info_path}: damaged (does not parse as a store description); run `albat embed`, "
+                             "which rebuilds the store")
+        if info is None:
             raise AlbatError(f"{self.root}: no embedding store here; run `albat embed` first")
-        return read_json(self.info_path)
+        return info
 
     def write_info(self, info: dict[str, Any]) -> None:
         write_json(self.info_path, {"format_version": FORMAT_VERSION, **info})
 
     def require_complete(self) -> dict[str, Any]:
         info = self.info
+        fix = "rerun `albat embed` to finish or repair it"
         if not info.get("complete"):
-            raise AlbatError(f"{self.root}: embedding store is incomplete; rerun `albat embed` to finish it")
+            raise AlbatError(f"{self.root}: embedding store is incomplete; {fix}")
+        shards = info.get("shards")
+        if not isinstance(shards, int) or self.shard_indices() != list(range(shards)):
+            raise AlbatError(f"{self.shard_dir}: shard completion records do not match store.json's {shards} "
+                             f"shards; {fix}")
         return info
 
     @property
@@ -96,6 +123,56 @@ class EmbeddingStore:
 
     def is_done(self, index: int) -> bool:
         return self.paths(index).done.exists()
+
+    def done_record(self, index: int) -> dict[str, Any] | None:
+        """A shard's completion record, or None when it is missing or does not parse as one."""
+        try:
+            record = read_json(self.paths(index).done)
+        except (OSError, ValueError):
+            return None
+        keys = ("rows", "emb_sha256", "meta_sha256")
+        return record if isinstance(record, dict) and all(k in record for k in keys) else None
+
+    def shard_damage(self, index: int, dim: int | None = None, parts: tuple[str, ...] = PARTS) -> str | None:
+        """What is wrong with some parts ("meta", "text", "pair") of a finished shard: its record, a
+        checksum, the vectors' dtype, shape or norms; None when sound. Reads those parts once."""
+        paths, record = self.paths(index), self.done_record(index)
+        if record is None:
+            return f"{paths.done}: completion record missing or damaged"
+        files = {"meta": (paths.meta, record["meta_sha256"]), "text": (paths.emb, record["emb_sha256"]),
+                 "pair": (paths.pair, record.get("pair_sha256"))}
+        for part in parts:
+            path, expected = files[part]
+            if expected is None:
+                continue  # a store without a pair column
+            if not path.is_file():
+                return f"{path}: missing"
+            if sha256_file(path) != expected:
+                return f"{path}: SHA-256 differs from its completion record (damaged or changed)"
+            if part == "meta":
+                continue
+            try:
+                vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                return f"{path}: unreadable ({exc})"
+            dim = self.dim if dim is None else dim
+            if vectors.dtype != np.float32 or vectors.shape != (record["rows"], dim):
+                return f"{path}: holds {vectors.dtype} {vectors.shape}, expected float32 ({record['rows']}, {dim})"
+            norms = np.linalg.norm(vectors, axis=1) if part == "text" else np.ones(0)
+            if len(norms) and not float(np.max(np.abs(norms - 1))) <= NORM_TOLERANCE:
+                return f"{path}: vectors are not unit length"
+        return None
+
+    def check_shard(self, index: int, parts: tuple[str, ...] = PARTS) -> None:
+        """Raise an AlbatError if a part of a shard a reader is about to use is damaged; each part is
+        checked once per process, so a stage pays one extra read of what it touches."""
+        todo = tuple(p for p in parts if (index, p) not in self._checked)
+        if not todo:
+            return
+        damage = self.shard_damage(index, parts=todo)
+        if damage:
+            raise AlbatError(f"{damage}; rerun `albat embed`, which re-embeds damaged shards")
+        self._checked.update((index, p) for p in todo)
 
     def write_shard(self, index: int, vectors: np.ndarray, meta: pa.Table,
                     pair_vectors: np.ndarray | None = None) -> dict[str, Any]:
@@ -127,7 +204,14 @@ class EmbeddingStore:
         return sorted(int(p.name.split("-")[1].split(".")[0]) for p in self.shard_dir.glob("part-*.done.json"))
 
     def done_records(self) -> list[dict[str, Any]]:
-        return [read_json(self.paths(i).done) for i in self.shard_indices()]
+        records = []
+        for i in self.shard_indices():
+            record = self.done_record(i)
+            if record is None:
+                raise AlbatError(f"{self.paths(i).done}: completion record damaged; rerun `albat embed`, which "
+                                 "re-embeds damaged shards")
+            records.append(record)
+        return records
 
     def meta_glob(self) -> str:
         return str(self.shard_dir / "part-*.meta.parquet")
@@ -142,6 +226,7 @@ class EmbeddingStore:
         if side == "pair" and not self.pair_column:
             raise AlbatError(f"{self.root}: the store has no pair column; re-embed with --pair-column")
         path = self.paths(index).pair if side == "pair" else self.paths(index).emb
+        self.check_shard(index, ("pair",) if side == "pair" else ("text",))
         try:
             return np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
@@ -149,6 +234,7 @@ class EmbeddingStore:
 
     def metadata(self, index: int, columns: list[str] | None = None) -> pa.Table:
         path = self.paths(index).meta
+        self.check_shard(index, ("meta",))
         try:
             return pq.read_table(path, columns=columns)
         except (pa.ArrowException, OSError) as exc:
@@ -223,11 +309,35 @@ class EmbeddingStore:
             write_array(array, path)
         return sorted_ids
 
+    def id_index_checksums(self) -> dict[str, str]:
+        """SHA-256 of the id lookup files, recorded in store.json when the store completes."""
+        return {path.name: sha256_file(path) for path in self._id_index_paths}
+
+    def id_index_damage(self, info: dict[str, Any] | None = None) -> str | None:
+        """What is wrong with the id lookup files of a complete store (missing, changed), or None."""
+        info = self.read_info() if info is None else info
+        recorded = (info or {}).get("ids_sha256")
+        for path in self._id_index_paths:
+            if not path.exists():
+                return f"{path}: missing"
+            if isinstance(recorded, dict) and recorded.get(path.name) != sha256_file(path):
+                return f"{path}: SHA-256 differs from store.json's (damaged or changed)"
+        return None
+
     def _id_index(self) -> tuple[np.ndarray, np.ndarray]:
         sorted_path, order_path = self._id_index_paths
         if sorted_path.exists() and order_path.exists():
-            return (np.load(sorted_path, mmap_mode="r", allow_pickle=False),
-                    np.load(order_path, mmap_mode="r", allow_pickle=False))
+            if not self._ids_checked:
+                damage = self.id_index_damage()
+                if damage:
+                    raise AlbatError(f"{damage}; rerun `albat embed`, which rebuilds it")
+                self._ids_checked = True
+            try:
+                return (np.load(sorted_path, mmap_mode="r", allow_pickle=False),
+                        np.load(order_path, mmap_mode="r", allow_pickle=False))
+            except (OSError, ValueError) as exc:
+                raise AlbatError(f"{sorted_path}: unreadable id lookup ({exc}); rerun `albat embed`, which "
+                                 "rebuilds it") from None
         return self._sorted_ids()  # a store still being built: sort in memory
 
     def id_positions(self, ids: np.ndarray) -> np.ndarray:

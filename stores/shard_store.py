@@ -47,3 +47,16 @@ def read_manifest(directory: Path) -> dict[str, Any]:
 def shard_paths(directory: Path) -> list[Path]:
     """The shards a complete set names, in order (the manifest is the source of truth)."""
     return [Path(directory) / s["path"] for s in read_manifest(directory)["shards"]]
+
+
+def set_damage(directory: Path) -> str | None:
+    """What is wrong with a published set (manifest unreadable, a shard missing or changed), or None."""
+    try:
+        manifest = read_json(Path(directory) / MANIFEST)
+        shards = [(Path(directory) / s["path"], s["sha256"]) for s in manifest["shards"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{Path(directory) / MANIFEST}: missing or damaged"
+    for path, digest in shards:
+        if not path.is_file() or sha256_file(path) != digest:
+            return f"{path}: missing or changed since it was published"
+    return None

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from stores.atomic import sha256_file
 from stores.embedding_store import ID, EmbeddingStore
 from stores.errors import AlbatError
-from stores.index_store import INDEX_FILE, INFOS_FILE
+from stores.index_store import INDEX_FILE, INFOS_FILE, LABELS
 from stores.shard_store import MANIFEST
 from stores.workdir import Workdir
 
@@ -98,7 +98,7 @@ def check_store(store: EmbeddingStore) -> tuple[list[Finding], dict[str, Any] | 
     """Findings, the store's info and its sorted ids (None unless the store is complete and sound)."""
     fix = "rerun `albat embed --force` to re-embed the corpus"
     findings = list(_leftovers(store.shard_dir, (".*.tmp-*",))) + list(_leftovers(store.root, (".*.tmp-*",)))
-    if not store.exists():
+    if not store.info_path.exists():
         return findings + [Finding("info", str(store.root), "no embedding store yet; run `albat embed`")], None, None
     try:
         info = _json(store.info_path, "rerun `albat embed --force`")
@@ -207,8 +207,14 @@ def check_index(work: Workdir, info: dict[str, Any] | None, store_ids: np.ndarra
             raise _drift(directory / INDEX_FILE, f"dimension {index.d}, the store's is {info['dim']}; {fix}")
         if index.ntotal != info["rows"] or infos.get("rows") != info["rows"]:
             raise _drift(directory / INDEX_FILE, f"holds {index.ntotal} vectors, the store {info['rows']}; {fix}")
-        if not np.array_equal(np.sort(index_ids(index)), store_ids):
+        expected = np.arange(info["rows"], dtype=np.int64) if infos.get("labels") == LABELS else store_ids
+        if not np.array_equal(np.sort(index_ids(index)), expected):
             raise _drift(directory / INDEX_FILE, f"its ids differ from the store's; {fix}")
+        if infos.get("labels") != LABELS:
+            raise _drift(directory, f"built by an earlier albat (labels ids, not row positions); {fix}")
+        if infos.get("index_sha256") and sha256_file(directory / INDEX_FILE) != infos["index_sha256"]:
+            raise _drift(directory / INDEX_FILE, f"SHA-256 differs from {INFOS_FILE}'s (changed after it was "
+                                                 f"written); {fix}")
     except _Drift as exc:
         return findings + [exc.args[0]]
     return findings + [Finding("ok", str(directory), f"{infos['index_key']}: {index.ntotal} ids = the store's, dim "
@@ -233,6 +239,8 @@ def _stage_check(work: Workdir, stage: str, output: Path, leftovers: list[Findin
     returns what it found sound; a missing output, a store that cannot be compared with, and a
     stage killed between publishing and its record are reported around it."""
     record = work.stage_record(stage)
+    if record is None and (work.stages / f"{stage}.json").exists():
+        return leftovers  # check_records reports the damaged record
     if not output.exists():
         if record:
             return leftovers + [Finding("drift", str(output), f"missing although _stages/{stage}.json records the "
@@ -247,6 +255,14 @@ def _stage_check(work: Workdir, stage: str, output: Path, leftovers: list[Findin
     if not record:
         return leftovers + [Finding("info", str(output), f"published, but the run was killed before its stage "
                                     f"record; rerun `albat {stage}` to record it")]
+    recorded = record.get("outputs")
+    if isinstance(recorded, dict):
+        for name, digest in sorted(recorded.items()):
+            path = work.root / name
+            if not path.is_file() or sha256_file(path) != digest:
+                state = "missing" if not path.is_file() else "SHA-256 differs from the one _stages/{stage}.json records"
+                return leftovers + [Finding("drift", str(path), f"{state.format(stage=stage)}; rerun `albat {stage}`, "
+                                            "which rebuilds it")]
     return leftovers + [Finding("ok", str(output), sound)]
 
 
@@ -317,7 +333,8 @@ def check_output(work: Workdir, info: dict[str, Any] | None, store_ids: np.ndarr
                 raise _drift(out / shard["path"], f"{tables[-1].num_rows} rows, the manifest says {shard['rows']}; {fix}")
         rows = pa.concat_tables(tables)
         is_adapt = rows.column("albat_is_adaptation").to_numpy(zero_copy_only=False)
-        ids = rows.column("albat_id").to_numpy(zero_copy_only=False)[~is_adapt].astype(np.int64)
+        # filtered in Arrow: adaptation rows' null ids would turn the column into float64 (ids beyond 2**53 blur)
+        ids = rows.filter(pa.array(~is_adapt)).column("albat_id").cast(pa.int64()).to_numpy(zero_copy_only=False)
         counts = manifest["counts"]
         if sum(s["rows"] for s in manifest["shards"]) != manifest["rows"] or len(ids) != counts["selected"] \
                 or int(is_adapt.sum()) != counts["adaptation"]:
@@ -345,17 +362,44 @@ def check_output(work: Workdir, info: dict[str, Any] | None, store_ids: np.ndarr
     return _stage_check(work, "emit", out, leftovers, store_ids, body)
 
 
+def check_records(work: Workdir) -> list[Finding]:
+    """Completion records that do not parse as one (truncated, edited): the stage is not complete."""
+    findings = []
+    for stage in ("index", "query", "filter", "emit"):
+        path = work.stages / f"{stage}.json"
+        if path.exists() and work.stage_record(stage) is None:
+            findings.append(Finding("drift", str(path), f"damaged (does not parse as a completion record); rerun "
+                                    f"`albat {stage}`, which rebuilds its output and the record"))
+    return findings
+
+
 def require_workdir(work: Workdir) -> None:
     if not work.root.is_dir():
         raise AlbatError(f"{work.root}: no such work directory; pass the --work of a run")
+    if not any(folder.exists() for folder in (work.store, work.index, work.query, work.filter, work.stages)):
+        raise AlbatError(f"{work.root}: not an albat work directory (no store, index, query, filter or _stages "
+                         "folder); pass the --work of a run")
+
+
+def _guarded(where: Path, stage: str, check: Callable[[], Any], default: Any) -> tuple[Any, list[Finding]]:
+    """Run one check; damage it did not foresee (a missing key, a wrong type) is drift, not a crash."""
+    try:
+        return check(), []
+    except Exception as exc:  # noqa: BLE001 - verify reports, it never crashes
+        message = f"damaged ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else 'no detail'})"
+        return default, [Finding("drift", str(where), f"{message}; rerun `albat {stage}`, which rebuilds it")]
 
 
 def verify_workdir(work: Workdir) -> list[Finding]:
     """Every check, store first (the others compare against it)."""
     require_workdir(work)
-    findings, info, store_ids = check_store(EmbeddingStore(work.store))
-    findings += check_index(work, info, store_ids)
-    findings += check_query(work, info, store_ids)
-    findings += check_filter(work, store_ids)
-    findings += check_output(work, info, store_ids)
+    (findings, info, store_ids), damage = _guarded(work.store, "embed --force", lambda: check_store(EmbeddingStore(work.store)),
+                                                   ([], None, None))
+    findings += damage + check_records(work)
+    for where, stage, check in ((work.index, "index", lambda: check_index(work, info, store_ids)),
+                                (work.query, "query", lambda: check_query(work, info, store_ids)),
+                                (work.filter, "filter", lambda: check_filter(work, store_ids)),
+                                (work.output, "emit", lambda: check_output(work, info, store_ids))):
+        found, damage = _guarded(where, stage, check, [])
+        findings += found + damage
     return findings

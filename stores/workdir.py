@@ -16,13 +16,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from stores.atomic import read_json, write_json
+from stores.atomic import read_json, sha256_file, write_json
 from stores.errors import AlbatError
 
 
 def fingerprint(config: Any) -> str:
     """Stable digest of the options a stage's output depends on."""
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+OWN_FOLDERS = ("store", "index", "query", "filter", "_stages")
 
 
 class Workdir:
@@ -42,25 +45,54 @@ class Workdir:
     def _recorded_output(self) -> str:
         try:
             name = str((self.stage_record("emit") or {})["config"]["output"])
+            if not name or name in OWN_FOLDERS:
+                return "output"
         except (KeyError, TypeError, ValueError, OSError):
             return "output"
         inside = os.path.realpath(self.root / name).startswith(os.path.realpath(self.root) + os.sep)
         return name if inside else "output"  # a tampered record cannot point readers elsewhere
 
     def stage_record(self, stage: str) -> dict[str, Any] | None:
+        """The stage's completion record; None when there is none or it does not parse as one (a
+        truncated or hand-edited record means "not complete": the stage reruns and rewrites it)."""
         path = self.stages / f"{stage}.json"
-        return read_json(path) if path.exists() else None
+        try:
+            record = read_json(path)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict) or record.get("stage") != stage or not isinstance(record.get("summary"), dict) \
+                or not isinstance(record.get("fingerprint"), str):
+            return None
+        if "checksum" in record and record.pop("checksum") != _record_checksum(record):
+            return None  # edited by hand: its summary or outputs can no longer be trusted
+        return record
 
     def finished_summary(self, stage: str, config_fingerprint: str, *outputs: Path) -> dict[str, Any] | None:
-        """The summary of a stage already run with this config whose outputs are all present, else None."""
+        """The summary of a stage already run with this config whose outputs are all present and
+        match the checksums its record holds, else None."""
         record = self.stage_record(stage)
-        if record and record.get("fingerprint") == config_fingerprint and all(Path(p).exists() for p in outputs):
-            return record["summary"]
-        return None
+        if not record or record.get("fingerprint") != config_fingerprint or not all(Path(p).exists() for p in outputs):
+            return None
+        recorded = record.get("outputs")
+        if recorded is not None and (not isinstance(recorded, dict) or recorded != self.output_checksums(outputs)):
+            return None
+        return record["summary"]
 
-    def mark_stage_done(self, stage: str, config_fingerprint: str, config: Any, summary: dict[str, Any]) -> None:
-        write_json(self.stages / f"{stage}.json",
-                   {"stage": stage, "fingerprint": config_fingerprint, "config": config, "summary": summary})
+    def output_checksums(self, outputs: tuple[Path, ...] | list[Path]) -> dict[str, str]:
+        """SHA-256 of each output that is a file, by its path inside the work directory."""
+        return {os.path.relpath(p, self.root): sha256_file(Path(p)) for p in outputs if Path(p).is_file()}
+
+    def mark_stage_done(self, stage: str, config_fingerprint: str, config: Any, summary: dict[str, Any],
+                        outputs: tuple[Path, ...] = ()) -> None:
+        record = {"stage": stage, "fingerprint": config_fingerprint, "config": config, "summary": summary,
+                  "outputs": self.output_checksums(outputs)}
+        write_json(self.stages / f"{stage}.json", {**record, "checksum": _record_checksum(record)})
+
+    def own_folders(self) -> list[Path]:
+        """The folders albat writes (and `albat sql --out` must never write into)."""
+        return [self.store, self.index, self.query, self.filter, self.stages, self.output]
 
     def forget_stage(self, stage: str) -> None:
         (self.stages / f"{stage}.json").unlink(missing_ok=True)
@@ -101,6 +133,11 @@ class Workdir:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _record_checksum(record: dict[str, Any]) -> str:
+    """Digest of a completion record's content (as JSON round-trips it), written into the record."""
+    return hashlib.sha256(json.dumps(json.loads(json.dumps(record, default=str)), sort_keys=True).encode()).hexdigest()
 
 
 def _make_dirs(root: Path) -> list[Path]:

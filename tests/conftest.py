@@ -116,6 +116,13 @@ shard_rows = 5
 """)
 
 
+def finished_small_run(root: Path, wiki: SmallWiki, encoder: str) -> tuple[Path, Path]:
+    """Run the whole pipeline on the small corpus under `root`; returns (work directory, config)."""
+    config = small_run_config(root, wiki, encoder)
+    assert albat("run", "--config", config, "--quiet") == 0
+    return root / "work", config
+
+
 def albat(*args: str) -> int:
     """Run the CLI in-process (the encoder stays loaded between calls)."""
     from pipeline.cli import main

@@ -16,7 +16,7 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import SmallWiki, albat, make_tiny_encoder, small_run_config
+from conftest import SmallWiki, albat, finished_small_run, make_tiny_encoder
 
 from stores.workdir import Workdir
 
@@ -401,6 +401,189 @@ def verify_without_a_work_directory(c: Ctx) -> Case:
     return Case(["verify", c.fresh], [str(c.fresh), "no such work directory"], "pass the --work of a run", c.fresh)
 
 
+# ----- parameters: type and range, before any model loads ------------------------------------------
+def config_budget_a_word(c: Ctx) -> Case:
+    config = c.config_file('[filter]\nbudget = "ten"\n')
+    return Case(["filter", "--config", config, "--work", c.fresh], [str(config), 'filter.budget = "ten"'],
+                "give an integer >= 0", c.fresh)
+
+
+def config_budget_a_fraction(c: Ctx) -> Case:
+    config = c.config_file("[filter]\nbudget = 2.5\n")
+    return Case(["filter", "--config", config, "--work", c.fresh], [str(config), "filter.budget = 2.5", "not an integer"],
+                "give an integer >= 0", c.fresh)
+
+
+def config_budget_a_boolean(c: Ctx) -> Case:
+    config = c.config_file("[filter]\nbudget = true\n")
+    return Case(["filter", "--config", config, "--work", c.fresh], [str(config), "filter.budget = true", "a boolean"],
+                "give an integer >= 0", c.fresh)
+
+
+def zero_neighbours(c: Ctx) -> Case:
+    return Case(c.on_built("query", "--k", 0), ["--k", "query.k = 0"], "give an integer >= 1", c.tmp / "w")
+
+
+def backbone_weight_nan(c: Ctx) -> Case:
+    return Case(c.on_built("emit", "--backbone-weight", "nan"), ["--backbone-weight", "emit.backbone_weight = nan"],
+                "give a finite number >= 0", c.tmp / "w")
+
+
+def dedup_threshold_above_one(c: Ctx) -> Case:
+    return Case(c.on_built("query", "--dedup-threshold", 1.5), ["query.dedup_threshold = 1.5", "too large"],
+                "within [-1, 1]", c.tmp / "w")
+
+
+def method_option_out_of_range(c: Ctx) -> Case:
+    return Case(c.on_built("filter", "--method", "classifier", "--method-option", "C=0"), ["C", "0"], "> 0", c.tmp / "w")
+
+
+def value_holding_line_breaks(c: Ctx) -> Case:
+    """Found by tests/test_properties.py: a value quoted in the error must not break it into lines."""
+    return Case(c.on_built("index", "--index-key", "IVF\nFlat\x1e"), ["index key 'IVF\\nFlat\\x1e'"],
+                "drop --index-key", c.tmp / "w")
+
+
+# ----- ids that do not fit int64 -----------------------------------------------------------------
+def uint64_id_beyond_int64(c: Ctx) -> Case:
+    rows = [{**r, "id": i} for i, r in enumerate(c.rows())]
+    rows[7]["id"] = 2**63 + 5
+    path = c.parquet(rows, schema=pa.schema([(k, pa.uint64() if k == "id" else pa.string()) for k in rows[0]]))
+    return Case(c.embed(path, extra=("--id-column", "id")), [f"{path} row 7", f"id {2**63 + 5}", "column 'id'",
+                                                              "does not fit int64"], "drop --id-column", c.fresh)
+
+
+def json_id_beyond_uint64(c: Ctx) -> Case:
+    path = c.file("corpus.jsonl", '{"text": "a", "id": 1}\n{"text": "b", "id": 123456789012345678901234567890}\n')
+    return Case(c.embed(path, extra=("--id-column", "id")), [f"{path} line 2", "column 'id'", "does not fit int64"],
+                "give ids within", c.fresh)
+
+
+def json_id_below_int64(c: Ctx) -> Case:
+    path = c.file("corpus.jsonl", f'{{"text": "a", "id": {-(2**63) - 1}}}\n')
+    return Case(c.embed(path, extra=("--id-column", "id")), [f"{path} line 1", "does not fit int64"],
+                "drop --id-column", c.fresh)
+
+
+# ----- stages check what they read -----------------------------------------------------------------
+def _flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def query_on_a_flipped_store_shard(c: Ctx) -> Case:
+    argv = c.on_built("query", "--k", 4)
+    shard = c.tmp / "w" / "store/shards/part-00002.emb.npy"
+    _flip_byte(shard, 300)
+    return Case(argv, [str(shard), "SHA-256 differs"], "rerun `albat embed`", c.tmp / "w")
+
+
+def query_on_a_changed_metadata_shard(c: Ctx) -> Case:
+    argv = c.on_built("query", "--k", 4)
+    meta = c.tmp / "w" / "store/shards/part-00001.meta.parquet"
+    shutil.copy(c.tmp / "w" / "store/shards/part-00000.meta.parquet", meta)
+    return Case(argv, [str(meta), "SHA-256 differs"], "rerun `albat embed`", c.tmp / "w")
+
+
+def index_on_a_truncated_store_json(c: Ctx) -> Case:
+    argv = c.on_built("index", "--recall-k", 5)
+    info = c.tmp / "w" / "store/store.json"
+    info.write_text(info.read_text()[:50])
+    return Case(argv, [str(info), "damaged"], "run `albat embed`", c.tmp / "w")
+
+
+def query_on_a_flipped_index_file(c: Ctx) -> Case:
+    argv = c.on_built("query", "--k", 4)
+    index = c.tmp / "w" / "index/knn.index"
+    _flip_byte(index, len(index.read_bytes()) // 2)
+    return Case(argv, [str(index), "SHA-256 differs"], "rerun `albat index`", c.tmp / "w")
+
+
+def query_on_truncated_index_infos(c: Ctx) -> Case:
+    argv = c.on_built("query", "--k", 4)
+    infos = c.tmp / "w" / "index/index_infos.json"
+    infos.write_text(infos.read_text()[:30])
+    return Case(argv, [str(infos), "damaged"], "rerun `albat index`", c.tmp / "w")
+
+
+def filter_after_a_truncated_query_record(c: Ctx) -> Case:
+    argv = c.on_built("filter", "--budget", 5)
+    record = c.tmp / "w" / "_stages/query.json"
+    record.write_text(record.read_text()[:20])
+    return Case(argv, [str(c.tmp / "w" / "query"), "no completed query stage"], "run `albat query`", c.tmp / "w")
+
+
+def emit_on_a_flipped_metadata_shard(c: Ctx) -> Case:
+    argv = c.on_built("emit", "--backbone-weight", 0.5)
+    meta = c.tmp / "w" / "store/shards/part-00003.meta.parquet"
+    _flip_byte(meta, 100)
+    return Case(argv, [str(meta), "SHA-256 differs"], "rerun `albat embed`", c.tmp / "w")
+
+
+# ----- sql --out and verify ------------------------------------------------------------------------
+def sql_out_onto_a_store_shard(c: Ctx) -> Case:
+    work = c.copy()
+    target = work / "store/shards/part-00000.meta.parquet"
+    return Case(["sql", work, "SELECT 1 AS x", "--out", target], [str(target), "albat's own folders"],
+                "write --out outside", work)
+
+
+def sql_out_into_the_stage_records(c: Ctx) -> Case:
+    work = c.copy()
+    target = work / "_stages/query.csv"
+    return Case(["sql", work, "SELECT 1 AS x", "--out", target], [str(target), "albat's own folders"],
+                "write --out outside", work)
+
+
+def sql_out_into_the_emitted_set(c: Ctx) -> Case:
+    work = c.copy()
+    target = work / "output/part-00009.parquet"
+    return Case(["sql", work, "SELECT * FROM shards", "--out", target], [str(target), "albat's own folders"],
+                "write --out outside", work)
+
+
+def sql_out_through_a_symlink_into_the_index(c: Ctx) -> Case:
+    work = c.copy()
+    (c.tmp / "elsewhere").symlink_to(work / "index")
+    target = c.tmp / "elsewhere" / "knn.parquet"
+    return Case(["sql", work, "SELECT 1 AS x", "--out", target], [str(target), "albat's own folders"],
+                "write --out outside", work)
+
+
+def sql_out_csv_with_a_list_column(c: Ctx) -> Case:
+    work = c.copy()
+    target = c.tmp / "pairs.csv"
+    return Case(["sql", work, "SELECT [1, 2] AS xs", "--out", target], [str(target), "'xs'", "CSV cannot hold"],
+                "pairs.parquet", work)
+
+
+def verify_on_a_plain_directory(c: Ctx) -> Case:
+    (c.tmp / "plain").mkdir()
+    (c.tmp / "plain" / "notes.txt").write_text("not albat's")
+    return Case(["verify", c.tmp / "plain"], [str(c.tmp / "plain"), "not an albat work directory"],
+                "pass the --work of a run", c.tmp / "plain")
+
+
+# ----- directory inputs and Unicode ----------------------------------------------------------------
+def directory_holding_only_a_symlink_loop(c: Ctx) -> Case:
+    (c.tmp / "loop").mkdir()
+    (c.tmp / "loop" / "again").symlink_to(c.tmp / "loop")
+    return Case(c.embed(c.tmp / "loop"), [str(c.tmp / "loop"), "holds no .parquet"], "point the input at the corpus",
+                c.fresh)
+
+
+def lone_surrogate_in_json_text(c: Ctx) -> Case:
+    path = c.file("corpus.jsonl", '{"text": "fine"}\n{"text": "half a pair \\udc80"}\n')
+    return Case(c.embed(path), [f"{path} line 2", "column 'text'", "lone UTF-16 surrogate"], "fix that escape", c.fresh)
+
+
+def lone_surrogate_in_an_adaptation_set(c: Ctx) -> Case:
+    path = c.file("adaptation.jsonl", '{"text": "\\ud83d alone"}\n')
+    return Case(c.on_built("query", "--adaptation", path), [f"{path} line 1", "surrogate"], "fix that escape",
+                c.tmp / "w")
+
+
 CASES = [empty_parquet, empty_jsonl, empty_text_file, wrong_text_column, wrong_id_column, wrong_keep_column,
          text_column_not_text, null_text, empty_text, null_text_in_a_later_shard, non_utf8_jsonl, non_utf8_text_file,
          ten_megabyte_document, duplicated_ids_across_files, truncated_parquet, ids_not_integers, null_id,
@@ -413,7 +596,15 @@ CASES = [empty_parquet, empty_jsonl, empty_text_file, wrong_text_column, wrong_i
          query_with_another_encoder, query_encoder_of_another_dimension, encoder_checkpoint_changed_under_its_name,
          index_from_another_store, budget_larger_than_the_pool, negative_budget, unknown_selection_method,
          malformed_method_option, zero_rows_per_output_shard, query_before_embed, emit_before_filter, a_second_writer,
-         sql_that_writes, sql_reading_outside_the_work_directory, verify_without_a_work_directory]
+         sql_that_writes, sql_reading_outside_the_work_directory, verify_without_a_work_directory,
+         config_budget_a_word, config_budget_a_fraction, config_budget_a_boolean, zero_neighbours, backbone_weight_nan,
+         dedup_threshold_above_one, method_option_out_of_range, value_holding_line_breaks, uint64_id_beyond_int64, json_id_beyond_uint64,
+         json_id_below_int64, query_on_a_flipped_store_shard, query_on_a_changed_metadata_shard,
+         index_on_a_truncated_store_json, query_on_a_flipped_index_file, query_on_truncated_index_infos,
+         filter_after_a_truncated_query_record, emit_on_a_flipped_metadata_shard, sql_out_onto_a_store_shard,
+         sql_out_into_the_stage_records, sql_out_into_the_emitted_set, sql_out_through_a_symlink_into_the_index,
+         sql_out_csv_with_a_list_column, verify_on_a_plain_directory, directory_holding_only_a_symlink_loop,
+         lone_surrogate_in_json_text, lone_surrogate_in_an_adaptation_set]
 
 
 def tree(work: Path) -> list[tuple] | None:
@@ -427,10 +618,7 @@ def tree(work: Path) -> list[tuple] | None:
 
 @pytest.fixture(scope="module")
 def finished(small_wiki: SmallWiki, tiny_encoder: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("finished")
-    config = small_run_config(root, small_wiki, tiny_encoder)
-    assert albat("run", "--config", config, "--quiet") == 0
-    return root / "work", config
+    return finished_small_run(tmp_path_factory.mktemp("finished"), small_wiki, tiny_encoder)
 
 
 @pytest.fixture(scope="module")

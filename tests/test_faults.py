@@ -32,7 +32,9 @@ from stores.workdir import Workdir
 
 KILLS = int(os.environ.get("ALBAT_FAULT_KILLS", "20"))
 SEED = int(os.environ.get("ALBAT_FAULT_SEED", "0"))
-TIMINGS = {"build_seconds", "train_seconds", "queries_per_s", "peak_rss_bytes", "seconds"}
+# timing fields, and what a stage record derives from files that hold timings: its own checksum and
+# its outputs' SHA-256 (index_infos.json and manifest.json hold timings; every file itself is compared)
+TIMINGS = {"build_seconds", "train_seconds", "queries_per_s", "peak_rss_bytes", "seconds", "checksum", "outputs"}
 
 
 def _without_timings(obj):

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from stores.atomic import sha256_file
 from pipeline.stage import Plan, Stage, run_stage, stage_class
 from stores.errors import AlbatError
 from stores.workdir import Workdir, fingerprint
@@ -65,7 +66,8 @@ def test_first_run_does_every_step_in_order_and_records(tmp_path: Path) -> None:
     assert result == {"skipped": False, "bytes": 8}
     record = _record(work)
     assert record == {"stage": "toy", "fingerprint": fingerprint({"value": 1}), "config": {"value": 1},
-                      "summary": {"bytes": 8}}
+                      "summary": {"bytes": 8}, "outputs": {"toy/out.txt": sha256_file(work.root / "toy" / "out.txt")}}
+    assert "checksum" in json.loads((work.stages / "toy.json").read_text())  # an edited record is not complete
     assert (tmp_path / "toy" / "out.txt").read_text() == "value 1\n"
 
 
