@@ -127,8 +127,8 @@ def main() -> None:
               "rounds; the other runtimes once.\n\n"
             + markdown_table(["loop", "rows/s", "vs bare float32", "min cosine vs float32", "10-NN overlap",
                               "passes the bar"], rows)
-            + f"\n\nThe probe (`--backend auto --dtype auto`, {probe_rows} texts, each runtime stopped once slower "
-              f"than the fastest passing one) took {probe_seconds:.1f} s and chose **{choice[0]}/{choice[1]}**; "
+            + f"\n\nThe probe (`--backend auto --dtype auto`, {probe_rows} texts, timed round by round; a runtime "
+              f"over 1.5x the fastest one's time or off the cosine bar is stopped) took {probe_seconds:.1f} s and chose **{choice[0]}/{choice[1]}**; "
               f"the fastest bare runtime was {best[0]}/{best[1]}. "
               f"`albat embed` (auto, overlapped, probe excluded) ran at **{pipeline_speed / chosen_bare:.2f}x** its "
               f"chosen runtime's bare loop and **{pipeline_speed / base:.2f}x** bare float32. The bar: minimum "
