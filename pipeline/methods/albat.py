@@ -1,5 +1,9 @@
 """`albat`: the proposition filter (../shared/ALBAT.md, "Our design").
 
+`objective=v2` (default) replaces steps 2-4 below with one set objective: relevance plus the
+surrogate's bias-variance risk in the adaptation's curvature subspace, maximised greedily
+(`pipeline.methods.setobjective`, docs/albat-design.md). `objective=v1` is the filter below.
+
 1. Train the surrogate φ_s on the adaptation set (φ_0: the untouched backbone).
 2. Validity (Proposition 1), per example: adaptation must not hurt it, Δℓ_b = ℓ(φ_s;b) − ℓ(φ_0;b) ≤ τ.
 3. Benefit (Proposition 2): rank the valid examples by curvature, the label-free Fisher trace at φ_s.
@@ -31,7 +35,9 @@ from stores.errors import AlbatError
 # bench-lm backbone, WordNet plants, n_A = 16), so the plain mean of a small S can never pass and albat
 # kept nothing; the pairwise estimate removes that per-example noise and keeps the drift.
 DEFAULTS = {**SURROGATE_DEFAULTS, "tau": float("inf"), "epsilon": 1.0, "fisher_samples": 2, "curvature": "trace",
-            "set_norm": "auto"}
+            "set_norm": "auto",
+            # v2: J(S) = Σ rel_b − β·m·(b·B(S) + v·V(S))/R_0 in the top-`rank` whitened H_A subspace
+            "objective": "v2", "beta": 1.0, "bias": 1.0, "variance": 1.0, "rank": 32, "backbone_weight": 1.0}
 
 KEPT, INVALID_LOSS, INVALID_GRADIENT, BUDGET = 0, 1, 2, 3
 
@@ -95,19 +101,42 @@ def explain(status: int, delta: float, tried: float, curvature: float, tau: floa
     return f"rejected: budget filled before its curvature {curvature:.4g}"
 
 
+def explain_v2(kept: bool, rel: float, gain: float, d_bias: float, d_var: float, last: float, cut: float,
+               delta: float, tau: float) -> str:
+    """One line per v2 decision: the marginal gain and which term decided it."""
+    if delta > tau:
+        return f"rejected: validity, Δℓ={delta:+.4f} > τ={tau:g} (adaptation makes this example worse)"
+    if kept:
+        terms = {"relevance": rel, "bias": d_bias, "variance": d_var}
+        top = max(terms, key=lambda k: abs(terms[k]))
+        return (f"kept: marginal gain {gain:+.4f} = relevance {rel:.4f} {d_bias:+.4f} (bias) {d_var:+.4f} (variance); "
+                f"decided by {top}")
+    return f"rejected: budget filled; its last marginal gain {last:+.4f} < the last kept gain {cut:+.4f}"
+
+
+def fitted_pool(request: SelectionRequest, opts: dict):
+    """The pool with its surrogate fitted, the fit report and seconds, the losses at φ_0 and φ_s, and
+    the clock started for the scoring time (which includes the losses)."""
+    clock = time.perf_counter()
+    pool = prepare_pool(request, opts)
+    fit = pool.surrogate.fit(pool.adaptation, request.seed)
+    fit_seconds = time.perf_counter() - clock
+    clock = time.perf_counter()
+    loss0, loss_s = pool.surrogate.losses(pool.pairs, "initial"), pool.surrogate.losses(pool.pairs, "adapted")
+    return pool, fit, fit_seconds, loss0, loss_s, clock
+
+
 class AlbatMethod(SelectionMethod):
     name = "albat"
 
     def select(self, request: SelectionRequest) -> SelectionResult:
         opts = typed_options(self.options, DEFAULTS, self.name)
-        clock = time.perf_counter()
-        pool = prepare_pool(request, opts)
-        fit = pool.surrogate.fit(pool.adaptation, request.seed)
-        fit_seconds = time.perf_counter() - clock
-
-        clock = time.perf_counter()
+        if opts["objective"] not in ("v1", "v2"):
+            raise AlbatError(f"method albat: objective={opts['objective']!r}; choose v1 or v2")
+        if opts["objective"] == "v2":
+            return self._select_v2(request, opts)
+        pool, fit, fit_seconds, loss0, loss_s, clock = fitted_pool(request, opts)
         surrogate, pairs = pool.surrogate, pool.pairs
-        loss0, loss_s = surrogate.losses(pairs, "initial"), surrogate.losses(pairs, "adapted")
         grads = surrogate.gradients(pairs, "adapted")
         adaptation_grad = surrogate.gradients(pool.adaptation, "initial").mean(0)
         bound = float(opts["epsilon"] * np.linalg.norm(adaptation_grad))
@@ -136,6 +165,53 @@ class AlbatMethod(SelectionMethod):
                   "fit_seconds": round(fit_seconds, 3), "score_seconds": round(score_seconds, 3),
                   "ms_per_candidate": round(1000 * score_seconds / max(len(pool.rows), 1), 4), "surrogate_fit": fit}
         result = ranked_result(pool.ids, columns["curvature"], pool.rows[decision.order], pool.query_idx, pool.blocked,
+                               pool.block_reason, kept_reason=lambda row, _: why(row), rejected_reason=why, extra=columns)
+        result.report = report
+        return result
+
+    def _select_v2(self, request: SelectionRequest, opts: dict) -> SelectionResult:
+        from threadpoolctl import threadpool_limits
+
+        from pipeline.methods.ranked import check_budget
+        from pipeline.methods.setobjective import greedy, whiten
+
+        if opts["rank"] < 0 or opts["beta"] < 0 or opts["backbone_weight"] <= 0:
+            raise AlbatError("method albat: rank and beta must be >= 0 and backbone_weight > 0")
+        pool, fit, fit_seconds, loss0, loss_s, clock = fitted_pool(request, opts)
+        surrogate, pairs = pool.surrogate, pool.pairs
+        delta = loss_s - loss0
+        valid = delta <= opts["tau"]
+        check_budget(request.budget, int(valid.sum()), "the candidate pool after the Δℓ ≤ τ test (raise query.k)")
+        grads = surrogate.gradients(pairs, "adapted")
+        w, sigma2 = whiten(surrogate.gradients(pool.adaptation, "adapted"), grads, opts["rank"])
+        rel = request.candidates.column("similarity").to_numpy().astype(np.float64)[pool.rows]
+        n_a = len(pool.adaptation)
+        with threadpool_limits(1):  # many small products: BLAS threads only contend
+            trace = greedy(rel, w, request.budget, opts["backbone_weight"] / max(request.budget, 1), n_a,
+                           beta=opts["beta"], bias=opts["bias"], variance=opts["variance"], allowed=valid)
+        score_seconds = time.perf_counter() - clock
+
+        gain = np.where(np.isnan(trace.gain), trace.last_gain, trace.gain)
+        columns = {"loss_initial": pool.spread(loss0), "loss_adapted": pool.spread(loss_s),
+                   "delta_loss": pool.spread(delta), "grad_norm": pool.spread(np.linalg.norm(grads, axis=1)),
+                   "relevance": pool.spread(rel), "marginal_gain": pool.spread(gain),
+                   "bias_gain": pool.spread(trace.bias_gain), "variance_gain": pool.spread(trace.variance_gain),
+                   "whitened_norm": pool.spread(np.linalg.norm(w, axis=1))}
+        kept_rows = pool.rows[trace.order]
+        cut = float(trace.gain[trace.order[-1]]) if len(trace.order) else np.inf
+        keep = np.zeros(len(pool.ids), bool)
+        keep[kept_rows] = True
+        why = lambda row: explain_v2(bool(keep[row]), columns["relevance"][row], columns["marginal_gain"][row],  # noqa: E731
+                                     columns["bias_gain"][row], columns["variance_gain"][row],
+                                     columns["marginal_gain"][row], cut, columns["delta_loss"][row], opts["tau"])
+        report = {"surrogate": opts["surrogate"], "objective": "v2", "beta": opts["beta"], "bias": opts["bias"],
+                  "variance": opts["variance"], "rank": int(len(sigma2)), "backbone_weight": opts["backbone_weight"],
+                  "tau": opts["tau"] if np.isfinite(opts["tau"]) else "inf", "valid_by_loss": int(valid.sum()),
+                  "final_bias": round(trace.risk[0], 6), "final_variance": round(trace.risk[1], 6),
+                  "risk_at_empty": round(len(sigma2) / (2 * n_a), 6),
+                  "fit_seconds": round(fit_seconds, 3), "score_seconds": round(score_seconds, 3),
+                  "ms_per_candidate": round(1000 * score_seconds / max(len(pool.rows), 1), 4), "surrogate_fit": fit}
+        result = ranked_result(pool.ids, columns["marginal_gain"], kept_rows, pool.query_idx, pool.blocked,
                                pool.block_reason, kept_reason=lambda row, _: why(row), rejected_reason=why, extra=columns)
         result.report = report
         return result
