@@ -51,7 +51,7 @@ OPTIONS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("query", "--dedup-threshold", "dedup_threshold", dict(type=float, help="cosine above which a corpus row is a near-duplicate")),
     ("query", "--dedup-k", "dedup_k", dict(type=int, help="neighbours checked for near-duplicates per example")),
     ("query", "--rerank-factor", "rerank_factor", dict(type=int, help="PQ index: retrieve k*factor, re-rank exactly")),
-    ("filter", "--method", "method", dict(help="selection method: none, random, knn, dsir, classifier, gradalign, albat")),
+    ("filter", "--method", "method", dict(help="selection method: none, random, knn, dsir, classifier, gradalign, albat, auto")),
     ("filter", "--surrogate", "surrogate", dict(choices=["contrastive", "lm"], help="albat/gradalign surrogate: contrastive (store embeddings) or lm (causal LM + LoRA)")),
     ("filter", "--surrogate-model", "model", dict(metavar="DIR", help="lm surrogate: local Hugging Face causal-LM checkpoint directory")),
     ("filter", "--budget", "budget", dict(type=int, help="number m of backbone examples to select")),
