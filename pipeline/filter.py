@@ -20,6 +20,23 @@ def method_options(options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k not in ("method", "budget")}
 
 
+def build_request(config: dict[str, Any], work: Workdir, budget: int, options: dict[str, Any],
+                  seed: int) -> SelectionRequest:
+    """What every method gets, read from the query stage's outputs."""
+    adaptation = read_table(work.query / "adaptation.parquet", "query")
+    text_column = config["query"]["text_column"]
+    return SelectionRequest(
+        candidates=read_table(work.query / "candidates.parquet", "query"),
+        pairs=read_table(work.query / "candidate_pairs.parquet", "query"),
+        blocked_ids=read_table(work.query / "blocked.parquet", "query").column("id").to_numpy(),
+        store=EmbeddingStore(work.store),
+        adaptation_texts=adaptation.column(text_column).to_pylist(),
+        adaptation_vectors=read_array(work.query / "adaptation.npy"),
+        budget=budget, seed=seed, options=options,
+        adaptation_pair_vectors=(read_array(work.query / "adaptation.pair.npy")
+                                 if (work.query / "adaptation.pair.npy").exists() else None))
+
+
 def run_filter(config: dict[str, Any], work: Workdir, show_progress: bool = True) -> dict[str, Any]:
     options, seed = config["filter"], int(config["seed"])
     budget = int(options["budget"])
@@ -32,18 +49,7 @@ def run_filter(config: dict[str, Any], work: Workdir, show_progress: bool = True
     if (done := work.finished_summary("filter", fp, work.filter / SELECTION_FILE)) is not None:
         return {"skipped": True, **done}
     method = get_method(options["method"], **method_options(options))
-    adaptation = read_table(work.query / "adaptation.parquet", "query")
-    text_column = config["query"]["text_column"]
-    request = SelectionRequest(
-        candidates=read_table(work.query / "candidates.parquet", "query"),
-        pairs=read_table(work.query / "candidate_pairs.parquet", "query"),
-        blocked_ids=read_table(work.query / "blocked.parquet", "query").column("id").to_numpy(),
-        store=EmbeddingStore(work.store),
-        adaptation_texts=adaptation.column(text_column).to_pylist(),
-        adaptation_vectors=read_array(work.query / "adaptation.npy"),
-        budget=budget, seed=seed, options=method_options(options),
-        adaptation_pair_vectors=(read_array(work.query / "adaptation.pair.npy")
-                                 if (work.query / "adaptation.pair.npy").exists() else None))
+    request = build_request(config, work, budget, method_options(options), seed)
     started = time.perf_counter()
     result = method.select(request)
     seconds = time.perf_counter() - started

@@ -168,3 +168,33 @@ def test_unknown_candidate_option_is_an_error(auto_run: Path, capsys: pytest.Cap
     assert rc == 2 and "no option nonsense" in capsys.readouterr().err
     rc = albat("filter", "--config", auto_run.parent / "run.toml", "--method-option", "knn.k=1", "--quiet")
     assert rc == 2 and "knn takes no options" in capsys.readouterr().err
+
+
+def test_recommend_needs_a_helping_cell() -> None:
+    from pipeline.diagnose import default_budgets, recommend
+
+    rows = [{"budget": 4, "lambda": 1.0, "best": "knn", "best_mean": 0.6, "helps": True},
+            {"budget": 16, "lambda": 1.0, "best": "dsir", "best_mean": 0.7, "helps": True},
+            {"budget": 64, "lambda": 1.0, "best": "albat", "best_mean": 0.9, "helps": False}]
+    assert recommend(rows) == {"helps": True, "method": "dsir", "budget": 16, "lambda": 1.0}
+    assert recommend([{**r, "helps": False} for r in rows])["method"] == "none"
+    assert default_budgets(12) == [3, 12, 48] and default_budgets(1) == [1, 4]
+
+
+def test_diagnose_prints_the_choice_table_and_a_prediction(auto_run: Path, capsys: pytest.CaptureFixture,
+                                                             tmp_path: Path) -> None:
+    capsys.readouterr()
+    out = tmp_path / "diagnose.json"
+    assert albat("diagnose", auto_run, "--config", auto_run.parent / "run.toml", "--budgets", f"4,{BUDGET}",
+                 "--lams", "1", "--json", out) == 0
+    text = capsys.readouterr().out
+    assert f"auto chooser at m = {BUDGET}, λ = 1" in text and "prediction:" in text
+    for name in ("albat", "knn", "dsir", "random", "none"):
+        assert f"\n{name}" in text
+    report = json.loads(out.read_text())
+    assert [(g["budget"], g["lambda"]) for g in report["grid"]] == [(4, 1.0), (BUDGET, 1.0)]
+    # the same folds, seed and options as the auto run: the same fold scores
+    auto = json.loads((auto_run / "output" / "manifest.json").read_text())["selection"]["auto"]["table"]
+    at_budget = next(t["table"] for t in report["tables"] if t["budget"] == BUDGET)
+    assert [r["fold_scores"] for r in at_budget] == [r["fold_scores"] for r in auto]
+    assert report["prediction"]["helps"] == any(g["helps"] for g in report["grid"])
