@@ -140,6 +140,8 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="label of this configuration in results.jsonl")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); on shared "
                         "cores 1 is several times faster for the judge's small matrices")
+    parser.add_argument("--section", default="select", help="BENCHMARKS.md section (and plot) name; a reduced "
+                        "benchmark (another --data, fewer sizes) gets its own, e.g. select-fifth")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--ablation", default="", help="comma-separated tags: write one table comparing their albat "
                         "runs with the untagged run's methods, instead of the main report")
@@ -246,15 +248,18 @@ def report(args, results_path: Path) -> None:
             else:
                 cells.append("-")
         rows.append(cells)
-        baselines = {k: v for k, v in means.items() if k not in ("albat", "oracle")}
-        if "albat" in means and baselines:
-            best = max(baselines, key=baselines.get)
-            wins.append((domain, n_a, m, means["albat"] - baselines[best], best,
-                         separation(groups, (domain, n_a, m)), spread(groups, (domain, n_a, m), ["albat", best])))
+        baselines = {k: v for k, v in means.items() if k not in PRODUCT + ("oracle",)}
+        for product in PRODUCT:
+            if product in means and baselines:
+                best = max(baselines, key=baselines.get)
+                wins.append((product, domain, n_a, m, means[product] - baselines[best], best,
+                             separation(groups, (domain, n_a, m)), spread(groups, (domain, n_a, m), [product, best])))
     timing = {}
     for (_, _, _, method), runs in groups.items():
         timing.setdefault(method, []).extend(r["select_seconds"] for r in runs)
-    timing_rows = [[m, f"{np.mean(timing[m]):.2f}", f"{np.max(timing[m]):.2f}"] for m in methods if m in timing]
+    dsir_mean = np.mean(timing["dsir"]) if timing.get("dsir") else float("nan")
+    timing_rows = [[m, f"{np.mean(timing[m]):.2f}", f"{np.max(timing[m]):.2f}", f"{np.mean(timing[m]) / dsir_mean:.2f}"]
+                   for m in methods if m in timing]
     fill: dict[str, list[float]] = {}  # albat keeps *up to* m: how much of the budget each method used
     for (_, _, m, method), runs in groups.items():
         fill.setdefault(method, []).extend(r["kept"] / m for r in runs)
@@ -268,26 +273,27 @@ def report(args, results_path: Path) -> None:
             + (f" from {results_path}, tabulated again by --report-only (the runs were `python -m "
                "benchmarks.bench_select` with the same options)" if args.report_only else "") + ".", "",
             markdown_table(header, rows), "",
-            "ALBAT minus the best baseline (none, random, knn, dsir, classifier, gradalign) at the same budget. "
-            "A cell is evidence only where the benchmark can see in-domain data at all: `oracle − random` must exceed "
-            "the larger of their seed spreads (std); otherwise it is a control. A difference smaller than the "
-            "larger seed spread of albat and that baseline is a tie.", "",
-            markdown_table(["domain", "n_A", "m", "albat − best", "best baseline", "spread", "verdict",
+            "Each of the project's methods (albat, auto) minus the best baseline (none, random, knn, dsir, classifier, "
+            "gradalign) at the same budget. A cell is evidence only where the benchmark can see in-domain data at all: "
+            "`oracle − random` must exceed the larger of their seed spreads (std); otherwise it is a control. A "
+            "difference smaller than the larger seed spread of the method and that baseline is a tie.", "",
+            markdown_table(["method", "domain", "n_A", "m", "− best", "best baseline", "spread", "verdict",
                             "oracle − random", "cell"],
-                           [[d, n, m, f"{diff:+.3f}", b, f"{sd:.3f}",
-                             "tie" if abs(diff) <= sd else ("win" if diff > 0 else "loss"),
-                             f"{sep[0]:+.3f} (spread {sep[1]:.3f})" if sep else "-",
-                             "evidence" if sep and sep[0] > sep[1] else "control"]
-                            for d, n, m, diff, b, sep, sd in wins]), "",
+                           [[p, d, n, m, f"{diff:+.3f}", b, f"{sd:.3f}", verdict(diff, sd),
+                             f"{sep[0]:+.3f} (spread {sep[1]:.3f})" if sep else "-", cell_kind(sep)]
+                            for p, d, n, m, diff, b, sep, sd in wins]), "",
+            "Win / tie / loss against the best baseline, by kind of cell:", "",
+            markdown_table(["method", "evidence cells (W/T/L)", "control cells (W/T/L)", "at or above within spread"],
+                           win_counts(wins)), "",
             "Selection time per call (seconds, the filter stage's own clock) and share of kept pairs from the "
             "target's own label:", "",
-            markdown_table(["method", "mean s", "max s", "in-domain share", "kept / m (min)"],
+            markdown_table(["method", "mean s", "max s", "mean / dsir's", "in-domain share", "kept / m (min)"],
                            [row + [f"{np.mean(in_domain[row[0]]):.2f}" if in_domain.get(row[0]) else "-",
                                    f"{np.mean(fill[row[0]]):.2f} ({np.min(fill[row[0]]):.2f})"]
                             for row in timing_rows])]
     by_size: dict[tuple[str, int], list[dict]] = {}
     for (_, n_a, _, method), runs in groups.items():
-        if method in ("albat", "gradalign", "dsir", "classifier"):
+        if method in ("albat", "auto", "gradalign", "dsir", "classifier"):
             by_size.setdefault((method, n_a), []).extend(runs)
     body += ["", "Cost against pool size (mean over calls; albat's time includes its surrogate fit, which does not "
              "depend on the pool):", "",
@@ -296,11 +302,38 @@ def report(args, results_path: Path) -> None:
                               f"{np.mean([r['select_seconds'] for r in rs]):.2f}",
                               f"{1000 * np.mean([r['select_seconds'] / r['candidates'] for r in rs]):.2f}"]
                              for (m, n), rs in sorted(by_size.items())])]
-    plot = plot_results(groups, frozen, methods, args.out.parent / "benchmarks" / f"select{args.tag or ''}.png")
+    plot = plot_results(groups, frozen, methods, args.out.parent / "benchmarks" / f"{args.section}{args.tag or ''}.png")
     if plot:
         body += ["", f"![MRR per method]({plot.relative_to(args.out.parent)})"]
-    write_section(args.out, f"select{args.tag}", f"Selection quality (`make bench-select`){' ' + args.tag if args.tag else ''}",
+    title = "Selection quality (`make bench-select`)" + ("" if args.section == "select" else f", reduced: {args.section}")
+    write_section(args.out, f"{args.section}{args.tag}", title + (f" {args.tag}" if args.tag else ""),
                   "\n".join(body))
+
+
+PRODUCT = ("albat", "auto")
+
+
+def verdict(diff: float, sd: float) -> str:
+    return "tie" if abs(diff) <= sd else ("win" if diff > 0 else "loss")
+
+
+def cell_kind(sep: tuple[float, float] | None) -> str:
+    return "evidence" if sep and sep[0] > sep[1] else "control"
+
+
+def win_counts(wins: list[tuple]) -> list[list[str]]:
+    """Per product method: W/T/L on evidence and control cells, and the share not lost."""
+    rows = []
+    for product in PRODUCT:
+        mine = [w for w in wins if w[0] == product]
+        if not mine:
+            continue
+        counts = {kind: [sum(1 for w in mine if cell_kind(w[6]) == kind and verdict(w[4], w[7]) == v)
+                         for v in ("win", "tie", "loss")] for kind in ("evidence", "control")}
+        kept = sum(1 for w in mine if verdict(w[4], w[7]) != "loss")
+        rows.append([product, "/".join(map(str, counts["evidence"])), "/".join(map(str, counts["control"])),
+                     f"{kept} of {len(mine)}"])
+    return rows
 
 
 def _mrrs(groups, cell: tuple, method: str) -> np.ndarray:
@@ -340,13 +373,16 @@ def report_ablation(args, results_path: Path, tags: list[str]) -> None:
         runs = cells[cell]
         rows.append([*cell] + [f"{np.mean(runs[n]):.3f}±{np.std(runs[n], ddof=1) if len(runs[n]) > 1 else 0:.3f}"
                                if n in runs else "-" for n in names])
+    note = ("The variants ran before `tau`'s default moved from 0 to inf: each ran with τ = 0 and ε = 1 unless its "
+            "options say otherwise, so `abl-tau0` is their reference." if args.section == "select" else
+            "Each variant ran with the defaults of its commit plus the options listed.")
     body = ["Test MRR, mean ± std over seeds. Columns after `oracle` are albat variants (tags below); the "
             "others are the main run's methods (albat = current defaults) on the same cells: same adaptation "
-            "draws, candidate pools and judge. The variants ran before `tau`'s default moved from 0 to inf: each "
-            "ran with τ = 0 and ε = 1 unless its options say otherwise, so `abl-tau0` is their reference.", "",
+            "draws, candidate pools and judge. " + note, "",
             "\n".join(f"- `{t}`: {legend[t]}" for t in tags if t in legend), "",
             markdown_table(["domain", "n_A", "m"] + names, rows)]
-    write_section(args.out, "select-ablation", "Selection quality: albat ablation", "\n".join(body))
+    write_section(args.out, f"{args.section}-ablation", "Selection quality: albat ablation"
+                  + ("" if args.section == "select" else f" ({args.section})"), "\n".join(body))
 
 
 def plot_results(groups, frozen, methods: list[str], path: Path) -> Path | None:
