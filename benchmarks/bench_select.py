@@ -33,9 +33,15 @@ EMBED_ARGS = ["--text-column", "text", "--pair-column", "query", "--id-column", 
               "--keep-columns", "source,label", "--dtype", "bfloat16", "--max-seq-length", "128", "--quiet"]
 
 
+THREADS = [0]  # --threads: reapplied after every stage (the query stage's encoder sets all cores)
+
+
 def run(*args: Any) -> None:
     if albat([str(a) for a in args]) != 0:
         raise SystemExit(f"albat {' '.join(map(str, args))} failed")
+    if THREADS[0]:
+        import torch
+        torch.set_num_threads(THREADS[0])
 
 
 def build_stores(data: Path, work: Path, domains: list[dict]) -> tuple[EmbeddingStore, EmbeddingStore]:
@@ -152,6 +158,7 @@ def main() -> None:
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
+        THREADS[0] = args.threads
     if not args.report_only:
         args.work.mkdir(parents=True, exist_ok=True)
         run_all(args, domains, results_path)

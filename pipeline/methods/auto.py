@@ -14,7 +14,7 @@ manifest's `selection`. Blocked ids stay blocked in every fold: near-duplicates 
 example can never be selected for its own fold.
 
 Options: `methods` [albat,knn,dsir,classifier,random,none], `folds` [3], `score` [mrr], `judge_steps`
-[100], `judge_lr` [1e-3], `backbone_weight` [1.0] (λ of the judge), `bank_size` [128], `distractors`
+[50], `judge_lr` [1e-3], `backbone_weight` [1.0] (λ of the judge), `bank_size` [128], `distractors`
 [512], `view_sigma` [1.0]; any option of a candidate method as `METHOD.KEY` (e.g. `albat.beta=0.5`).
 `dsir` runs with `pool=candidates` unless `dsir.pool` says otherwise: scoring the whole corpus once per
 fold would cost more than every other method together.
@@ -33,7 +33,7 @@ from pipeline.methods.ranked import typed_options
 from stores.errors import AlbatError
 
 DEFAULTS: dict[str, Any] = {"methods": "albat,knn,dsir,classifier,random,none", "folds": 3, "score": "mrr",
-                            "judge_steps": 100, "judge_lr": 1e-3, "backbone_weight": 1.0, "bank_size": 128,
+                            "judge_steps": 50, "judge_lr": 1e-3, "backbone_weight": 1.0, "bank_size": 128,
                             "distractors": 512, "view_sigma": 1.0}
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {"dsir": {"pool": "candidates"}}
 
