@@ -90,13 +90,13 @@ def judge(train, extra, bank, test, distractors, args, seed: int) -> tuple[float
 
 
 def select(method: str, exp: Path, budget: int, seed: int, oracle_pool: np.ndarray, blocked: np.ndarray,
-           options: list[str]) -> tuple[np.ndarray, float]:
+           options: dict[str, list[str]]) -> tuple[np.ndarray, float]:
     """Ids the method keeps and its selection time (the filter stage's own measurement)."""
     if method == "oracle":
         rng = np.random.default_rng([seed, budget])
         allowed = oracle_pool[~np.isin(oracle_pool, blocked)]
         return rng.choice(allowed, size=min(budget, len(allowed)), replace=False), 0.0
-    extra = [x for o in options for x in ("--method-option", o)] if method == "albat" and options else []
+    extra = [x for o in options.get(method, []) for x in ("--method-option", o)]
     run("filter", "--work", exp, "--method", method, "--budget", budget, "--seed", seed, "--quiet", *extra)
     table = pq.read_table(exp / "filter" / "selection.parquet", columns=["id", "keep"])
     kept = table.filter(table.column("keep")).column("id").to_numpy()
@@ -143,6 +143,7 @@ def main() -> None:
     parser.add_argument("--judge-lr", type=float, default=1e-3)
     parser.add_argument("--distractors", type=int, default=2000)
     parser.add_argument("--albat-option", action="append", default=[], help="KEY=VALUE passed to albat")
+    parser.add_argument("--auto-option", action="append", default=[], help="KEY=VALUE passed to auto")
     parser.add_argument("--tag", default="", help="label of this configuration in results.jsonl")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); on shared "
                         "cores 1 is several times faster for the judge's small matrices")
@@ -215,7 +216,8 @@ def run_all(args, domains: list[dict], results_path: Path) -> None:
                     n_candidates = pq.read_metadata(exp / "query" / "candidates.parquet").num_rows
                     for method, ratio in pending:
                         m = ratio * n_a
-                        kept, seconds = select(method, exp, m, seed, oracle_pool, blocked, args.albat_option)
+                        kept, seconds = select(method, exp, m, seed, oracle_pool, blocked,
+                                               {"albat": args.albat_option, "auto": args.auto_option})
                         extra = pairs_for(backbone, kept) if len(kept) else None
                         started = time.perf_counter()
                         r1, mrr = judge(train, extra, bank, test, distractors, args, seed)
@@ -224,7 +226,8 @@ def run_all(args, domains: list[dict], results_path: Path) -> None:
                                           "tag": args.tag},
                                   "recall1": r1, "mrr": mrr, "kept": int(len(kept)), "in_domain": in_domain,
                                   "select_seconds": seconds, "judge_seconds": time.perf_counter() - started,
-                                  "candidates": n_candidates, "k": k, "albat_options": args.albat_option}
+                                  "candidates": n_candidates, "k": k, "albat_options": args.albat_option,
+                                  **({"auto_options": args.auto_option} if args.auto_option else {})}
                         out.write(json.dumps(record) + "\n")
                         out.flush()
                         print(f"{domain['slug']} n_A={n_a} m={m} seed={seed} {method:10s} R@1={r1:.3f} MRR={mrr:.3f} "
@@ -360,6 +363,31 @@ def separation(groups, cell: tuple) -> tuple[float, float] | None:
     return float(oracle.mean() - random_.mean()), spread(groups, cell, ["oracle", "random"])
 
 
+def variant_counts(cells: dict[tuple, dict[str, list[float]]], variants: list[str]) -> list[list[str]]:
+    baselines = [m for m in METHODS if m not in PRODUCT + ("oracle",)]
+    out = []
+    for name in variants:
+        tally = {"evidence": [0, 0, 0], "control": [0, 0, 0]}
+        diffs = []
+        for runs in cells.values():
+            present = [b for b in baselines if b in runs]
+            if name not in runs or not present:
+                continue
+            best = max(present, key=lambda b: np.mean(runs[b]))
+            diff = float(np.mean(runs[name]) - np.mean(runs[best]))
+            sd = max((float(np.std(runs[x], ddof=1)) for x in (name, best) if len(runs[x]) > 1), default=0.0)
+            sep = None
+            if "oracle" in runs and "random" in runs:
+                sep = (float(np.mean(runs["oracle"]) - np.mean(runs["random"])),
+                       max((float(np.std(runs[x], ddof=1)) for x in ("oracle", "random") if len(runs[x]) > 1), default=0.0))
+            tally[cell_kind(sep)][("win", "tie", "loss").index(verdict(diff, sd))] += 1
+            diffs.append(diff)
+        if diffs:
+            out.append([name, str(len(diffs)), "/".join(map(str, tally["evidence"])), "/".join(map(str, tally["control"])),
+                        f"{np.mean(diffs):+.4f}"])
+    return out
+
+
 def report_ablation(args, results_path: Path, tags: list[str]) -> None:
     """albat variants (one tag each) beside the untagged run's methods, on the cells the variants ran."""
     cells: dict[tuple, dict[str, list[float]]] = {}
@@ -367,11 +395,12 @@ def report_ablation(args, results_path: Path, tags: list[str]) -> None:
     for r in map(json.loads, results_path.read_text().splitlines()):
         k = r["key"]
         tag = k.get("tag", "")
-        if k["method"] == "frozen" or (tag and (tag not in tags or k["method"] != "albat")):
+        if k["method"] == "frozen" or (tag and (tag not in tags or k["method"] not in PRODUCT)):
             continue
         name = tag or k["method"]
         if tag:
-            legend[tag] = (" ".join(r.get("albat_options") or []) or "default options") + (
+            opts = r.get("auto_options") if k["method"] == "auto" else r.get("albat_options")
+            legend[tag] = f"{k['method']}: " + (" ".join(opts or []) or "default options") + (
                 f", candidate pool k = {r['k']} neighbours per example" if r.get("k", 64) != 64 else "")
         cells.setdefault((k["domain"], k["n_a"], k["m"]), {}).setdefault(name, []).append(r["mrr"])
     names = [m for m in METHODS if any(m in c for c in cells.values())] + [t for t in tags if t in legend]
@@ -383,11 +412,16 @@ def report_ablation(args, results_path: Path, tags: list[str]) -> None:
     note = ("The variants ran before `tau`'s default moved from 0 to inf: each ran with τ = 0 and ε = 1 unless its "
             "options say otherwise, so `abl-tau0` is their reference." if args.section == "select" else
             "Each variant ran with the defaults of its commit plus the options listed.")
-    body = ["Test MRR, mean ± std over seeds. Columns after `oracle` are albat variants (tags below); the "
-            "others are the main run's methods (albat = current defaults) on the same cells: same adaptation "
+    body = ["Test MRR, mean ± std over seeds. Columns after `oracle` are albat (or auto) variants (tags below); the "
+            "others are the main run's methods (albat, auto = current defaults) on the same cells: same adaptation "
             "draws, candidate pools and judge. " + note, "",
             "\n".join(f"- `{t}`: {legend[t]}" for t in tags if t in legend), "",
-            markdown_table(["domain", "n_A", "m"] + names, rows)]
+            markdown_table(["domain", "n_A", "m"] + names, rows), "",
+            "Each variant (and the main run's albat and auto) against the best baseline of its cell, as in the main "
+            "report (tie: within the larger seed std of the two; evidence: oracle − random beyond their spread); "
+            "mean difference over the cells it ran:", "",
+            markdown_table(["variant", "cells", "evidence (W/T/L)", "control (W/T/L)", "mean − best"],
+                           variant_counts(cells, [n for n in names if n in PRODUCT or n in legend]))]
     write_section(args.out, f"{args.section}-ablation", "Selection quality: albat ablation"
                   + ("" if args.section == "select" else f" ({args.section})"), "\n".join(body))
 
