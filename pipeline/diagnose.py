@@ -22,13 +22,13 @@ def default_budgets(budget: int) -> list[int]:
     return sorted({max(1, budget // 4), max(1, budget), 4 * max(1, budget)})
 
 
-def grid_rows(results: dict[tuple[int, float], list]) -> list[dict[str, Any]]:
+def grid_rows(results: dict[tuple[int, float], list], prefer: str = "") -> list[dict[str, Any]]:
     """One row per (m, λ): the best method, its margin over `none` and whether it clears the spread."""
     from pipeline.methods.auto import augmentation_verdict, choose
 
     rows = []
     for (budget, lam), table in sorted(results.items()):
-        best = choose(table)
+        best = choose(table, prefer)
         rows.append({"budget": budget, "lambda": lam, "best": best.name, "best_mean": round(best.mean, 6),
                      **{k: v for k, v in augmentation_verdict(table).items() if k != "best"}})
     return rows
@@ -90,7 +90,7 @@ def run_diagnose(config: dict[str, Any], budgets: list[int] | None, lams: list[f
     lams = lams or sorted({0.5 * lam, lam, 2 * lam})
     request = build_request(config, work, max(budgets), raw, int(config["seed"]))
     results = cross_validate(request, methods, per_method, opts, budgets, lams)
-    rows = grid_rows(results)
+    rows = grid_rows(results, opts["prefer"])
     advice = recommend(rows)
     cell = (budget if budget in budgets else budgets[0], lam if lam in lams else lams[0])
     text = _format(cell, results[cell], rows, advice, opts["score"], opts["folds"])

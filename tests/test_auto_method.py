@@ -198,3 +198,12 @@ def test_diagnose_prints_the_choice_table_and_a_prediction(auto_run: Path, capsy
     at_budget = next(t["table"] for t in report["tables"] if t["budget"] == BUDGET)
     assert [r["fold_scores"] for r in at_budget] == [r["fold_scores"] for r in auto]
     assert report["prediction"]["helps"] == any(g["helps"] for g in report["grid"])
+
+
+def test_prefer_keeps_the_default_unless_beaten_on_every_fold() -> None:
+    table = [MethodScores("knn", [0.50, 0.70, 0.60]), MethodScores("dsir", [0.55, 0.60, 0.58])]
+    assert choose(table).name == "knn"
+    assert choose(table, prefer="dsir").name == "dsir"  # knn's mean is higher, but it loses fold 2
+    table[0].scores = [0.56, 0.61, 0.59]
+    assert choose(table, prefer="dsir").name == "knn"  # better on every fold
+    assert choose(table, prefer="none").name == "knn"  # not a candidate: plain best

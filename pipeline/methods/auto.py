@@ -7,15 +7,16 @@ The best baseline changes from task to task (BENCHMARKS.md), so `auto` asks the 
    judge (the residual adapter, `judge_steps` fixed steps) on those folds plus the selection with
    weight λ, and score the held-out fold: MRR of its queries against its own documents plus
    `distractors` seeded backbone documents (`score=mrr`), or its mean InfoNCE loss (`score=loss`);
-3. pick the method with the best mean fold score (`choose`; ties to the earlier method in `methods`)
-   and run it on the full adaptation set at budget m.
+3. pick the method with the best mean fold score (`choose`; ties to the earlier method in `methods`;
+   with `prefer=METHOD`, that method unless the best beats it on every fold) and run it on the full
+   adaptation set at budget m.
 Every fold score, the means, spreads and the choice go to the filter record (`auto`), and so to the
 manifest's `selection`. Blocked ids stay blocked in every fold: near-duplicates of a held-out
 example can never be selected for its own fold.
 
 Options: `methods` [albat,knn,dsir,classifier,random,none], `folds` [3], `score` [mrr], `judge_steps`
 [50], `judge_lr` [1e-3], `backbone_weight` [1.0] (λ of the judge), `bank_size` [128], `distractors`
-[512], `view_sigma` [1.0]; any option of a candidate method as `METHOD.KEY` (e.g. `albat.beta=0.5`).
+[512], `view_sigma` [1.0], `prefer` [none: plain best mean]; any option of a candidate method as `METHOD.KEY` (e.g. `albat.beta=0.5`).
 `dsir` runs with `pool=candidates` unless `dsir.pool` says otherwise: scoring the whole corpus once per
 fold would cost more than every other method together.
 """
@@ -34,7 +35,7 @@ from stores.errors import AlbatError
 
 DEFAULTS: dict[str, Any] = {"methods": "albat,knn,dsir,classifier,random,none", "folds": 3, "score": "mrr",
                             "judge_steps": 50, "judge_lr": 1e-3, "backbone_weight": 1.0, "bank_size": 128,
-                            "distractors": 512, "view_sigma": 1.0}
+                            "distractors": 512, "view_sigma": 1.0, "prefer": ""}
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {"dsir": {"pool": "candidates"}}
 
 
@@ -88,14 +89,22 @@ class MethodScores:
                 "select_seconds": round(float(np.sum(self.seconds)), 3), "error": self.error}
 
 
-def choose(table: list[MethodScores]) -> MethodScores:
+def choose(table: list[MethodScores], prefer: str = "") -> MethodScores:
     """The method with the highest mean fold score, then the highest mean tie-break (minus the held-out
-    loss: held-out MRR saturates on easy tasks); exact ties go to the earlier one in `table`."""
+    loss: held-out MRR saturates on easy tasks); exact ties go to the earlier one in `table`.
+
+    With `prefer` (a method in the table), keep it unless the best beats it on every fold: the folds
+    are paired (the same split for every method), and on a few held-out examples a mean alone is
+    mostly noise."""
     runnable = [t for t in table if t.error is None]
     if not runnable:
         raise AlbatError("method auto: no candidate method ran on every fold: "
                          + "; ".join(f"{t.name}: {t.error}" for t in table))
-    return max(runnable, key=lambda t: t.key)  # max keeps the first of equal keys
+    best = max(runnable, key=lambda t: t.key)  # max keeps the first of equal keys
+    default = next((t for t in runnable if t.name == prefer), None)
+    if default is None or default is best:
+        return best
+    return best if all(b > d for b, d in zip(best.scores, default.scores)) else default
 
 
 def augmentation_verdict(table: list[MethodScores]) -> dict[str, Any]:
@@ -278,12 +287,15 @@ class AutoMethod(SelectionMethod):
         table = cross_validate(request, methods, per_method, opts, [request.budget],
                                [opts["backbone_weight"]])[(request.budget, opts["backbone_weight"])]
         cv_seconds = time.perf_counter() - clock
-        chosen = choose(table)
+        if opts["prefer"] and opts["prefer"] not in methods:
+            raise AlbatError(f"method auto: prefer={opts['prefer']!r} is not among methods={','.join(methods)}")
+        chosen = choose(table, opts["prefer"])
         result = get_method(chosen.name, **per_method[chosen.name]).select(
             SelectionRequest(**{**request.__dict__, "options": per_method[chosen.name]}))
         note = f" (auto chose {chosen.name}: mean held-out {opts['score']} {chosen.mean:.4f} over {opts['folds']} folds)"
         result.reason = [r + note for r in result.reason]
-        result.report = {"auto": {"choice": chosen.name, "score": opts["score"], "folds": opts["folds"],
+        result.report = {"auto": {"choice": chosen.name, "prefer": opts["prefer"], "score": opts["score"],
+                                  "folds": opts["folds"],
                                   "judge_steps": opts["judge_steps"], "backbone_weight": opts["backbone_weight"],
                                   "fold_budgets": fold_budgets(request.budget, len(request.adaptation_vectors),
                                                                opts["folds"], request.seed),
