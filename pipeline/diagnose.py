@@ -80,6 +80,8 @@ def run_diagnose(config: dict[str, Any], budgets: list[int] | None, lams: list[f
     filter_options = config["filter"]
     raw = {**(method_options(filter_options) if filter_options["method"] == "auto" else {}), **options}
     methods = parse_methods(raw.get("methods", DEFAULTS["methods"]))
+    if "none" not in methods:  # the prediction compares against training on the adaptation set alone
+        methods.append("none")
     own, per_method = split_options(raw, methods)
     opts = typed_options(own, DEFAULTS, "auto")
     for name in methods:
