@@ -37,7 +37,10 @@ from stores.errors import AlbatError
 DEFAULTS = {**SURROGATE_DEFAULTS, "tau": float("inf"), "epsilon": 1.0, "fisher_samples": 2, "curvature": "trace",
             "set_norm": "auto",
             # v2: J(S) = Σ rel_b − β·m·(b·B(S) + v·V(S))/R_0 in the top-`rank` whitened H_A subspace
-            "objective": "v2", "beta": 1.0, "bias": 1.0, "variance": 1.0, "rank": 32, "backbone_weight": 1.0}
+            "objective": "v2", "beta": 1.0, "bias": 1.0, "variance": 1.0, "rank": 32, "backbone_weight": 1.0,
+            # sample > 0: relevance + sample·std(rel)·Gumbel noise (seeded), i.e. draw in proportion to
+            # exp(rel / (sample·std)) as DSIR samples instead of taking the top (distribution matching)
+            "sample": 0.0}
 
 KEPT, INVALID_LOSS, INVALID_GRADIENT, BUDGET = 0, 1, 2, 3
 
@@ -175,8 +178,8 @@ class AlbatMethod(SelectionMethod):
         from pipeline.methods.ranked import check_budget
         from pipeline.methods.setobjective import greedy, whiten
 
-        if opts["rank"] < 0 or opts["beta"] < 0 or opts["backbone_weight"] <= 0:
-            raise AlbatError("method albat: rank and beta must be >= 0 and backbone_weight > 0")
+        if opts["rank"] < 0 or opts["beta"] < 0 or opts["sample"] < 0 or opts["backbone_weight"] <= 0:
+            raise AlbatError("method albat: rank, beta and sample must be >= 0 and backbone_weight > 0")
         pool, fit, fit_seconds, loss0, loss_s, clock = fitted_pool(request, opts)
         surrogate, pairs = pool.surrogate, pool.pairs
         delta = loss_s - loss0
@@ -185,26 +188,29 @@ class AlbatMethod(SelectionMethod):
         grads = surrogate.gradients(pairs, "adapted")
         w, sigma2 = whiten(surrogate.gradients(pool.adaptation, "adapted"), grads, opts["rank"])
         rel = request.candidates.column("similarity").to_numpy().astype(np.float64)[pool.rows]
+        key = rel + (opts["sample"] * float(np.std(rel)) * np.random.default_rng([request.seed, 31]).gumbel(size=len(rel))
+                     if opts["sample"] > 0 and len(rel) else 0.0)
         n_a = len(pool.adaptation)
         with threadpool_limits(1):  # many small products: BLAS threads only contend
-            trace = greedy(rel, w, request.budget, opts["backbone_weight"] / max(request.budget, 1), n_a,
+            trace = greedy(key, w, request.budget, opts["backbone_weight"] / max(request.budget, 1), n_a,
                            beta=opts["beta"], bias=opts["bias"], variance=opts["variance"], allowed=valid)
         score_seconds = time.perf_counter() - clock
 
         gain = np.where(np.isnan(trace.gain), trace.last_gain, trace.gain)
         columns = {"loss_initial": pool.spread(loss0), "loss_adapted": pool.spread(loss_s),
                    "delta_loss": pool.spread(delta), "grad_norm": pool.spread(np.linalg.norm(grads, axis=1)),
-                   "relevance": pool.spread(rel), "marginal_gain": pool.spread(gain),
+                   "relevance": pool.spread(rel), "relevance_key": pool.spread(np.broadcast_to(key, rel.shape)),
+                   "marginal_gain": pool.spread(gain),
                    "bias_gain": pool.spread(trace.bias_gain), "variance_gain": pool.spread(trace.variance_gain),
                    "whitened_norm": pool.spread(np.linalg.norm(w, axis=1))}
         kept_rows = pool.rows[trace.order]
         cut = float(trace.gain[trace.order[-1]]) if len(trace.order) else np.inf
         keep = np.zeros(len(pool.ids), bool)
         keep[kept_rows] = True
-        why = lambda row: explain_v2(bool(keep[row]), columns["relevance"][row], columns["marginal_gain"][row],  # noqa: E731
+        why = lambda row: explain_v2(bool(keep[row]), columns["relevance_key"][row], columns["marginal_gain"][row],  # noqa: E731
                                      columns["bias_gain"][row], columns["variance_gain"][row],
                                      columns["marginal_gain"][row], cut, columns["delta_loss"][row], opts["tau"])
-        report = {"surrogate": opts["surrogate"], "objective": "v2", "beta": opts["beta"], "bias": opts["bias"],
+        report = {"surrogate": opts["surrogate"], "objective": "v2", "sample": opts["sample"], "beta": opts["beta"], "bias": opts["bias"],
                   "variance": opts["variance"], "rank": int(len(sigma2)), "backbone_weight": opts["backbone_weight"],
                   "tau": opts["tau"] if np.isfinite(opts["tau"]) else "inf", "valid_by_loss": int(valid.sum()),
                   "final_bias": round(trace.risk[0], 6), "final_variance": round(trace.risk[1], 6),
