@@ -111,7 +111,6 @@ seed = 5
 [embed]
 input = ["{small_wiki.corpus}"]
 id_column = "id"
-pair_column = "title"
 [query]
 adaptation = ["{small_wiki.adaptation}"]
 exclude = ["{small_wiki.eval}"]
@@ -124,7 +123,7 @@ folds = 2
 judge_steps = 30
 distractors = 64
 bank_size = 32
-"albat.steps" = 30
+"albat.steps" = 10
 "albat.bank_size" = 32
 "albat.projection_dim" = 256
 """)
