@@ -28,14 +28,20 @@ from benchmarks.report import markdown_table, save_figure, write_section
 from pipeline.cli import main as albat
 from stores.embedding_store import EmbeddingStore
 
-METHODS = ["none", "random", "knn", "dsir", "classifier", "gradalign", "albat", "oracle"]
+METHODS = ["none", "random", "knn", "dsir", "classifier", "gradalign", "albat", "auto", "oracle"]
 EMBED_ARGS = ["--text-column", "text", "--pair-column", "query", "--id-column", "id",
               "--keep-columns", "source,label", "--max-seq-length", "128", "--quiet"]  # runtime: measured (auto)
+
+
+THREADS = [0]  # --threads: reapplied after every stage (the query stage's encoder sets all cores)
 
 
 def run(*args: Any) -> None:
     if albat([str(a) for a in args]) != 0:
         raise SystemExit(f"albat {' '.join(map(str, args))} failed")
+    if THREADS[0]:
+        import torch
+        torch.set_num_threads(THREADS[0])
 
 
 def build_stores(data: Path, work: Path, domains: list[dict]) -> tuple[EmbeddingStore, EmbeddingStore]:
@@ -84,13 +90,13 @@ def judge(train, extra, bank, test, distractors, args, seed: int) -> tuple[float
 
 
 def select(method: str, exp: Path, budget: int, seed: int, oracle_pool: np.ndarray, blocked: np.ndarray,
-           options: list[str]) -> tuple[np.ndarray, float]:
+           options: dict[str, list[str]]) -> tuple[np.ndarray, float]:
     """Ids the method keeps and its selection time (the filter stage's own measurement)."""
     if method == "oracle":
         rng = np.random.default_rng([seed, budget])
         allowed = oracle_pool[~np.isin(oracle_pool, blocked)]
         return rng.choice(allowed, size=min(budget, len(allowed)), replace=False), 0.0
-    extra = [x for o in options for x in ("--method-option", o)] if method == "albat" and options else []
+    extra = [x for o in options.get(method, []) for x in ("--method-option", o)]
     run("filter", "--work", exp, "--method", method, "--budget", budget, "--seed", seed, "--quiet", *extra)
     table = pq.read_table(exp / "filter" / "selection.parquet", columns=["id", "keep"])
     kept = table.filter(table.column("keep")).column("id").to_numpy()
@@ -137,7 +143,12 @@ def main() -> None:
     parser.add_argument("--judge-lr", type=float, default=1e-3)
     parser.add_argument("--distractors", type=int, default=2000)
     parser.add_argument("--albat-option", action="append", default=[], help="KEY=VALUE passed to albat")
+    parser.add_argument("--auto-option", action="append", default=[], help="KEY=VALUE passed to auto")
     parser.add_argument("--tag", default="", help="label of this configuration in results.jsonl")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); on shared "
+                        "cores 1 is several times faster for the judge's small matrices")
+    parser.add_argument("--section", default="select", help="BENCHMARKS.md section (and plot) name; a reduced "
+                        "benchmark (another --data, fewer sizes) gets its own, e.g. select-fifth")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--ablation", default="", help="comma-separated tags: write one table comparing their albat "
                         "runs with the untagged run's methods, instead of the main report")
@@ -145,6 +156,10 @@ def main() -> None:
 
     domains = load_domains(args.data, args.domains)
     results_path = args.work / "results.jsonl"
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+        THREADS[0] = args.threads
     if not args.report_only:
         args.work.mkdir(parents=True, exist_ok=True)
         run_all(args, domains, results_path)
@@ -201,7 +216,8 @@ def run_all(args, domains: list[dict], results_path: Path) -> None:
                     n_candidates = pq.read_metadata(exp / "query" / "candidates.parquet").num_rows
                     for method, ratio in pending:
                         m = ratio * n_a
-                        kept, seconds = select(method, exp, m, seed, oracle_pool, blocked, args.albat_option)
+                        kept, seconds = select(method, exp, m, seed, oracle_pool, blocked,
+                                               {"albat": args.albat_option, "auto": args.auto_option})
                         extra = pairs_for(backbone, kept) if len(kept) else None
                         started = time.perf_counter()
                         r1, mrr = judge(train, extra, bank, test, distractors, args, seed)
@@ -210,7 +226,8 @@ def run_all(args, domains: list[dict], results_path: Path) -> None:
                                           "tag": args.tag},
                                   "recall1": r1, "mrr": mrr, "kept": int(len(kept)), "in_domain": in_domain,
                                   "select_seconds": seconds, "judge_seconds": time.perf_counter() - started,
-                                  "candidates": n_candidates, "k": k, "albat_options": args.albat_option}
+                                  "candidates": n_candidates, "k": k, "albat_options": args.albat_option,
+                                  **({"auto_options": args.auto_option} if args.auto_option else {})}
                         out.write(json.dumps(record) + "\n")
                         out.flush()
                         print(f"{domain['slug']} n_A={n_a} m={m} seed={seed} {method:10s} R@1={r1:.3f} MRR={mrr:.3f} "
@@ -241,15 +258,18 @@ def report(args, results_path: Path) -> None:
             else:
                 cells.append("-")
         rows.append(cells)
-        baselines = {k: v for k, v in means.items() if k not in ("albat", "oracle")}
-        if "albat" in means and baselines:
-            best = max(baselines, key=baselines.get)
-            wins.append((domain, n_a, m, means["albat"] - baselines[best], best,
-                         separation(groups, (domain, n_a, m)), spread(groups, (domain, n_a, m), ["albat", best])))
+        baselines = {k: v for k, v in means.items() if k not in PRODUCT + ("oracle",)}
+        for product in PRODUCT:
+            if product in means and baselines:
+                best = max(baselines, key=baselines.get)
+                wins.append((product, domain, n_a, m, means[product] - baselines[best], best,
+                             separation(groups, (domain, n_a, m)), spread(groups, (domain, n_a, m), [product, best])))
     timing = {}
     for (_, _, _, method), runs in groups.items():
         timing.setdefault(method, []).extend(r["select_seconds"] for r in runs)
-    timing_rows = [[m, f"{np.mean(timing[m]):.2f}", f"{np.max(timing[m]):.2f}"] for m in methods if m in timing]
+    dsir_mean = np.mean(timing["dsir"]) if timing.get("dsir") else float("nan")
+    timing_rows = [[m, f"{np.mean(timing[m]):.2f}", f"{np.max(timing[m]):.2f}", f"{np.mean(timing[m]) / dsir_mean:.2f}"]
+                   for m in methods if m in timing]
     fill: dict[str, list[float]] = {}  # albat keeps *up to* m: how much of the budget each method used
     for (_, _, m, method), runs in groups.items():
         fill.setdefault(method, []).extend(r["kept"] / m for r in runs)
@@ -263,26 +283,27 @@ def report(args, results_path: Path) -> None:
             + (f" from {results_path}, tabulated again by --report-only (the runs were `python -m "
                "benchmarks.bench_select` with the same options)" if args.report_only else "") + ".", "",
             markdown_table(header, rows), "",
-            "ALBAT minus the best baseline (none, random, knn, dsir, classifier, gradalign) at the same budget. "
-            "A cell is evidence only where the benchmark can see in-domain data at all: `oracle − random` must exceed "
-            "the larger of their seed spreads (std); otherwise it is a control. A difference smaller than the "
-            "larger seed spread of albat and that baseline is a tie.", "",
-            markdown_table(["domain", "n_A", "m", "albat − best", "best baseline", "spread", "verdict",
+            "Each of the project's methods (albat, auto) minus the best baseline (none, random, knn, dsir, classifier, "
+            "gradalign) at the same budget. A cell is evidence only where the benchmark can see in-domain data at all: "
+            "`oracle − random` must exceed the larger of their seed spreads (std); otherwise it is a control. A "
+            "difference smaller than the larger seed spread of the method and that baseline is a tie.", "",
+            markdown_table(["method", "domain", "n_A", "m", "− best", "best baseline", "spread", "verdict",
                             "oracle − random", "cell"],
-                           [[d, n, m, f"{diff:+.3f}", b, f"{sd:.3f}",
-                             "tie" if abs(diff) <= sd else ("win" if diff > 0 else "loss"),
-                             f"{sep[0]:+.3f} (spread {sep[1]:.3f})" if sep else "-",
-                             "evidence" if sep and sep[0] > sep[1] else "control"]
-                            for d, n, m, diff, b, sep, sd in wins]), "",
+                           [[p, d, n, m, f"{diff:+.3f}", b, f"{sd:.3f}", verdict(diff, sd),
+                             f"{sep[0]:+.3f} (spread {sep[1]:.3f})" if sep else "-", cell_kind(sep)]
+                            for p, d, n, m, diff, b, sep, sd in wins]), "",
+            "Win / tie / loss against the best baseline, by kind of cell:", "",
+            markdown_table(["method", "evidence cells (W/T/L)", "control cells (W/T/L)", "at or above within spread"],
+                           win_counts(wins)), "",
             "Selection time per call (seconds, the filter stage's own clock) and share of kept pairs from the "
             "target's own label:", "",
-            markdown_table(["method", "mean s", "max s", "in-domain share", "kept / m (min)"],
+            markdown_table(["method", "mean s", "max s", "mean / dsir's", "in-domain share", "kept / m (min)"],
                            [row + [f"{np.mean(in_domain[row[0]]):.2f}" if in_domain.get(row[0]) else "-",
                                    f"{np.mean(fill[row[0]]):.2f} ({np.min(fill[row[0]]):.2f})"]
                             for row in timing_rows])]
     by_size: dict[tuple[str, int], list[dict]] = {}
     for (_, n_a, _, method), runs in groups.items():
-        if method in ("albat", "gradalign", "dsir", "classifier"):
+        if method in ("albat", "auto", "gradalign", "dsir", "classifier"):
             by_size.setdefault((method, n_a), []).extend(runs)
     body += ["", "Cost against pool size (mean over calls; albat's time includes its surrogate fit, which does not "
              "depend on the pool):", "",
@@ -291,11 +312,38 @@ def report(args, results_path: Path) -> None:
                               f"{np.mean([r['select_seconds'] for r in rs]):.2f}",
                               f"{1000 * np.mean([r['select_seconds'] / r['candidates'] for r in rs]):.2f}"]
                              for (m, n), rs in sorted(by_size.items())])]
-    plot = plot_results(groups, frozen, methods, args.out.parent / "benchmarks" / f"select{args.tag or ''}.png")
+    plot = plot_results(groups, frozen, methods, args.out.parent / "benchmarks" / f"{args.section}{args.tag or ''}.png")
     if plot:
         body += ["", f"![MRR per method]({plot.relative_to(args.out.parent)})"]
-    write_section(args.out, f"select{args.tag}", f"Selection quality (`make bench-select`){' ' + args.tag if args.tag else ''}",
+    title = "Selection quality (`make bench-select`)" + ("" if args.section == "select" else f", reduced: {args.section}")
+    write_section(args.out, f"{args.section}{args.tag}", title + (f" {args.tag}" if args.tag else ""),
                   "\n".join(body))
+
+
+PRODUCT = ("albat", "auto")
+
+
+def verdict(diff: float, sd: float) -> str:
+    return "tie" if abs(diff) <= sd else ("win" if diff > 0 else "loss")
+
+
+def cell_kind(sep: tuple[float, float] | None) -> str:
+    return "evidence" if sep and sep[0] > sep[1] else "control"
+
+
+def win_counts(wins: list[tuple]) -> list[list[str]]:
+    """Per product method: W/T/L on evidence and control cells, and the share not lost."""
+    rows = []
+    for product in PRODUCT:
+        mine = [w for w in wins if w[0] == product]
+        if not mine:
+            continue
+        counts = {kind: [sum(1 for w in mine if cell_kind(w[6]) == kind and verdict(w[4], w[7]) == v)
+                         for v in ("win", "tie", "loss")] for kind in ("evidence", "control")}
+        kept = sum(1 for w in mine if verdict(w[4], w[7]) != "loss")
+        rows.append([product, "/".join(map(str, counts["evidence"])), "/".join(map(str, counts["control"])),
+                     f"{kept} of {len(mine)}"])
+    return rows
 
 
 def _mrrs(groups, cell: tuple, method: str) -> np.ndarray:
@@ -315,6 +363,31 @@ def separation(groups, cell: tuple) -> tuple[float, float] | None:
     return float(oracle.mean() - random_.mean()), spread(groups, cell, ["oracle", "random"])
 
 
+def variant_counts(cells: dict[tuple, dict[str, list[float]]], variants: list[str]) -> list[list[str]]:
+    baselines = [m for m in METHODS if m not in PRODUCT + ("oracle",)]
+    out = []
+    for name in variants:
+        tally = {"evidence": [0, 0, 0], "control": [0, 0, 0]}
+        diffs = []
+        for runs in cells.values():
+            present = [b for b in baselines if b in runs]
+            if name not in runs or not present:
+                continue
+            best = max(present, key=lambda b: np.mean(runs[b]))
+            diff = float(np.mean(runs[name]) - np.mean(runs[best]))
+            sd = max((float(np.std(runs[x], ddof=1)) for x in (name, best) if len(runs[x]) > 1), default=0.0)
+            sep = None
+            if "oracle" in runs and "random" in runs:
+                sep = (float(np.mean(runs["oracle"]) - np.mean(runs["random"])),
+                       max((float(np.std(runs[x], ddof=1)) for x in ("oracle", "random") if len(runs[x]) > 1), default=0.0))
+            tally[cell_kind(sep)][("win", "tie", "loss").index(verdict(diff, sd))] += 1
+            diffs.append(diff)
+        if diffs:
+            out.append([name, str(len(diffs)), "/".join(map(str, tally["evidence"])), "/".join(map(str, tally["control"])),
+                        f"{np.mean(diffs):+.4f}"])
+    return out
+
+
 def report_ablation(args, results_path: Path, tags: list[str]) -> None:
     """albat variants (one tag each) beside the untagged run's methods, on the cells the variants ran."""
     cells: dict[tuple, dict[str, list[float]]] = {}
@@ -322,11 +395,12 @@ def report_ablation(args, results_path: Path, tags: list[str]) -> None:
     for r in map(json.loads, results_path.read_text().splitlines()):
         k = r["key"]
         tag = k.get("tag", "")
-        if k["method"] == "frozen" or (tag and (tag not in tags or k["method"] != "albat")):
+        if k["method"] == "frozen" or (tag and (tag not in tags or k["method"] not in PRODUCT)):
             continue
         name = tag or k["method"]
         if tag:
-            legend[tag] = (" ".join(r.get("albat_options") or []) or "default options") + (
+            opts = r.get("auto_options") if k["method"] == "auto" else r.get("albat_options")
+            legend[tag] = f"{k['method']}: " + (" ".join(opts or []) or "default options") + (
                 f", candidate pool k = {r['k']} neighbours per example" if r.get("k", 64) != 64 else "")
         cells.setdefault((k["domain"], k["n_a"], k["m"]), {}).setdefault(name, []).append(r["mrr"])
     names = [m for m in METHODS if any(m in c for c in cells.values())] + [t for t in tags if t in legend]
@@ -335,13 +409,21 @@ def report_ablation(args, results_path: Path, tags: list[str]) -> None:
         runs = cells[cell]
         rows.append([*cell] + [f"{np.mean(runs[n]):.3f}±{np.std(runs[n], ddof=1) if len(runs[n]) > 1 else 0:.3f}"
                                if n in runs else "-" for n in names])
-    body = ["Test MRR, mean ± std over seeds. Columns after `oracle` are albat variants (tags below); the "
-            "others are the main run's methods (albat = current defaults) on the same cells: same adaptation "
-            "draws, candidate pools and judge. The variants ran before `tau`'s default moved from 0 to inf: each "
-            "ran with τ = 0 and ε = 1 unless its options say otherwise, so `abl-tau0` is their reference.", "",
+    note = ("The variants ran before `tau`'s default moved from 0 to inf: each ran with τ = 0 and ε = 1 unless its "
+            "options say otherwise, so `abl-tau0` is their reference." if args.section == "select" else
+            "Each variant ran with the defaults of its commit plus the options listed.")
+    body = ["Test MRR, mean ± std over seeds. Columns after `oracle` are albat (or auto) variants (tags below); the "
+            "others are the main run's methods (albat, auto = current defaults) on the same cells: same adaptation "
+            "draws, candidate pools and judge. " + note, "",
             "\n".join(f"- `{t}`: {legend[t]}" for t in tags if t in legend), "",
-            markdown_table(["domain", "n_A", "m"] + names, rows)]
-    write_section(args.out, "select-ablation", "Selection quality: albat ablation", "\n".join(body))
+            markdown_table(["domain", "n_A", "m"] + names, rows), "",
+            "Each variant (and the main run's albat and auto) against the best baseline of its cell, as in the main "
+            "report (tie: within the larger seed std of the two; evidence: oracle − random beyond their spread); "
+            "mean difference over the cells it ran:", "",
+            markdown_table(["variant", "cells", "evidence (W/T/L)", "control (W/T/L)", "mean − best"],
+                           variant_counts(cells, [n for n in names if n in PRODUCT or n in legend]))]
+    write_section(args.out, f"{args.section}-ablation", "Selection quality: albat ablation"
+                  + ("" if args.section == "select" else f" ({args.section})"), "\n".join(body))
 
 
 def plot_results(groups, frozen, methods: list[str], path: Path) -> Path | None:

@@ -82,6 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("work", help="work directory")
     p.add_argument("query", help="one SELECT statement")
     p.add_argument("--out", help="write the result to a .csv or .parquet file instead of printing it")
+    p = sub.add_parser("diagnose", help="the auto chooser's table and whether augmentation helps, before selecting",
+                       description="Cross-validate every candidate method on the adaptation set (as --method auto) "
+                       "over a grid of budgets and λ; needs a completed query stage; writes nothing.")
+    p.add_argument("work", help="work directory")
+    p.add_argument("--config", help="TOML config (its [filter] budget, seed and auto options; its [emit] λ)")
+    p.add_argument("--seed", type=int, help="seed of the folds and of every method")
+    p.add_argument("--budgets", type=lambda v: [int(x) for x in _csv(v)], help="comma-separated m (default m/4,m,4m)")
+    p.add_argument("--lams", type=lambda v: [float(x) for x in _csv(v)], help="comma-separated λ (default λ/2,λ,2λ)")
+    p.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of auto, or METHOD.KEY of a candidate method (repeatable)")
+    p.add_argument("--json", help="also write every table and the prediction to this JSON file")
     p = sub.add_parser("verify", help="check every file of a work directory against its checksums and the store",
                        description="Exit 0: no drift; 1: drift found (each line names the file and the fix).")
     p.add_argument("work", help="work directory")
@@ -178,6 +189,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1 if any(f.level == "drift" for f in findings) else 0
         from pipeline.config import load_config
 
+        if args.command == "diagnose":
+            from pipeline.diagnose import run_diagnose
+
+            options = {}
+            for item in args.method_option:
+                key, sep, value = item.partition("=")
+                if not sep or not key:
+                    raise AlbatError(f"--method-option '{item}' must look like KEY=VALUE")
+                options[key] = value  # a string: the options' schema parses it
+            config = load_config(args.config, {"work": args.work, **({"seed": args.seed} if args.seed is not None else {})})
+            print(run_diagnose(config, args.budgets, args.lams, options, out=args.json), flush=True)
+            return 0
         config = load_config(args.config, overrides_from_args(args))
         stages = STAGES if args.command == "run" else (args.command,)
         run_stages(stages, config, show_progress=not args.quiet, force=args.force)

@@ -42,6 +42,13 @@ def _method_options(config: dict[str, Any]) -> tuple[str, tuple[Option, ...]]:
     return method, FILTER + method_class(method).OPTIONS
 
 
+def _takes_prefixed(method: str) -> bool:
+    """Whether a method (auto) takes `METHOD.KEY` options for the methods it chooses among."""
+    from pipeline.methods.base import method_class
+
+    return bool(getattr(method_class(method), "PREFIXED_OPTIONS", False))
+
+
 def check_values(given: dict[str, Any], method: str, filter_options: tuple[Option, ...],
                  source: Callable[[str], str]) -> dict[str, Any]:
     """Every value of a config (file or CLI overrides) checked and converted; `source(label)` names
@@ -55,7 +62,10 @@ def check_values(given: dict[str, Any], method: str, filter_options: tuple[Optio
             raise AlbatError(f"{source(section)}: '{section}' must be a [{section}] table; write its keys under a "
                              f"[{section}] line")
         options, context = (filter_options, f" for method {method}") if section == "filter" else (SECTIONS[section], "")
-        out[section] = check_given(options, given[section], source, f"{section}.", context)
+        values, passed = dict(given[section]), {}
+        if section == "filter" and _takes_prefixed(method):  # METHOD.KEY: checked by that method when built
+            passed = {k: values.pop(k) for k in list(values) if "." in k}
+        out[section] = {**check_given(options, values, source, f"{section}.", context), **passed}
     return out
 
 

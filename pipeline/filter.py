@@ -13,7 +13,7 @@ from pipeline.threads import filter_threads, torch_threads
 from stores.embedding_store import EmbeddingStore
 from stores.errors import AlbatError
 from stores.tables import read_array, read_table, write_table
-from stores.workdir import fingerprint
+from stores.workdir import Workdir, fingerprint
 
 SELECTION_FILE = "selection.parquet"
 
@@ -21,6 +21,22 @@ SELECTION_FILE = "selection.parquet"
 def method_options(options: dict[str, Any]) -> dict[str, Any]:
     """Everything in [filter] beside the filter stage's own keys is an option of the chosen method."""
     return {k: v for k, v in options.items() if k not in by_name(FILTER)}
+
+
+def build_request(config: dict[str, Any], work: Workdir, budget: int, seed: int) -> SelectionRequest:
+    """What every method gets, read from the query stage's outputs (the filter stage and `albat diagnose`)."""
+    query = work.query
+    adaptation = read_table(query / "adaptation.parquet", "query")
+    return SelectionRequest(
+        candidates=read_table(query / "candidates.parquet", "query"),
+        pairs=read_table(query / "candidate_pairs.parquet", "query"),
+        blocked_ids=read_table(query / "blocked.parquet", "query").column("id").to_numpy(),
+        store=EmbeddingStore(work.store),
+        adaptation_texts=adaptation.column(config["query"]["text_column"]).to_pylist(),
+        adaptation_vectors=read_array(query / "adaptation.npy"),
+        budget=budget, seed=seed,
+        adaptation_pair_vectors=(read_array(query / "adaptation.pair.npy")
+                                 if (query / "adaptation.pair.npy").exists() else None))
 
 
 class FilterStage(Stage):
@@ -38,18 +54,7 @@ class FilterStage(Stage):
     def compute(self, plan: Plan) -> tuple[Any, Any, float]:
         options, budget, seed, query = plan.recorded, plan.inputs["budget"], plan.inputs["seed"], self.work.query
         method = get_method(options["method"], **method_options(options))
-        adaptation = read_table(query / "adaptation.parquet", "query")
-        text_column = self.config["query"]["text_column"]
-        request = SelectionRequest(
-            candidates=read_table(query / "candidates.parquet", "query"),
-            pairs=read_table(query / "candidate_pairs.parquet", "query"),
-            blocked_ids=read_table(query / "blocked.parquet", "query").column("id").to_numpy(),
-            store=EmbeddingStore(self.work.store),
-            adaptation_texts=adaptation.column(text_column).to_pylist(),
-            adaptation_vectors=read_array(query / "adaptation.npy"),
-            budget=budget, seed=seed,
-            adaptation_pair_vectors=(read_array(query / "adaptation.pair.npy")
-                                     if (query / "adaptation.pair.npy").exists() else None))
+        request = build_request(self.config, self.work, budget, seed)
         started = time.perf_counter()
         with torch_threads(filter_threads(options)):
             result = method.select(request)

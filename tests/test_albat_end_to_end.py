@@ -13,7 +13,7 @@ from conftest import SmallWiki, albat, write_config
 BUDGET = 12
 
 
-def _config(tmp: Path, wiki: SmallWiki, pair_column: str | None) -> Path:
+def _config(tmp: Path, wiki: SmallWiki, pair_column: str | None, objective: str) -> Path:
     pair = f'pair_column = "{pair_column}"' if pair_column else ""
     return write_config(tmp / "run.toml", f"""
 work = "work"
@@ -37,17 +37,48 @@ tau = 0.0
 steps = 40
 bank_size = 32
 projection_dim = 256
+objective = "{objective}"
 """)
 
 
-@pytest.fixture(scope="module", params=["title", None], ids=["pairs", "single-column"])
+@pytest.fixture(scope="module", params=[("title", "v1"), (None, "v1"), ("title", "v2"), (None, "v2")],
+                ids=["pairs-v1", "single-column-v1", "pairs-v2", "single-column-v2"])
 def run_dir(request: pytest.FixtureRequest, small_wiki: SmallWiki, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("albat")
-    assert albat("run", "--config", _config(tmp, small_wiki, request.param), "--quiet") == 0
+    assert albat("run", "--config", _config(tmp, small_wiki, *request.param), "--quiet") == 0
     return tmp / "work"
 
 
+def _objective(run_dir: Path) -> str:
+    return json.loads((run_dir / "output" / "manifest.json").read_text())["selection"].get("objective", "v1")
+
+
+def test_v2_explains_every_decision_by_its_marginal_gain(run_dir: Path) -> None:
+    if _objective(run_dir) != "v2":
+        pytest.skip("v1 run")
+    selection = pq.read_table(run_dir / "filter" / "selection.parquet").to_pandas()
+    candidates = pq.read_table(run_dir / "query" / "candidates.parquet").to_pandas()
+    assert sorted(selection["id"]) == sorted(candidates["candidate_id"])
+    kept = selection[selection["keep"]].sort_values("selection_rank")
+    assert len(kept) == BUDGET and (kept["delta_loss"] <= 0).all()  # τ = 0, and v2 fills the budget
+    assert kept["reason"].str.match(r"kept: marginal gain [+-]\d").all()
+    assert kept["reason"].str.contains("decided by (?:relevance|bias|variance)").all()
+    # the marginal gain is the sum of its terms, and relevance is the query stage's cosine
+    terms = kept["relevance"] + kept["bias_gain"] + kept["variance_gain"]
+    assert np.allclose(kept["marginal_gain"], terms)
+    sims = candidates.set_index("candidate_id")["similarity"]
+    assert np.allclose(kept["relevance"], sims.loc[kept["id"]].to_numpy(), atol=1e-6)
+    valid = selection[~selection["keep"] & (selection["delta_loss"] <= 0)]
+    cut = kept["marginal_gain"].iloc[-1]
+    assert (valid["marginal_gain"] <= cut + 1e-9).all()  # nobody left out beat the last kept gain
+    assert valid["reason"].str.startswith("rejected: budget filled").all()
+    report = json.loads((run_dir / "output" / "manifest.json").read_text())["selection"]
+    assert report["final_variance"] < report["risk_at_empty"] and report["rank"] >= 1
+
+
 def test_every_candidate_is_scored_and_explained(run_dir: Path) -> None:
+    if _objective(run_dir) != "v1":
+        pytest.skip("v2 run")
     selection = pq.read_table(run_dir / "filter" / "selection.parquet").to_pandas()
     candidates = pq.read_table(run_dir / "query" / "candidates.parquet").to_pandas()
     assert sorted(selection["id"]) == sorted(candidates["candidate_id"])
@@ -67,6 +98,8 @@ def test_every_candidate_is_scored_and_explained(run_dir: Path) -> None:
 
 
 def test_manifest_records_the_method_report(run_dir: Path) -> None:
+    if _objective(run_dir) != "v1":
+        pytest.skip("v2 run")
     manifest = json.loads((run_dir / "output" / "manifest.json").read_text())
     assert manifest["method"] == "albat" and manifest["seed"] == 3
     report = manifest["selection"]

@@ -174,3 +174,25 @@ def test_directional_fisher_is_the_quadratic_form_along_the_direction(tiny):
     basis = np.eye(36, dtype=np.float32)
     summed = sum(surrogate.fisher_trace(ex, "adapted", samples=50, seed=1, direction=b) for b in basis)
     np.testing.assert_allclose(summed, surrogate.fisher_trace(ex, "adapted", samples=50, seed=1), rtol=1e-4)
+
+
+def test_patience_stops_early_and_keeps_the_same_best() -> None:
+    import numpy as np
+    import torch
+
+    from pipeline.surrogates.contrastive import Pairs, train_adapter
+
+    rng = np.random.default_rng(0)
+
+    def unit(n: int) -> np.ndarray:
+        x = rng.standard_normal((n, 16)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    train, held, bank = Pairs(unit(12), unit(12)), Pairs(unit(4), unit(4)), Pairs(unit(8), unit(8))
+    kw = dict(steps=200, lr=1e-2, batch_size=8, seed=1, holdout=held)
+    W_full, full = train_adapter(train, bank, **kw)
+    W_fast, fast = train_adapter(train, bank, patience=2, **kw)
+    assert full["stopped_step"] == 200
+    assert fast["stopped_step"] - fast["best_step"] == 20 or fast["stopped_step"] == 200
+    if full["best_step"] <= fast["stopped_step"]:  # the best came before the stop: the same W
+        assert fast["best_step"] == full["best_step"] and torch.equal(W_fast, W_full)

@@ -86,6 +86,7 @@ REGISTRY: dict[str, str] = {
     "classifier": "pipeline.methods.classifier:ClassifierMethod",
     "gradalign": "pipeline.methods.gradalign:GradAlignMethod",
     "albat": "pipeline.methods.albat:AlbatMethod",
+    "auto": "pipeline.methods.auto:AutoMethod",
 }
 
 

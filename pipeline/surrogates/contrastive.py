@@ -137,11 +137,13 @@ def logit_grads(q_hat, nq, d_hat, nd, bank_q_hat, nbq, bank_d_hat, nbd, labels_q
 
 def train_adapter(train: Pairs, bank: Pairs, *, steps: int, lr: float, batch_size: int, seed: int,
                   extra: Pairs | None = None, extra_weight: np.ndarray | None = None, backbone_weight: float = 1.0,
-                  holdout: Pairs | None = None, eval_every: int = 10, scale: float = SCALE
-                  ) -> tuple[torch.Tensor, dict[str, Any]]:
+                  holdout: Pairs | None = None, eval_every: int = 10, scale: float = SCALE,
+                  patience: int | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """Adam on L = mean_{a∈train} ℓ(a) + λ · mean_{b∈extra} w_b ℓ(b), in-batch + bank negatives.
 
-    With `holdout`, keep the W with the lowest held-out loss (early stopping)."""
+    With `holdout`, keep the W with the lowest held-out loss (early stopping); with `patience`, stop
+    once that many evaluations in a row found no lower held-out loss (the kept W is the same as
+    without it whenever the held-out loss never comes back below its best after such a run)."""
     rng = np.random.default_rng(seed)
     dim = train.doc.shape[1]
     W = torch.zeros(dim, dim, requires_grad=True)
@@ -163,6 +165,8 @@ def train_adapter(train: Pairs, bank: Pairs, *, steps: int, lr: float, batch_siz
             history.append((step, h))
             if h < best[0]:
                 best = (h, W.detach().clone(), step)
+            elif patience is not None and step - best[2] >= patience * eval_every:
+                break
         if step == steps:
             break
         a = rng.choice(len(train), size=min(batch_size, len(train)), replace=False)
@@ -181,7 +185,7 @@ def train_adapter(train: Pairs, bank: Pairs, *, steps: int, lr: float, batch_siz
         opt.step()
     if holdout is None:
         return W.detach(), {"steps": steps}
-    return best[1], {"steps": steps, "best_step": best[2], "holdout_loss": round(best[0], 5),
+    return best[1], {"steps": steps, "stopped_step": step, "best_step": best[2], "holdout_loss": round(best[0], 5),
                      "holdout_loss_at_init": round(history[0][1], 5)}
 
 
@@ -208,11 +212,12 @@ class ContrastiveSurrogate(Surrogate):
     def __init__(self, bank: Pairs, *, steps: int = DEFAULT["steps"], lr: float = DEFAULT["lr"],
                  batch_size: int = DEFAULT["batch_size"], holdout_fraction: float = DEFAULT["holdout_fraction"],
                  projection_dim: int | None = DEFAULT["projection_dim"], projection_seed: int = 0,
-                 chunk: int = 128, scale: float = SCALE):
+                 chunk: int = 128, scale: float = SCALE, patience: int | None = 10):
         self.bank = bank
         self.dim = bank.doc.shape[1]
         self.steps, self.lr, self.batch_size = steps, lr, batch_size
         self.holdout_fraction, self.chunk, self.scale = holdout_fraction, chunk, scale
+        self.patience = patience  # evaluations (10 steps each) without a better held-out loss before stopping
         self.W0 = torch.zeros(self.dim, self.dim)
         self.Ws = self.W0
         self.projection: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -227,7 +232,8 @@ class ContrastiveSurrogate(Surrogate):
         held, train = holdout_split(len(adaptation), self.holdout_fraction, np.random.default_rng(seed))
         holdout = adaptation.take(held) if len(held) else None
         self.Ws, report = train_adapter(adaptation.take(train), self.bank, steps=self.steps, lr=self.lr,
-                                        batch_size=self.batch_size, seed=seed, holdout=holdout, scale=self.scale)
+                                        batch_size=self.batch_size, seed=seed, holdout=holdout, scale=self.scale,
+                                        patience=self.patience)
         return {**report, "holdout_pairs": len(held)}
 
     def _W(self, state: State) -> torch.Tensor:

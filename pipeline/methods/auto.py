@@ -1,0 +1,319 @@
+"""`auto`: choose the selection method per task by cross-validation on the adaptation set.
+
+The best baseline changes from task to task (BENCHMARKS.md), so `auto` asks the adaptation set:
+1. split it into `folds` seeded folds (`assign_folds`);
+2. for each fold and each candidate method (`methods`), select on the other folds only (their own
+   candidate pairs, budget m scaled to the fold's share: `fold_budget`), fit the cheap contrastive
+   judge (the residual adapter, `judge_steps` fixed steps) on those folds plus the selection with
+   weight λ, and score the held-out fold: MRR of its queries against its own documents plus
+   `distractors` seeded backbone documents (`score=mrr`), or its mean InfoNCE loss (`score=loss`);
+3. pick the method with the best mean fold score (`choose`; ties to the earlier method in `methods`;
+   with `prefer=METHOD`, that method unless the best beats it on every fold) and run it on the full
+   adaptation set at budget m.
+Every fold score, the means, spreads and the choice go to the filter record (`auto`), and so to the
+manifest's `selection`. Blocked ids stay blocked in every fold: near-duplicates of a held-out
+example can never be selected for its own fold.
+
+Options: `methods` [albat,knn,dsir,classifier,random; `none` may be added, but the short fold judge
+favours it: on the selection benchmark auto with none chose it in 3 of its first 4 cells, where the
+full judge ranked none last], `folds` [3], `score` [mrr], `judge_steps`
+[50], `judge_lr` [1e-3], `backbone_weight` [1.0] (λ of the judge), `bank_size` [128], `distractors`
+[512], `view_sigma` [1.0], `prefer` [none: plain best mean]; any option of a candidate method as `METHOD.KEY` (e.g. `albat.beta=0.5`).
+`dsir` runs with `pool=candidates` unless `dsir.pool` says otherwise: scoring the whole corpus once per
+fold would cost more than every other method together.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.methods.base import SelectionMethod, SelectionRequest, SelectionResult, get_method
+from pipeline.options import FLOAT, INT, STR, Option, resolve
+from stores.errors import AlbatError
+
+AUTO_OPTIONS = (
+    Option("methods", STR, "albat,knn,dsir,classifier,random", "comma-separated candidate methods"),
+    Option("folds", INT, 3, "folds of the adaptation set", min=2),
+    Option("score", STR, "mrr", "held-out score of the fold judge: mrr or loss", choices=("mrr", "loss")),
+    Option("judge_steps", INT, 50, "training steps of the fold judge", min=1),
+    Option("judge_lr", FLOAT, 1e-3, "learning rate of the fold judge", above=0),
+    Option("backbone_weight", FLOAT, 1.0, "λ of the fold judge's BAT loss", above=0),
+    Option("bank_size", INT, 128, "fixed backbone negatives of the fold judge", min=1),
+    Option("distractors", INT, 512, "backbone distractors of the held-out retrieval", min=0),
+    Option("view_sigma", FLOAT, 1.0, "single-column data: noise norm of the second view", min=0),
+    Option("prefer", STR, "", "keep this method unless another beats it on every fold (empty: best mean)"),
+)
+DEFAULTS: dict[str, Any] = {o.name: o.default for o in AUTO_OPTIONS}
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {"dsir": {"pool": "candidates"}}
+
+
+def assign_folds(n: int, folds: int, seed: int) -> np.ndarray:
+    """Fold id (0..folds-1) per row of n: a seeded permutation dealt round-robin, so sizes differ
+    by at most one. Needs at least 2 rows per fold."""
+    if folds < 2 or n < 2 * folds:
+        raise AlbatError(f"method auto: {n} adaptation examples cannot make {folds} folds of at least 2 "
+                         "(lower auto's folds option, minimum 2, or add adaptation examples)")
+    out = np.empty(n, np.int64)
+    out[np.random.default_rng([seed, 29]).permutation(n)] = np.arange(n) % folds
+    return out
+
+
+def fold_budget(budget: int, n_train: int, n: int) -> int:
+    """The budget on a fold's training part: m scaled to its share of the adaptation set (≥ 1 if m ≥ 1)."""
+    return 0 if budget == 0 else max(1, int(round(budget * n_train / n)))
+
+
+def fold_budgets(budget: int, n: int, folds: int, seed: int) -> list[int]:
+    """The budget each fold's training part gets."""
+    fold_of = assign_folds(n, folds, seed)
+    return [fold_budget(budget, int(np.sum(fold_of != f)), n) for f in range(folds)]
+
+
+@dataclass
+class MethodScores:
+    name: str
+    scores: list[float] = field(default_factory=list)  # one per fold (higher is better)
+    tiebreak: list[float] = field(default_factory=list)  # per fold: minus the held-out loss (breaks MRR ties)
+    seconds: list[float] = field(default_factory=list)  # selection time per fold
+    error: str | None = None  # why the method could not run on some fold (then it is not chosen)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.scores)) if self.scores and self.error is None else float("-inf")
+
+    @property
+    def key(self) -> tuple[float, float]:
+        """What `choose` ranks by: the mean score, then the mean tie-break."""
+        return (self.mean, float(np.mean(self.tiebreak)) if self.tiebreak and self.error is None else float("-inf"))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.scores, ddof=1)) if len(self.scores) > 1 else 0.0
+
+    def row(self) -> dict[str, Any]:
+        return {"method": self.name, "fold_scores": [round(s, 6) for s in self.scores],
+                "fold_tiebreak": [round(s, 6) for s in self.tiebreak],
+                "mean": round(self.mean, 6) if self.error is None else None, "std": round(self.std, 6),
+                "select_seconds": round(float(np.sum(self.seconds)), 3), "error": self.error}
+
+
+def choose(table: list[MethodScores], prefer: str = "") -> MethodScores:
+    """The method with the highest mean fold score, then the highest mean tie-break (minus the held-out
+    loss: held-out MRR saturates on easy tasks); exact ties go to the earlier one in `table`.
+
+    With `prefer` (a method in the table), keep it unless the best beats it on every fold: the folds
+    are paired (the same split for every method), and on a few held-out examples a mean alone is
+    mostly noise."""
+    runnable = [t for t in table if t.error is None]
+    if not runnable:
+        raise AlbatError("method auto: no candidate method ran on every fold: "
+                         + "; ".join(f"{t.name}: {t.error}" for t in table))
+    best = max(runnable, key=lambda t: t.key)  # max keeps the first of equal keys
+    default = next((t for t in runnable if t.name == prefer), None)
+    if default is None or default is best:
+        return best
+    return best if all(b > d for b, d in zip(best.scores, default.scores)) else default
+
+
+def augmentation_verdict(table: list[MethodScores]) -> dict[str, Any]:
+    """Does the best method beat `none` by more than the larger of their fold spreads (std)?"""
+    best = choose(table)
+    none = next((t for t in table if t.name == "none" and t.error is None), None)
+    if none is None:
+        return {"best": best.name, "helps": None, "margin": None, "spread": None}
+    margin, spread = best.mean - none.mean, max(best.std, none.std)
+    return {"best": best.name, "helps": bool(margin > spread), "margin": round(margin, 6), "spread": round(spread, 6)}
+
+
+def fold_request(request: SelectionRequest, train: np.ndarray, budget: int, options: dict[str, Any]) -> SelectionRequest:
+    """The request as if the adaptation set were only rows `train`: their pairs (query_idx renumbered),
+    the candidates those pairs retrieve, the same blocked ids."""
+    from pipeline.query import aggregate_candidates
+
+    train = np.sort(np.asarray(train, np.int64))
+    q = request.pairs.column("query_idx").to_numpy()
+    pairs = request.pairs.filter(pa.array(np.isin(q, train)))
+    renumber = np.full(len(request.adaptation_vectors), -1, np.int64)
+    renumber[train] = np.arange(len(train))
+    pairs = pairs.set_column(pairs.column_names.index("query_idx"), "query_idx",
+                             pa.array(renumber[pairs.column("query_idx").to_numpy()].astype(np.int32)))
+    reasons = dict(zip(request.candidates.column("candidate_id").to_pylist(),
+                       request.candidates.column("block_reason").to_pylist()))
+    blocked = pa.table({"id": pa.array(request.blocked_ids, pa.int64()),
+                        "reason": pa.array([reasons.get(int(i)) or "blocked" for i in request.blocked_ids], pa.string())})
+    pair_vectors = None if request.adaptation_pair_vectors is None else request.adaptation_pair_vectors[train]
+    return SelectionRequest(candidates=aggregate_candidates(pairs, blocked), pairs=pairs, blocked_ids=request.blocked_ids,
+                            store=request.store, adaptation_texts=[request.adaptation_texts[i] for i in train],
+                            adaptation_vectors=request.adaptation_vectors[train], budget=budget, seed=request.seed,
+                            adaptation_pair_vectors=pair_vectors)
+
+
+def heldout_scores(W, held, distractors) -> tuple[float, float]:
+    """(MRR, mean InfoNCE loss) of held-out pairs: query i must find document i among the held-out
+    documents and the distractor documents; the loss uses the same candidates."""
+    import torch
+
+    from pipeline.surrogates.contrastive import SCALE, adapt
+
+    with torch.no_grad():
+        q = adapt(torch.from_numpy(held.query), W)
+        d = adapt(torch.from_numpy(np.concatenate([held.doc, distractors.doc])), W)
+        sims = q @ d.T
+        right = sims.diagonal()
+        rank = (sims > right[:, None]).sum(1)
+        loss = torch.logsumexp(SCALE * sims, 1) - SCALE * right
+    return float((1.0 / (rank + 1).float()).mean()), float(loss.mean())
+
+
+def split_options(options: dict[str, Any], methods: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """auto's own options, and `METHOD.KEY` options per candidate method (an unknown method is an error)."""
+    own, per = {}, {m: dict(METHOD_DEFAULTS.get(m, {})) for m in methods}
+    for key, value in options.items():
+        name, dot, sub = key.partition(".")
+        if not dot:
+            own[key] = value
+        elif name in per:
+            per[name][sub] = value
+        else:
+            raise AlbatError(f"method auto: option {key} names {name}, which is not among methods={','.join(methods)}")
+    return own, per
+
+
+class Judge:
+    """The cheap contrastive judge of the folds: a seeded backbone bank (negatives) and distractors,
+    disjoint from the candidates and blocked rows."""
+
+    def __init__(self, request: SelectionRequest, opts: dict[str, Any]):
+        from pipeline.methods.ranked import candidate_columns
+        from pipeline.methods.surrogate_inputs import adaptation_pairs, bank_ids, store_pairs
+
+        ids, _, _ = candidate_columns(request.candidates)
+        drawn = bank_ids(request.store, opts["bank_size"] + opts["distractors"],
+                         np.concatenate([request.blocked_ids, ids]), request.seed + 5)
+        sample = store_pairs(request.store, drawn, opts["view_sigma"], request.seed + 6)
+        self.bank = sample.take(np.arange(min(opts["bank_size"], len(drawn))))
+        self.distractors = sample.take(np.arange(min(opts["bank_size"], len(drawn)), len(drawn)))
+        self.adaptation = adaptation_pairs(request, opts["view_sigma"])
+        self.store_pairs = lambda kept: store_pairs(request.store, kept, opts["view_sigma"], request.seed + 7)
+        self.opts, self.seed = opts, request.seed
+
+    def score(self, train: np.ndarray, held: np.ndarray, kept: np.ndarray, lam: float) -> tuple[float, float]:
+        """(MRR, −loss) on `held` of the judge trained on `train` plus the kept backbone ids."""
+        from pipeline.surrogates.contrastive import train_adapter
+
+        extra = self.store_pairs(kept) if len(kept) else None
+        W, _ = train_adapter(self.adaptation.take(train), self.bank, steps=self.opts["judge_steps"],
+                             lr=self.opts["judge_lr"], batch_size=64, seed=self.seed, extra=extra, backbone_weight=lam)
+        mrr, loss = heldout_scores(W, self.adaptation.take(held), self.distractors)
+        return mrr, -loss
+
+
+def cross_validate(request: SelectionRequest, methods: list[str], per_method: dict[str, dict[str, Any]],
+                   opts: dict[str, Any], budgets: list[int], lams: list[float]
+                   ) -> dict[tuple[int, float], list[MethodScores]]:
+    """Fold scores of every method at every (budget, λ): selections once per (method, fold, budget),
+    one judge fit per λ. The score is held-out MRR, or minus the held-out loss (`score=loss`)."""
+    import torch
+
+    if opts["score"] not in ("mrr", "loss"):
+        raise AlbatError(f"method auto: score={opts['score']!r}; choose mrr or loss")
+    n = len(request.adaptation_vectors)
+    fold_of = assign_folds(n, opts["folds"], request.seed)
+    judge = Judge(request, opts)
+    pick = 0 if opts["score"] == "mrr" else 1
+    out = {(m, lam): [MethodScores(name) for name in methods] for m in budgets for lam in lams}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small matrices: a second thread only contends
+    try:
+        for fold in range(opts["folds"]):
+            train, held = np.nonzero(fold_of != fold)[0], np.nonzero(fold_of == fold)[0]
+            for budget in budgets:
+                for i, name in enumerate(methods):
+                    sub = fold_request(request, train, fold_budget(budget, len(train), n), per_method[name])
+                    clock = time.perf_counter()
+                    try:
+                        result = get_method(name, **per_method[name]).select(sub)
+                    except AlbatError as exc:
+                        for lam in lams:
+                            out[(budget, lam)][i].error = f"fold {fold}: {exc}"
+                        continue
+                    seconds = time.perf_counter() - clock
+                    kept = result.ids[result.keep]
+                    for lam in lams:
+                        row = out[(budget, lam)][i]
+                        scores = judge.score(train, held, kept, lam)
+                        row.scores.append(scores[pick])
+                        row.tiebreak.append(scores[1])
+                        row.seconds.append(seconds)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """Unknown or bad options of a candidate method are errors before any work: the method's own
+    declared OPTIONS decide (building it checks them)."""
+    get_method(name, **options)
+
+
+def auto_options(options: dict[str, Any]) -> tuple[list[str], dict[str, Any], dict[str, dict[str, Any]]]:
+    """(candidate methods, auto's own checked options, each candidate's options), every value checked."""
+    methods = parse_methods(options.get("methods", DEFAULTS["methods"]))
+    own, per_method = split_options(options, methods)
+    opts = resolve(AUTO_OPTIONS, own, "method auto")
+    for name in methods:  # unknown options of a candidate method fail before any work
+        check_options(name, per_method[name])
+    return methods, opts, per_method
+
+
+def parse_methods(text: str) -> list[str]:
+    from pipeline.methods.base import REGISTRY
+
+    methods = [m.strip() for m in str(text).split(",") if m.strip()]
+    bad = [m for m in methods if m not in REGISTRY or m == "auto"]
+    if not methods or bad:
+        raise AlbatError(f"method auto: methods={text!r}: {', '.join(bad) or 'empty'} cannot be chosen; "
+                         f"pick from {', '.join(sorted(set(REGISTRY) - {'auto'}))}")
+    if len(set(methods)) != len(methods):
+        raise AlbatError(f"method auto: methods={text!r} names a method twice")
+    return methods
+
+
+class AutoMethod(SelectionMethod):
+    """Its options are its own (AUTO_OPTIONS) and `METHOD.KEY` for each candidate method, checked
+    by that method's declared OPTIONS."""
+
+    name = "auto"
+    OPTIONS = AUTO_OPTIONS
+    PREFIXED_OPTIONS = True  # [filter] keys METHOD.KEY pass to the candidate method, which checks them
+
+    def __init__(self, **options: Any):
+        self.methods, self.opts, self.per_method = auto_options(options)
+        self.options = {**self.opts, **{k: v for k, v in options.items() if "." in k}}
+
+    def select(self, request: SelectionRequest) -> SelectionResult:
+        methods, opts, per_method = self.methods, self.opts, self.per_method
+        clock = time.perf_counter()
+        table = cross_validate(request, methods, per_method, opts, [request.budget],
+                               [opts["backbone_weight"]])[(request.budget, opts["backbone_weight"])]
+        cv_seconds = time.perf_counter() - clock
+        if opts["prefer"] and opts["prefer"] not in methods:
+            raise AlbatError(f"method auto: prefer={opts['prefer']!r} is not among methods={','.join(methods)}")
+        chosen = choose(table, opts["prefer"])
+        result = get_method(chosen.name, **per_method[chosen.name]).select(
+            request)
+        note = f" (auto chose {chosen.name}: mean held-out {opts['score']} {chosen.mean:.4f} over {opts['folds']} folds)"
+        result.reason = [r + note for r in result.reason]
+        result.report = {"auto": {"choice": chosen.name, "prefer": opts["prefer"], "score": opts["score"],
+                                  "folds": opts["folds"],
+                                  "judge_steps": opts["judge_steps"], "backbone_weight": opts["backbone_weight"],
+                                  "fold_budgets": fold_budgets(request.budget, len(request.adaptation_vectors),
+                                                               opts["folds"], request.seed),
+                                  "seed": request.seed, "table": [t.row() for t in table],
+                                  "verdict": augmentation_verdict(table), "cv_seconds": round(cv_seconds, 3)},
+                         "chosen_report": result.report}
+        return result

@@ -1,0 +1,208 @@
+"""`auto` (pipeline/methods/auto.py): the pure fold logic on tiny inputs, and `albat run --method auto`
+on real Wikipedia summaries with MiniLM, whose manifest must hold the whole choice table."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import SmallWiki, albat, write_config
+
+from pipeline.methods.auto import (MethodScores, assign_folds, augmentation_verdict, choose, fold_budget,
+                                   fold_budgets, fold_request, heldout_scores, parse_methods, split_options)
+from stores.errors import AlbatError
+
+
+def test_folds_are_balanced_seeded_and_cover_every_row() -> None:
+    fold_of = assign_folds(11, 3, seed=4)
+    assert sorted(np.bincount(fold_of).tolist()) == [3, 4, 4]
+    assert np.array_equal(fold_of, assign_folds(11, 3, seed=4))
+    assert not np.array_equal(fold_of, assign_folds(11, 3, seed=5))
+    with pytest.raises(AlbatError, match="cannot make 3 folds"):
+        assign_folds(5, 3, seed=0)
+
+
+def test_fold_budget_keeps_the_ratio() -> None:
+    assert fold_budget(64, 12, 16) == 48 and fold_budget(10, 2, 3) == 7 and fold_budget(1, 1, 16) == 1
+    assert fold_budget(0, 5, 6) == 0
+    assert fold_budgets(64, 16, 3, seed=0) == [40, 44, 44]  # folds of 6, 5, 5: train 10, 11, 11
+
+
+def test_choose_takes_the_best_mean_and_ties_go_first() -> None:
+    table = [MethodScores("knn", [0.5, 0.7]), MethodScores("dsir", [0.6, 0.6]), MethodScores("none", [0.1, 0.2])]
+    assert choose(table).name == "knn"  # 0.6 = 0.6: the earlier one
+    table[1].scores = [0.6, 0.61]
+    assert choose(table).name == "dsir"
+    table[1].error = "fold 1: budget too large"
+    assert choose(table).name == "knn"
+    assert table[1].row()["mean"] is None and table[0].row()["std"] == pytest.approx(np.std([0.5, 0.7], ddof=1), abs=1e-6)
+    saturated = [MethodScores("knn", [1.0], [-0.3]), MethodScores("dsir", [1.0], [-0.2])]
+    assert choose(saturated).name == "dsir"  # equal MRR: the lower held-out loss decides
+    with pytest.raises(AlbatError, match="no candidate method"):
+        choose([MethodScores("knn", [0.1], error="x")])
+
+
+def test_verdict_needs_a_margin_beyond_the_fold_spread() -> None:
+    close = [MethodScores("knn", [0.50, 0.60]), MethodScores("none", [0.50, 0.52])]  # margin 0.04, spread 0.071
+    assert augmentation_verdict(close)["helps"] is False
+    clear = [MethodScores("knn", [0.70, 0.72]), MethodScores("none", [0.50, 0.52])]
+    verdict = augmentation_verdict(clear)
+    assert verdict["helps"] is True and verdict["margin"] == pytest.approx(0.2)
+    assert augmentation_verdict([MethodScores("knn", [0.5])])["helps"] is None  # none was not a candidate
+
+
+def test_options_split_by_method_prefix() -> None:
+    own, per = split_options({"folds": 2, "albat.beta": 0.5, "dsir.pool": "corpus"}, ["albat", "dsir", "knn"])
+    assert own == {"folds": 2} and per == {"albat": {"beta": 0.5}, "dsir": {"pool": "corpus"}, "knn": {}}
+    assert split_options({}, ["dsir"])[1] == {"dsir": {"pool": "candidates"}}
+    with pytest.raises(AlbatError, match="not among methods"):
+        split_options({"classifier.c": 1}, ["knn"])
+    with pytest.raises(AlbatError, match="cannot be chosen"):
+        parse_methods("knn,auto")
+    with pytest.raises(AlbatError, match="twice"):
+        parse_methods("knn,knn")
+
+
+def test_fold_request_keeps_only_the_training_rows_pairs() -> None:
+    from pipeline.methods.base import SelectionRequest
+
+    pairs = pa.table({"query_idx": pa.array([0, 0, 1, 2, 2], pa.int32()), "candidate_id": pa.array([10, 11, 11, 12, 13], pa.int64()),
+                      "rank": pa.array([0, 1, 0, 0, 1], pa.int32()), "similarity": pa.array([.9, .8, .7, .6, .5], pa.float32())})
+    cands = pa.table({"candidate_id": pa.array([10, 11, 12, 13], pa.int64()), "block_reason": pa.array([None, None, None, "dup"])})
+    request = SelectionRequest(candidates=cands, pairs=pairs, blocked_ids=np.array([13]), store=None,
+                               adaptation_texts=["a", "b", "c"], adaptation_vectors=np.eye(3, dtype=np.float32),
+                               budget=4, seed=0)
+    sub = fold_request(request, np.array([2, 1]), 2, {})
+    assert sub.adaptation_texts == ["b", "c"] and np.array_equal(sub.adaptation_vectors, np.eye(3)[[1, 2]])
+    assert sub.pairs.column("query_idx").to_pylist() == [0, 1, 1]  # examples 1, 2 renumbered 0, 1
+    assert sub.candidates.column("candidate_id").to_pylist() == [11, 12, 13]
+    assert sub.candidates.column("blocked").to_pylist() == [False, False, True] and sub.budget == 2
+
+
+def test_heldout_scores_by_hand() -> None:
+    import torch
+
+    from pipeline.surrogates.contrastive import Pairs
+
+    e = np.eye(4, dtype=np.float32)
+    held = Pairs(e[:2], e[:2])  # each query is its own document: rank 0
+    distract = Pairs(e[2:], e[2:])
+    mrr, loss = heldout_scores(torch.zeros(4, 4), held, distract)
+    assert mrr == 1.0 and loss == pytest.approx(0.0, abs=1e-6)
+    tie = Pairs(np.stack([(e[0] + e[1]) / np.sqrt(2), e[1]]).astype(np.float32), e[:2])  # query 0 ties documents 0 and 1
+    mrr, loss = heldout_scores(torch.zeros(4, 4), tie, distract)
+    assert mrr == 1.0 and loss == pytest.approx(np.log(2) / 2, abs=1e-5)  # a tie is not a miss; it costs log 2
+    swapped = Pairs(e[[1, 0]], e[:2])  # query i is document 1 − i: rank 1
+    assert heldout_scores(torch.zeros(4, 4), swapped, distract)[0] == 0.5
+
+
+BUDGET = 12
+
+
+@pytest.fixture(scope="module")
+def auto_run(small_wiki: SmallWiki, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("auto")
+    config = write_config(tmp / "run.toml", f"""
+work = "work"
+seed = 5
+[embed]
+input = ["{small_wiki.corpus}"]
+id_column = "id"
+[query]
+adaptation = ["{small_wiki.adaptation}"]
+exclude = ["{small_wiki.eval}"]
+k = 16
+[filter]
+method = "auto"
+budget = {BUDGET}
+methods = "albat,knn,dsir,random,none"
+folds = 2
+judge_steps = 30
+distractors = 64
+bank_size = 32
+"albat.steps" = 10
+"albat.bank_size" = 32
+"albat.projection_dim" = 256
+""")
+    assert albat("run", "--config", config, "--quiet") == 0
+    return tmp / "work"
+
+
+def test_run_auto_records_the_choice_table(auto_run: Path) -> None:
+    manifest = json.loads((auto_run / "output" / "manifest.json").read_text())
+    assert manifest["method"] == "auto"
+    auto = manifest["selection"]["auto"]
+    names = [row["method"] for row in auto["table"]]
+    assert names == ["albat", "knn", "dsir", "random", "none"]
+    for row in auto["table"]:
+        assert row["error"] is None and len(row["fold_scores"]) == 2
+        assert all(0 < s <= 1 for s in row["fold_scores"])  # MRR
+        assert row["mean"] == pytest.approx(np.mean(row["fold_scores"]), abs=1e-6)
+    best = max(auto["table"], key=lambda r: (r["mean"], np.mean(r["fold_tiebreak"])))
+    assert auto["choice"] == best["method"] and auto["seed"] == 5 and auto["folds"] == 2
+    assert auto["verdict"]["best"] == auto["choice"]
+    assert auto["fold_budgets"] == [6, 6]  # 8 adaptation examples, folds of 4
+    selection = pq.read_table(auto_run / "filter" / "selection.parquet").to_pandas()
+    kept = selection[selection["keep"]]
+    assert len(kept) == (0 if auto["choice"] == "none" else BUDGET)
+    assert selection["reason"].str.endswith(f"(auto chose {auto['choice']}: mean held-out mrr "
+                                            f"{best['mean']:.4f} over 2 folds)").all()
+
+
+def test_run_auto_is_deterministic(auto_run: Path) -> None:
+    before = json.loads((auto_run / "output" / "manifest.json").read_text())["selection"]["auto"]["table"]
+    selection = pq.read_table(auto_run / "filter" / "selection.parquet").to_pandas()
+    (auto_run / "_stages" / "filter.json").unlink()
+    assert albat("filter", "--config", auto_run.parent / "run.toml", "--quiet") == 0
+    record = json.loads((auto_run / "_stages" / "filter.json").read_text())["summary"]["auto"]["table"]
+    assert [r["fold_scores"] for r in record] == [r["fold_scores"] for r in before]
+    assert pq.read_table(auto_run / "filter" / "selection.parquet").to_pandas().equals(selection)
+
+
+def test_unknown_candidate_option_is_an_error(auto_run: Path, capsys: pytest.CaptureFixture) -> None:
+    rc = albat("filter", "--config", auto_run.parent / "run.toml", "--method-option", "albat.nonsense=1", "--quiet")
+    assert rc == 2 and "method albat: unknown key 'nonsense'" in capsys.readouterr().err
+    rc = albat("filter", "--config", auto_run.parent / "run.toml", "--method-option", "knn.k=1", "--quiet")
+    assert rc == 2 and "method knn: unknown key 'k'" in capsys.readouterr().err
+
+
+def test_recommend_needs_a_helping_cell() -> None:
+    from pipeline.diagnose import default_budgets, recommend
+
+    rows = [{"budget": 4, "lambda": 1.0, "best": "knn", "best_mean": 0.6, "helps": True},
+            {"budget": 16, "lambda": 1.0, "best": "dsir", "best_mean": 0.7, "helps": True},
+            {"budget": 64, "lambda": 1.0, "best": "albat", "best_mean": 0.9, "helps": False}]
+    assert recommend(rows) == {"helps": True, "method": "dsir", "budget": 16, "lambda": 1.0}
+    assert recommend([{**r, "helps": False} for r in rows])["method"] == "none"
+    assert default_budgets(12) == [3, 12, 48] and default_budgets(1) == [1, 4]
+
+
+def test_diagnose_prints_the_choice_table_and_a_prediction(auto_run: Path, capsys: pytest.CaptureFixture,
+                                                             tmp_path: Path) -> None:
+    capsys.readouterr()
+    out = tmp_path / "diagnose.json"
+    assert albat("diagnose", auto_run, "--config", auto_run.parent / "run.toml", "--budgets", f"4,{BUDGET}",
+                 "--lams", "1", "--json", out) == 0
+    text = capsys.readouterr().out
+    assert f"auto chooser at m = {BUDGET}, λ = 1" in text and "prediction:" in text
+    for name in ("albat", "knn", "dsir", "random", "none"):
+        assert f"\n{name}" in text
+    report = json.loads(out.read_text())
+    assert [(g["budget"], g["lambda"]) for g in report["grid"]] == [(4, 1.0), (BUDGET, 1.0)]
+    # the same folds, seed and options as the auto run: the same fold scores
+    auto = json.loads((auto_run / "output" / "manifest.json").read_text())["selection"]["auto"]["table"]
+    at_budget = next(t["table"] for t in report["tables"] if t["budget"] == BUDGET)
+    assert [r["fold_scores"] for r in at_budget] == [r["fold_scores"] for r in auto]
+    assert report["prediction"]["helps"] == any(g["helps"] for g in report["grid"])
+
+
+def test_prefer_keeps_the_default_unless_beaten_on_every_fold() -> None:
+    table = [MethodScores("knn", [0.50, 0.70, 0.60]), MethodScores("dsir", [0.55, 0.60, 0.58])]
+    assert choose(table).name == "knn"
+    assert choose(table, prefer="dsir").name == "dsir"  # knn's mean is higher, but it loses fold 2
+    table[0].scores = [0.56, 0.61, 0.59]
+    assert choose(table, prefer="dsir").name == "knn"  # better on every fold
+    assert choose(table, prefer="none").name == "knn"  # not a candidate: plain best
