@@ -140,7 +140,7 @@ def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
     return hidden[np.arange(len(hidden)), last]
 
 
-def export_onnx(path: str, max_seq_length: int | None) -> Path:
+def export_onnx(path: str) -> Path:
     """The float32 and int8 ONNX files of a model, exported once per content hash; returns their folder."""
     root = Path(path)
     if not root.is_dir():
@@ -208,7 +208,7 @@ class OnnxBackend:
         import onnxruntime as ort
         from transformers import AutoTokenizer
 
-        folder = export_onnx(path, max_seq_length)
+        folder = export_onnx(path)
         meta = json.loads((folder / "done.json").read_text())
         options = ort.SessionOptions()
         options.intra_op_num_threads = _torch_threads()

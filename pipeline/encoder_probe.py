@@ -75,10 +75,14 @@ def candidates(device: str, bf16_native: bool, cuda_bf16: bool, onnx: bool,
     return [c for c in out if backend in ("auto", c[0]) and dtype in ("auto", c[1])]
 
 
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.min(np.einsum("ij,ij->i", a, b)))
+
+
 def agreement(reference: np.ndarray, vectors: np.ndarray, k: int = NEIGHBOURS) -> tuple[float, float]:
     """(min cosine between a text's two embeddings, mean overlap of its k nearest neighbours among
     the sample, itself excluded). Rows of both are unit vectors."""
-    cosine = float(np.min(np.einsum("ij,ij->i", reference, vectors)))
+    cosine = _min_cosine(reference, vectors)
     k = min(k, len(reference) - 1)
     if k < 1:
         return cosine, 1.0
@@ -110,10 +114,6 @@ def judge(row: ProbeRow, reference: np.ndarray, vectors: np.ndarray) -> ProbeRow
 
 
 SLOWER = 1.5  # a runtime whose time so far exceeds this many times the fastest one still in the running stops
-
-
-def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.min(np.einsum("ij,ij->i", a, b)))
 
 
 def run_probe(texts: list[str], make_encoder: Callable[[str, str], object], options: list[tuple[str, str]]

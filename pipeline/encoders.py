@@ -10,7 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -58,7 +58,8 @@ class TextEncoder:
     """One text encoder: a sentence-transformers model run by `backend` (torch | onnx) in `dtype`.
 
     `encode` sorts texts by length (less padding), tokenizes the next batch on a helper thread while
-    the model runs the current one, and returns unit float32 rows in input order. `stats` counts
+    the model runs the current one when a core is free for it (`prefetch`), and returns unit float32
+    rows in input order. `stats` counts
     the seconds spent inside the model, so a caller can measure how idle the encoder was."""
 
     name: str
@@ -87,20 +88,16 @@ class TextEncoder:
             return np.empty((0, self.dim), dtype=np.float32)
         backend = self.model
         order = np.argsort([-len(t) for t in texts], kind="stable")
-        batches = [order[i:i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
+        batches = [[texts[i] for i in order[i:i + self.batch_size]] for i in range(0, len(texts), self.batch_size)]
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="albat-tokenize") as pool:
-            ahead = self.prefetch if self.prefetch is not None else spare_core()
-            tokenize = (lambda rows: pool.submit(backend.tokenize, [texts[i] for i in rows])) if ahead else \
-                (lambda rows: _Done(backend.tokenize([texts[i] for i in rows])))
-            pending = tokenize(batches[0])
-            for n, rows in enumerate(batches):
-                features = pending.result()
-                if n + 1 < len(batches):
-                    pending = tokenize(batches[n + 1])
-                started = time.perf_counter()
-                out[rows] = backend.forward(features)
-                self.stats["forward_seconds"] += time.perf_counter() - started
+        ahead = self.prefetch if self.prefetch is not None else spare_core()
+        start = 0
+        for features in (_tokenized_ahead(backend, batches) if ahead else map(backend.tokenize, batches)):
+            started = time.perf_counter()
+            vectors = backend.forward(features)
+            self.stats["forward_seconds"] += time.perf_counter() - started
+            out[order[start:start + len(vectors)]] = vectors
+            start += len(vectors)
         self.stats["rows"] += len(texts)
         return normalize_rows(out)
 
@@ -120,12 +117,15 @@ def spare_core() -> bool:
     return (os.cpu_count() or 1) > torch.get_num_threads()
 
 
-class _Done:
-    def __init__(self, value: Any):
-        self.value = value
-
-    def result(self) -> Any:
-        return self.value
+def _tokenized_ahead(backend: Any, batches: list[list[str]]) -> Iterator[Any]:
+    """The backend's features of each batch, the next one tokenized on a helper thread meanwhile."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="albat-tokenize") as pool:
+        pending = pool.submit(backend.tokenize, batches[0])
+        for n in range(len(batches)):
+            features = pending.result()
+            if n + 1 < len(batches):
+                pending = pool.submit(backend.tokenize, batches[n + 1])
+            yield features
 
 
 def encoder_from_identity(identity: dict[str, Any], batch_size: int = 64, device: str = "auto") -> TextEncoder:
@@ -133,16 +133,12 @@ def encoder_from_identity(identity: dict[str, Any], batch_size: int = 64, device
     cannot run the store's choice; `check_same_encoder` then decides whether it still agrees)."""
     backend, dtype = identity.get("backend", "torch"), identity.get("dtype", "float32")
     on_gpu = resolve_device(device).startswith("cuda")
-    if (backend == "onnx" and (on_gpu or not _onnx_available())) or (dtype == "int8" and on_gpu):
+    from pipeline.encoder_backends import onnx_available
+
+    if (backend == "onnx" and (on_gpu or not onnx_available())) or (dtype == "int8" and on_gpu):
         backend, dtype = "torch", "float32"
     return TextEncoder(name=identity["name"], dtype=dtype, backend=backend,
                        max_seq_length=identity.get("max_seq_length"), batch_size=batch_size, device=device)
-
-
-def _onnx_available() -> bool:
-    from pipeline.encoder_backends import onnx_available
-
-    return onnx_available()
 
 
 def check_same_encoder(store_identity: dict[str, Any], encoder: TextEncoder, where: str) -> None:

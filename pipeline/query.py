@@ -177,7 +177,8 @@ class QueryStage(Stage):
         index, infos = plan.inputs["index"], plan.inputs["infos"]
         encoder = encoder_from_identity(info["encoder"], device=options["device"])
         if options.get("encoder"):
-            encoder = TextEncoder(name=options["encoder"], dtype=encoder.dtype, max_seq_length=encoder.max_seq_length,
+            encoder = TextEncoder(name=options["encoder"], dtype=encoder.dtype, backend=encoder.backend,
+                                  max_seq_length=encoder.max_seq_length,
                                   device=options["device"])
         check_same_encoder(info["encoder"], encoder, str(options["adaptation"][0]))
 

@@ -155,9 +155,9 @@ def test_onnx_backend_agrees_with_torch_and_exports_once(tiny_encoder: str) -> N
     reference = TextEncoder(name=tiny_encoder, device="cpu").encode(TEXTS)
     onnx = TextEncoder(name=tiny_encoder, device="cpu", backend="onnx").encode(TEXTS)
     assert np.allclose(onnx, reference, atol=1e-4)
-    folder = export_onnx(tiny_encoder, None)
+    folder = export_onnx(tiny_encoder)
     stamp = (folder / "model.onnx").stat().st_mtime_ns
-    assert export_onnx(tiny_encoder, None) == folder and (folder / "model.onnx").stat().st_mtime_ns == stamp
+    assert export_onnx(tiny_encoder) == folder and (folder / "model.onnx").stat().st_mtime_ns == stamp
     int8 = TextEncoder(name=tiny_encoder, device="cpu", backend="onnx", dtype="int8").encode(TEXTS)
     assert int8.shape == reference.shape and np.allclose(np.linalg.norm(int8, axis=1), 1.0, atol=1e-5)
 
