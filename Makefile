@@ -9,12 +9,12 @@ WORK ?= work/demo
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup data test test-faults demo embed index query filter emit run bench bench-embed bench-filter bench-index bench-scale bench-select bench-lm clean
+.PHONY: setup data data-images demo-image test test-faults demo embed index query filter mix emit run bench bench-embed bench-filter bench-index bench-scale bench-select bench-lm clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,ray]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,ray,image]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -43,10 +43,28 @@ test-faults: setup data
 
 demo: setup data
 	$(ALBAT) run --config $(CONFIG)
+	$(ALBAT) report $(WORK)
 	$(ALBAT) sql $(WORK) "SELECT albat_method, albat_is_adaptation, count(*) AS n_rows, round(sum(albat_weight), 2) AS total_weight, left(min(text), 40) AS example FROM shards GROUP BY ALL ORDER BY ALL"
 	$(ALBAT) sql $(WORK) "SELECT albat_query AS adaptation_example, title, topic, round(albat_score, 3) AS similarity FROM shards WHERE NOT albat_is_adaptation ORDER BY albat_score DESC LIMIT 10"
 
-embed index query filter emit run: setup data
+# The image track: real image-caption data from Debian packages (scripts/fetch_images.py, as root:
+# apt-get download + dpkg-deb -x), the small CLIP pre-trained on it (cached by content hash;
+# CLIP_MODEL=CONFIG.json CLIP_PRETRAINED=FILE use a real one), the whole flow, and a contact sheet.
+data/images/summary.json: scripts/fetch_images.py | $(VENV)/.installed
+	$(PY) scripts/fetch_images.py --out data/images
+
+data-images: data/images/summary.json
+
+CLIP_EPOCHS ?= 1
+CLIP_MODEL ?=
+CLIP_PRETRAINED ?=
+demo-image: setup data-images
+	$(eval CLIP_DIR := $(if $(CLIP_MODEL),,$(shell $(PY) scripts/pretrain_clip.py --pool data/images/pool --out work/clip --epochs $(CLIP_EPOCHS))))
+	$(ALBAT) run --config configs/demo-image.toml --image-model $(or $(CLIP_MODEL),$(CLIP_DIR)/albat-clip-small.json) $(if $(or $(CLIP_PRETRAINED),$(CLIP_DIR)),--image-pretrained $(or $(CLIP_PRETRAINED),$(CLIP_DIR)/checkpoint.pt))
+	$(PY) scripts/contact_sheet.py work/demo-image/output --out work/demo-image/contact_sheet.png
+	$(ALBAT) sql work/demo-image "SELECT source, category, count(*) AS n FROM shards WHERE NOT albat_is_adaptation GROUP BY ALL ORDER BY n DESC LIMIT 8"
+
+embed index query filter mix emit run: setup data
 	$(ALBAT) $@ --config $(CONFIG)
 
 bench: bench-embed bench-filter bench-index bench-scale bench-select bench-lm
@@ -63,7 +81,13 @@ bench-index: setup data
 	$(ALBAT) embed --config $(CONFIG) --quiet
 	$(PY) -m benchmarks.bench_index --store $(WORK)/store --out BENCHMARKS.md
 
-bench-scale: setup
+# autofaiss (the index comparison) in its own venv: it pins numpy<2, which albat's .venv must not get
+.venv-autofaiss/.installed: constraints.txt
+	$(PYTHON) -m venv .venv-autofaiss
+	.venv-autofaiss/bin/python -m pip install --quiet -c constraints.txt 'autofaiss==2.18.0' 'pyarrow<16'
+	touch $@
+
+bench-scale: setup data .venv-autofaiss/.installed
 	$(PY) -m benchmarks.bench_scale --out BENCHMARKS.md
 
 $(VENV)/.bench: $(VENV)/.installed

@@ -18,12 +18,12 @@ import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from benchmarks.report import markdown_table, write_section  # noqa: E402
-from pipeline import embed as embed_stage  # noqa: E402
-from pipeline import encoder_probe as probe  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.encoder_backends import onnx_available  # noqa: E402
-from pipeline.encoders import TextEncoder, normalize_rows, set_threads  # noqa: E402
-from stores.workdir import Workdir  # noqa: E402
+from albat.pipeline import embed as embed_stage  # noqa: E402
+from albat.pipeline import encoder_probe as probe  # noqa: E402
+from albat.pipeline.config import load_config  # noqa: E402
+from albat.pipeline.encoder_backends import onnx_available  # noqa: E402
+from albat.pipeline.encoders import TextEncoder, normalize_rows, set_threads  # noqa: E402
+from albat.stores.workdir import Workdir  # noqa: E402
 
 ENCODER = "all-MiniLM-L6-v2"
 

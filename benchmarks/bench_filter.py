@@ -12,18 +12,18 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks.report import markdown_table, write_section  # noqa: E402
-from pipeline import threads  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.filter import FilterStage  # noqa: E402
-from pipeline.stage import run_stage  # noqa: E402
-from stores.workdir import Workdir  # noqa: E402
+from albat.pipeline import threads  # noqa: E402
+from albat.pipeline.config import load_config  # noqa: E402
+from albat.pipeline.filter import FilterStage  # noqa: E402
+from albat.pipeline.stage import run_stage  # noqa: E402
+from albat.stores.workdir import Workdir  # noqa: E402
 
 METHODS = ["knn", "random", "dsir", "classifier", "gradalign", "albat"]
 
 
 def one(config_path: str, work: Path, method: str, small_threads: int) -> dict:
-    shutil.rmtree(work / "filter", ignore_errors=True)
-    (work / "_stages" / "filter.json").unlink(missing_ok=True)
+    shutil.rmtree(work / "tasks/default/filter", ignore_errors=True)
+    (work / "tasks/default/_stages" / "filter.json").unlink(missing_ok=True)
     config = load_config(config_path, {"work": str(work), "filter": {"method": method}})
     before, threads.SMALL_OP_THREADS = threads.SMALL_OP_THREADS, small_threads
     try:
@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="BENCHMARKS.md")
     args = parser.parse_args()
-    if not (Path(args.work) / "_stages" / "query.json").exists():
+    if not (Path(args.work) / "tasks/default/_stages" / "query.json").exists():
         raise SystemExit(f"{args.work}: no finished query stage; run `make demo` first")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

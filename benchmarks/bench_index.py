@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.report import markdown_table, write_section
-from pipeline.index import build_index, exact_search, recall_at_k, tune_nprobe
-from pipeline.index_plan import IndexPlan, choose_nlist, flat_bytes, ivf_flat_bytes, ivf_pq_bytes, plan_index
-from pipeline.query import exact_pairs, top_k_per_query
-from stores.embedding_store import EmbeddingStore
+from albat.pipeline.index import build_index, exact_search, recall_at_k, tune_nprobe
+from albat.pipeline.index_plan import IndexPlan, choose_nlist, flat_bytes, ivf_flat_bytes, ivf_pq_bytes, plan_index
+from albat.pipeline.query import exact_pairs, top_k_per_query
+from albat.stores.embedding_store import EmbeddingStore
 
 
 def rss_bytes() -> int:

@@ -1,19 +1,28 @@
 """The language-model track: LoRA-adapt a backbone LM on the adaptation texts plus each method's
 selection, and measure held-out target-domain perplexity (the paper's language-generation setting).
 
-Data: `scripts/fetch_select_bench.py` (the 135k-text backbone pool and three held-out target domains).
+Data: `scripts/fetch_select_bench.py` (the 135k-text backbone pool, three target domains held out of it
+and two from sources the pool does not contain: V.E.R.A. acronyms and German fortunes, a vocabulary
+the pool-trained backbone LM fits badly); `--data data/select_fifth --store-work work/bench_fifth`
+runs the reduced benchmark on a fifth of the pool.
 Backbone: `scripts/pretrain_lm.py` pre-trains a few-million-parameter Llama and its BPE tokenizer on
 the pool texts, once, cached by content hash; `--model DIR` points the same run at any local
 Hugging Face causal-LM checkpoint instead.
 
-For each domain, n_A and seed: n_A adaptation texts are drawn; `albat query` retrieves candidates
-from the MiniLM backbone store (the test split passed as --exclude); for each method `albat filter`
-selects m = ratio·n_A rows (`albat` and `gradalign` with the `lm` surrogate on the same backbone LM)
-and `albat emit` writes the shard set. `scripts/train_lora.py` then trains LoRA on those shards with
-albat_weight as the per-example loss weight (same steps, batch and seed for every method) and we
-measure perplexity on the first 300 of the domain's 600 test texts, and the relative distance of the adapter's
-ΔW = B·A to the one trained on the full target data (all 512 adaptation texts), the paper's
-diagnostic. Results append to WORK/results.jsonl, so a rerun resumes.
+For each domain, n_A, budget ratio and seed: n_A adaptation texts are drawn; `albat query` retrieves
+k = max(--k, 2·ratio) candidates per adaptation text from the MiniLM backbone store (the test split
+passed as --exclude); for each method `albat filter` selects m = ratio·n_A rows (`albat` and
+`gradalign` with the `lm` surrogate on the same backbone LM; `--variant NAME=albat:key=value,...`
+adds albat configurations under their own name) and `albat emit` writes the shard set.
+`scripts/train_lora.py` then trains LoRA on those shards with albat_weight as the per-example loss
+weight (same steps, batch and seed for every method), measuring held-out perplexity on the first 300
+of the domain's 600 test texts after each of --checkpoints steps inside that one run (convergence),
+and the relative distance of the adapter's ΔW = B·A to the one trained on the full target data
+(all 512 adaptation texts), the paper's diagnostic. The report gives every method as the fraction of
+the none → full-target perplexity gap it closes, and the steps it needs to reach `none`'s final
+perplexity. Results append to WORK/results.jsonl, one record per run keyed by (domain, n_A, m, seed,
+method, steps, model), so a rerun resumes and any subset (--domains, --sizes, --ratios, --seeds,
+--methods) can run alone.
 """
 from __future__ import annotations
 
@@ -28,10 +37,12 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from benchmarks.bench_select import build_stores, finished_keys, load_domains, run
+from benchmarks import bench_select
+from benchmarks.bench_select import EMBED_ARGS, finished_keys, load_domains, run, verdict
 from benchmarks.report import markdown_table, save_figure, write_section
 
 METHODS = ["none", "random", "knn", "dsir", "gradalign", "albat", "oracle"]
+BASELINES = ("none", "random", "knn", "dsir", "gradalign")  # what a product method must beat
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -68,7 +79,7 @@ def oracle_texts(pool: dict[int, tuple[str, bool]], adaptation: list[str], block
                  seed: int) -> tuple[list[str], np.ndarray]:
     """The reference arm: m random pool texts of the target's own domain (not blocked), weighted as
     `albat emit` weighs a selection (adaptation rows 1, backbone rows λ·n_A/m with λ = 1)."""
-    from pipeline.emit import backbone_weights
+    from albat.pipeline.emit import backbone_weights
 
     blocked_ids = set(blocked.tolist())
     allowed = np.array(sorted(i for i, (_, own) in pool.items() if own and i not in blocked_ids))
@@ -78,12 +89,43 @@ def oracle_texts(pool: dict[int, tuple[str, bool]], adaptation: list[str], block
 
 
 def adapt_and_measure(trainer, model: Path, texts: list[str], weights: np.ndarray, test: list[str], args,
-                      seed: int) -> tuple[float, np.ndarray, float]:
-    """(test perplexity, ΔW, training seconds) of LoRA trained on the weighted texts."""
-    started = time.perf_counter()
-    adapted, tokenizer, _ = trainer.train_lora(model, texts, weights, seed=seed, **lora_options(args))
-    ppl = trainer.perplexity(adapted, tokenizer, test, args.max_length)
-    return ppl, trainer.lora_delta(adapted), time.perf_counter() - started
+                      seed: int) -> tuple[float, np.ndarray, dict[str, Any]]:
+    """(final test perplexity, ΔW, run record: convergence curve {step: perplexity}, training and
+    evaluation seconds) of one LoRA run on the weighted texts."""
+    checkpoints = tuple(sorted({int(c) for c in args.checkpoints.split(",") if c} | {args.steps}))
+    adapted, tokenizer, rep = trainer.train_lora(
+        model, texts, weights, seed=seed, eval_at=checkpoints,
+        evaluate=lambda m, tok: trainer.perplexity(m, tok, test, args.max_length), **lora_options(args))
+    curve = {str(k): v for k, v in rep["curve"].items()}
+    return curve[str(args.steps)], trainer.lora_delta(adapted), {
+        "curve": curve, "train_seconds": rep["seconds"], "eval_seconds": rep["eval_seconds"]}
+
+
+def parse_ratios(spec: str) -> list[tuple[int, int | None]]:
+    """"2,8,32@16" -> [(2, None), (8, None), (32, 16)]: a ratio for every n_A, or only at n_A = N."""
+    out = []
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        ratio, _, only = item.partition("@")
+        out.append((int(ratio), int(only) if only else None))
+    return out
+
+
+def parse_variants(items: list[str]) -> dict[str, tuple[str, list[str]]]:
+    """["albat_red=albat:objective=reducible,relevance_weight=1"] -> {name: (method, [k=v, ...])}."""
+    out = {}
+    for item in items:
+        name, _, spec = item.partition("=")
+        method, _, opts = spec.partition(":")
+        if not name or not method:
+            raise SystemExit(f"--variant {item!r}: expected NAME=METHOD[:key=value,...]")
+        out[name] = (method, [o for o in opts.split(",") if o])
+    return out
+
+
+def build_backbone_store(data: Path, store_work: Path) -> None:
+    """The MiniLM backbone store + index the query stage retrieves from (skipped when complete)."""
+    run("embed", "--work", store_work / "backbone", "--input", data / "pool.parquet", *EMBED_ARGS)
+    run("index", "--work", store_work / "backbone", "--quiet")
 
 
 def main() -> None:
@@ -94,13 +136,23 @@ def main() -> None:
                         help="where the MiniLM backbone store and index live (shared with bench-select)")
     parser.add_argument("--model", type=Path, help="a local causal-LM checkpoint (default: pre-train our own)")
     parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
+    parser.add_argument("--section", default="lm", help="BENCHMARKS.md section (and plot) name; a reduced run "
+                        "(another --data, a subset) gets its own, e.g. lm-fifth")
     parser.add_argument("--sizes", default="16,64,256")
-    parser.add_argument("--ratio", type=int, default=2, help="budget m = ratio * n_A")
-    parser.add_argument("--k", type=int, default=16, help="neighbours retrieved per adaptation text")
+    parser.add_argument("--ratios", default="2,8,32@16",
+                        help="budgets m = ratio·n_A; RATIO@N: only at n_A = N")
+    parser.add_argument("--k", type=int, default=16, help="neighbours retrieved per adaptation text (at least "
+                        "2·ratio)")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--full-seeds", default=None, help="seeds of the full-target reference runs (default: "
+                        "--seeds; fewer saves time: a seed without its own reference uses the others' mean)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="methods and --variant names to run")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="NAME=METHOD[:key=value,...]: a method with options, reported as NAME")
     parser.add_argument("--domains", default="", help="comma-separated slugs (default: all)")
-    parser.add_argument("--steps", type=int, default=100, help="LoRA steps of every arm")
+    parser.add_argument("--steps", type=int, default=200, help="LoRA steps of every arm")
+    parser.add_argument("--checkpoints", default="25,50,100,200", help="steps at which held-out perplexity is "
+                        "measured inside each run")
     parser.add_argument("--surrogate-steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -109,11 +161,27 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--projection-dim", type=int, default=1024)
     parser.add_argument("--test-texts", type=int, default=300)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--query-only", action="store_true", help="only run every cell's query stage (no backbone LM "
+                        "needed: prepares the cells while it pre-trains)")
     args = parser.parse_args()
 
     domains = load_domains(args.data, args.domains)
     results_path = args.work / "results.jsonl"
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+        bench_select.THREADS[0] = args.threads
+    if args.query_only:
+        build_backbone_store(args.data, args.store_work)
+        for n_a in [int(x) for x in args.sizes.split(",") if x]:
+            for ratio in [r for r, only in parse_ratios(args.ratios) if only in (None, n_a)]:
+                for domain in domains:
+                    for seed in [int(s) for s in args.seeds.split(",")]:
+                        run_cell(args, None, Path(), domain, n_a, ratio, seed, ["none"], {}, set(), None,
+                                 pq.read_table(args.data / domain["adapt"]), [], None, np.empty(0))
+        return
     if not args.report_only:
         args.work.mkdir(parents=True, exist_ok=True)
         model = args.model or Path(_script("pretrain_lm").pretrain_backbone(
@@ -122,86 +190,122 @@ def main() -> None:
     report(args, results_path)
 
 
+def run_key(**fields: Any) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 def run_all(args, model: Path, domains: list[dict], results_path: Path) -> None:
     trainer = _script("train_lora")
-    build_stores(args.data, args.store_work, json.loads((args.data / "domains.json").read_text()))
+    build_backbone_store(args.data, args.store_work)
     done = finished_keys(results_path)
     seeds = [int(s) for s in args.seeds.split(",")]
+    variants = parse_variants(args.variant)
+    methods = args.methods.split(",")
     full_delta: dict[tuple[str, int], np.ndarray] = {}
     with results_path.open("a") as out:
         def record(key: dict, **values: Any) -> None:
             out.write(json.dumps({"key": key, **values}) + "\n")
             out.flush()
-            print(json.dumps({**key, **{k: v for k, v in values.items() if not isinstance(v, list)}}), flush=True)
+            print(json.dumps({**key, **{k: v for k, v in values.items() if not isinstance(v, (list, dict))}}),
+                  flush=True)
 
         tests, adapts, owns = {}, {}, {}
         for domain in domains:
             slug = domain["slug"]
-            owns[slug] = own_domain(args.data, domain)
+            owns[slug] = own_domain(args.data, domain) if domain.get("in_pool", True) else None
             adapts[slug] = pq.read_table(args.data / domain["adapt"])
             tests[slug] = pq.read_table(args.data / domain["test"]).column("text").to_pylist()[: args.test_texts]
             key = {"domain": slug, "method": "backbone", "model": str(model)}
             if json.dumps(key) not in done:
                 loaded, tokenizer = trainer.load_causal_lm(model)
                 record(key, perplexity=trainer.perplexity(loaded, tokenizer, tests[slug], args.max_length))
-            for seed in seeds:  # the reference: LoRA on the full target data (all adaptation texts)
+            full_seeds = seeds if args.full_seeds is None else [int(x) for x in args.full_seeds.split(",") if x]
+            for seed in full_seeds:  # the reference: LoRA on the full target data (all adaptation texts)
                 texts = adapts[slug].column("text").to_pylist()
-                delta_path = args.work / "full" / f"{slug}-s{seed}.npy"
-                key = {"domain": slug, "method": "full", "seed": seed, "model": str(model)}
+                delta_path = args.work / "full" / f"{slug}-s{seed}-t{args.steps}.npy"
+                key = {"domain": slug, "method": "full", "seed": seed, "steps": args.steps, "model": str(model)}
                 if json.dumps(key) not in done or not delta_path.exists():
-                    ppl, delta, seconds = adapt_and_measure(trainer, model, texts, np.ones(len(texts)), tests[slug],
-                                                            args, seed)
+                    ppl, delta, rec = adapt_and_measure(trainer, model, texts, np.ones(len(texts)), tests[slug],
+                                                        args, seed)
                     delta_path.parent.mkdir(parents=True, exist_ok=True)
                     np.save(delta_path, delta)
-                    record(key, perplexity=ppl, train_seconds=seconds, rows=len(texts))
+                    record(key, perplexity=ppl, rows=len(texts), **rec)
                 full_delta[(slug, seed)] = np.load(delta_path, allow_pickle=False)
-        for n_a in [int(x) for x in args.sizes.split(",")]:  # smallest first: a partial run covers every domain
-            for domain in domains:
-                slug = domain["slug"]
-                for seed in seeds:
-                    keys = {m: {"domain": slug, "n_a": n_a, "m": args.ratio * n_a, "seed": seed, "method": m,
-                                "model": str(model)} for m in args.methods.split(",")}
-                    pending = [m for m, key in keys.items() if json.dumps(key) not in done]
-                    if not pending:
-                        continue
-                    rows = np.sort(np.random.default_rng([seed, n_a]).choice(adapts[slug].num_rows, n_a, replace=False))
-                    exp = experiment_dir(args.work, args.store_work, f"{slug}-n{n_a}-s{seed}")
-                    pq.write_table(adapts[slug].take(rows), exp / "adaptation.parquet")
-                    pq.write_table(pq.read_table(args.data / domain["test"]), exp / "test.parquet")
-                    run("query", "--work", exp, "--adaptation", exp / "adaptation.parquet",
-                        "--adaptation-pair-column", "query", "--exclude", exp / "test.parquet", "--k", args.k, "--quiet")
-                    candidates = pq.read_metadata(exp / "query" / "candidates.parquet").num_rows
-                    for method in pending:
-                        if method == "oracle":
-                            blocked = pq.read_table(exp / "query" / "blocked.parquet").column("id").to_numpy()
-                            adaptation = adapts[slug].take(rows).column("text").to_pylist()
-                            texts, weights = oracle_texts(owns[slug], adaptation, blocked, args.ratio * n_a, seed)
-                            kept, select_seconds = len(texts) - n_a, 0.0
-                        else:
-                            extra = surrogate_options(args, model) if method in ("albat", "gradalign") else []
-                            run("filter", "--work", exp, "--method", method, "--budget", args.ratio * n_a,
-                                "--seed", seed, "--quiet", *extra)
-                            summary = json.loads((exp / "_stages" / "filter.json").read_text())["summary"]
-                            run("emit", "--work", exp, "--output", f"emitted-{method}", "--quiet")
-                            texts, weights = trainer.load_shard_set(exp / f"emitted-{method}")
-                            kept, select_seconds = int(summary["kept"]), float(summary["seconds"])
-                        ppl, delta, seconds = adapt_and_measure(trainer, model, texts, weights, tests[slug], args, seed)
-                        full = full_delta[(slug, seed)]
-                        record(keys[method], perplexity=ppl, kept=kept, rows=len(texts), select_seconds=select_seconds,
-                               train_seconds=seconds, candidates=candidates,
-                               distance_to_full=float(np.linalg.norm(delta - full) / max(np.linalg.norm(full), 1e-12)))
+        for n_a in [int(x) for x in args.sizes.split(",") if x]:  # smallest first: a partial run covers every domain
+            for ratio in [r for r, only in parse_ratios(args.ratios) if only in (None, n_a)]:
+                for domain in domains:
+                    for seed in seeds:
+                        run_cell(args, trainer, model, domain, n_a, ratio, seed, methods, variants, done, record,
+                                 adapts[domain["slug"]], tests[domain["slug"]], owns[domain["slug"]],
+                                 reference_delta(full_delta, domain["slug"], seed))
+
+
+def reference_delta(full_delta: dict[tuple[str, int], np.ndarray], slug: str, seed: int) -> np.ndarray:
+    """The same seed's full-target ΔW, else the mean of the domain's other seeds' (--full-seeds)."""
+    if (slug, seed) in full_delta:
+        return full_delta[(slug, seed)]
+    others = [d for (s, _), d in full_delta.items() if s == slug]
+    if not others:
+        raise SystemExit(f"no full-target reference for {slug}: include a seed in --full-seeds")
+    return np.mean(others, axis=0)
+
+
+def run_cell(args, trainer, model: Path, domain: dict, n_a: int, ratio: int, seed: int, methods: list[str],
+             variants: dict, done: set[str], record, adapt, test: list[str], own, full: np.ndarray) -> None:
+    """Every pending method of one (domain, n_A, m, seed): query once, then select, emit, train."""
+    slug, m = domain["slug"], ratio * n_a
+    k = max(args.k, 2 * ratio)
+    keys = {meth: run_key(domain=slug, n_a=n_a, m=m, seed=seed, method=meth, steps=args.steps, model=str(model))
+            for meth in methods if not (meth == "oracle" and own is None)}  # oracle needs in-pool domain rows
+    pending = [meth for meth, key in keys.items() if json.dumps(key) not in done]
+    if not pending:
+        return
+    rows = np.sort(np.random.default_rng([seed, n_a]).choice(adapt.num_rows, n_a, replace=False))
+    exp = experiment_dir(args.work, args.store_work, f"{slug}-n{n_a}-s{seed}-k{k}")
+    if not (exp / "adaptation.parquet").exists():  # written once: a rerun's query stage finds its inputs unchanged
+        pq.write_table(adapt.take(rows), exp / "adaptation.parquet")
+        # only the evaluated test texts are excluded (their near-duplicates blocked): the rest is never scored
+        pq.write_table(pq.read_table(args.data / domain["test"]).slice(0, args.test_texts), exp / "test.parquet")
+    run("query", "--work", exp, "--adaptation", exp / "adaptation.parquet",
+        "--adaptation-pair-column", "query", "--exclude", exp / "test.parquet", "--k", k, "--quiet")
+    candidates = pq.read_metadata(exp / "tasks/default/query" / "candidates.parquet").num_rows
+    if args.query_only:
+        return
+    for name in pending:
+        method, options = variants.get(name, (name, []))
+        if method == "oracle":
+            blocked = pq.read_table(exp / "tasks/default/query" / "blocked.parquet").column("id").to_numpy()
+            texts, weights = oracle_texts(own, adapt.take(rows).column("text").to_pylist(), blocked, m, seed)
+            kept, select_seconds = len(texts) - n_a, 0.0
+        else:
+            extra = surrogate_options(args, model) if method in ("albat", "gradalign") else []
+            extra += ["--filter-threads", args.threads] if args.threads else []
+            extra += [x for o in options for x in ("--method-option", o)]
+            run("filter", "--work", exp, "--method", method, "--budget", m, "--seed", seed, "--quiet", *extra)
+            summary = json.loads((exp / "tasks/default/_stages" / "filter.json").read_text())["summary"]
+            run("emit", "--work", exp, "--output", f"emitted-{name}-m{m}", "--quiet")
+            texts, weights = trainer.load_shard_set(exp / "tasks/default" / f"emitted-{name}-m{m}")
+            kept, select_seconds = int(summary["kept"]), float(summary["seconds"])
+        ppl, delta, rec = adapt_and_measure(trainer, model, texts, weights, test, args, seed)
+        record(keys[name], perplexity=ppl, kept=kept, rows=len(texts), select_seconds=select_seconds,
+               candidates=candidates, k=k, **rec,
+               distance_to_full=float(np.linalg.norm(delta - full) / max(np.linalg.norm(full), 1e-12)))
 
 
 def in_domain_shares(args, records: list[dict]) -> dict[str, list[float]]:
     """Per method, the share of selected backbone rows from the target's own domain, read back from
-    the emitted shard sets still in WORK/runs (oracle: 1 by construction; none: no selection)."""
+    the emitted shard sets still in WORK/runs (oracle: 1 by construction; none: no selection;
+    domains outside the pool: none to share)."""
     domains = {d["slug"]: d for d in load_domains(args.data, "")}
     owned: dict[str, set[int]] = {}
     out: dict[str, list[float]] = {}
     for r in records:
         k = r["key"]
-        shards = args.work / "runs" / f"{k['domain']}-n{k.get('n_a')}-s{k.get('seed')}" / f"emitted-{k['method']}"
-        if "n_a" not in k or not (shards / "manifest.json").exists():
+        if "n_a" not in k or "k" not in r or not domains.get(k["domain"], {}).get("in_pool", True):
+            continue
+        shards = (args.work / "runs" / f"{k['domain']}-n{k['n_a']}-s{k['seed']}-k{r['k']}"
+                  / "tasks" / "default" / f"emitted-{k['method']}-m{k['m']}")
+        if not (shards / "manifest.json").exists():
             continue
         if k["domain"] not in owned:
             owned[k["domain"]] = {i for i, (_, own) in own_domain(args.data, domains[k["domain"]]).items() if own}
@@ -221,91 +325,181 @@ def own_domain(data: Path, domain: dict) -> dict[int, tuple[str, bool]]:
             for i, t, src, lab in zip(table["id"], table["text"], table["source"], table["label"])}
 
 
-def _stats(values: list[float]) -> str:
-    v = np.array(values, dtype=float)
-    return f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0:.2f}"
+def gap_closed(ppl: float, none: float, full: float) -> float:
+    """The fraction of the none → full-target perplexity gap a run closes: 0 = none, 1 = full target
+    data, < 0 worse than adding nothing, > 1 better than the full target data."""
+    return (none - ppl) / (none - full) if none != full else math.nan
+
+
+def steps_to_reach(curve: dict[str, float], target: float) -> int | None:
+    """The first checkpoint step whose perplexity is at or below `target` (None: never within the run)."""
+    for step, value in sorted(((int(k), v) for k, v in curve.items()), key=lambda kv: kv[0]):
+        if value <= target:
+            return step
+    return None
+
+
+def reference_perplexity(full: dict[tuple[str, int], dict], domain: str, seed: int) -> float | None:
+    """The same seed's full-target perplexity, else the mean of the domain's other seeds (None: no reference)."""
+    if (domain, seed) in full:
+        return full[(domain, seed)]["perplexity"]
+    others = [r["perplexity"] for (d, _), r in full.items() if d == domain]
+    return float(np.mean(others)) if others else None
+
+
+def product_methods(methods: list[str]) -> list[str]:
+    """albat and its --variant configurations (every name starting with albat): what must beat the baselines."""
+    return [m for m in methods if m.startswith("albat")]
+
+
+def _stats(values: list[float], digits: int = 2) -> str:
+    v = np.array([x for x in values if x is not None and not math.isnan(x)], dtype=float)
+    if not len(v):
+        return "-"
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1) if len(v) > 1 else 0:.{digits}f}"
+
+
+def _std(values: list[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def cell_verdicts(groups: dict[tuple, list[dict]], cell: tuple, product: str) -> list[str] | None:
+    """[product − best baseline, best, spread, verdict, random − oracle, evidence|control] for one cell."""
+    ppl = {m: [r["perplexity"] for r in groups[(*cell, m)]] for m in (product, "oracle", *BASELINES)
+           if (*cell, m) in groups}
+    baselines = {m: float(np.mean(ppl[m])) for m in BASELINES if m in ppl}
+    if product not in ppl or not baselines:
+        return None
+    best = min(baselines, key=baselines.get)
+    diff = float(np.mean(ppl[product])) - baselines[best]
+    sd = max(_std(ppl[product]), _std(ppl[best]))
+    gap = ((float(np.mean(ppl["random"]) - np.mean(ppl["oracle"])), max(_std(ppl["random"]), _std(ppl["oracle"])))
+           if "random" in ppl and "oracle" in ppl else None)
+    return [f"{diff:+.2f}", best, f"{sd:.2f}", verdict(-diff, sd),
+            f"{gap[0]:+.2f} (spread {gap[1]:.2f})" if gap else "-",
+            ("evidence" if gap[0] > gap[1] else "control") if gap else "no oracle"]
 
 
 def report(args, results_path: Path) -> None:
-    """Mean ± std over seeds per (domain, n_A, method); tables and a plot into BENCHMARKS.md."""
+    """Mean ± std over seeds per (domain, n_A, m, method): perplexity, the none → full gap closed,
+    convergence, verdicts and times; tables and a plot into BENCHMARKS.md (section --section)."""
     records = [json.loads(line) for line in results_path.read_text().splitlines()]
+    records = [r for r in records if r["key"].get("steps", args.steps) == args.steps]
     backbone = {r["key"]["domain"]: r["perplexity"] for r in records if r["key"]["method"] == "backbone"}
-    full: dict[str, list[float]] = {}
-    for r in records:
-        if r["key"]["method"] == "full":
-            full.setdefault(r["key"]["domain"], []).append(r["perplexity"])
+    full = {(r["key"]["domain"], r["key"]["seed"]): r for r in records if r["key"]["method"] == "full"}
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         if "n_a" in r["key"]:
             k = r["key"]
-            groups.setdefault((k["domain"], k["n_a"], k["method"]), []).append(r)
-    methods = [m for m in METHODS if any(key[2] == m for key in groups)]
-    cells = sorted({key[:2] for key in groups})
-    ppl_rows, dist_rows, verdicts = [], [], []
-    for domain, n_a in cells:
-        ppl_rows.append([domain, n_a, f"{backbone.get(domain, float('nan')):.2f}", _stats(full.get(domain, [np.nan]))]
-                        + [_stats([r["perplexity"] for r in groups[(domain, n_a, m)]]) if (domain, n_a, m) in groups
-                           else "-" for m in methods])
-        dist_rows.append([domain, n_a] + [_stats([r["distance_to_full"] for r in groups[(domain, n_a, m)]])
-                                          if (domain, n_a, m) in groups else "-" for m in methods])
-        means = {m: np.mean([r["perplexity"] for r in groups[(domain, n_a, m)]]) for m in methods
-                 if (domain, n_a, m) in groups}
-        stds = {m: np.std([r["perplexity"] for r in groups[(domain, n_a, m)]], ddof=1)
-                if len(groups[(domain, n_a, m)]) > 1 else 0.0 for m in means}
-        baselines = {m: v for m, v in means.items() if m not in ("albat", "oracle")}
-        if "albat" in means and baselines:
-            best = min(baselines, key=baselines.get)
-            diff, sd = means["albat"] - means[best], max(stds["albat"], stds[best])
-            gap = (means["random"] - means["oracle"], max(stds["random"], stds["oracle"])) \
-                if "random" in means and "oracle" in means else None
-            verdicts.append([domain, n_a, f"{diff:+.2f}", best, f"{sd:.2f}",
-                             "tie" if abs(diff) <= sd else ("win" if diff < 0 else "loss"),
-                             f"{gap[0]:+.2f} (spread {gap[1]:.2f})" if gap else "-",
-                             "evidence" if gap and gap[0] > gap[1] else "control"])
+            groups.setdefault((k["domain"], k["n_a"], k["m"], k["method"]), []).append(r)
+    order = METHODS + sorted({key[3] for key in groups} - set(METHODS))
+    methods = [m for m in order if any(key[3] == m for key in groups)]
+    cells = sorted({key[:3] for key in groups})
+    none_of = {(r["key"]["domain"], r["key"]["n_a"], r["key"]["m"], r["key"]["seed"]): r
+               for r in records if r["key"].get("method") == "none" and "n_a" in r["key"]}
+
+    def gaps(cell: tuple, method: str, step: str | None = None) -> list[float]:
+        out = []
+        for r in groups.get((*cell, method), []):
+            base = none_of.get((*cell, r["key"]["seed"]))
+            ref = reference_perplexity(full, cell[0], r["key"]["seed"])
+            if ref is not None and base:
+                value = r["curve"][step] if step else r["perplexity"]
+                out.append(gap_closed(value, base["perplexity"], ref))
+        return out
+
+    def reach(cell: tuple, method: str) -> str:
+        steps = []
+        for r in groups.get((*cell, method), []):
+            base = none_of.get((*cell, r["key"]["seed"]))
+            if base and "curve" in r:
+                steps.append(steps_to_reach(r["curve"], base["perplexity"]))
+        if not steps:
+            return "-"
+        reached = [s for s in steps if s is not None]
+        return (f"{int(np.median(reached))}" if len(reached) == len(steps)
+                else f"{int(np.median(reached))} ({len(reached)}/{len(steps)})" if reached else f">{args.steps}")
+
+    label = lambda cell: [cell[0], cell[1], cell[2]]  # noqa: E731
+    no_cells = [[d, f"{p:.2f}"] for d, p in sorted(backbone.items()) if not any(c[0] == d for c in cells)]
+    ppl_rows = [label(c) + [f"{backbone.get(c[0], float('nan')):.2f}",
+                            _stats([full[(c[0], s)]["perplexity"] for s in sorted({k[1] for k in full if k[0] == c[0]})])]
+                + [_stats([r["perplexity"] for r in groups.get((*c, m), [])]) for m in methods] for c in cells]
+    gap_rows = [label(c) + [_stats(gaps(c, m)) for m in methods] for c in cells]
+    reach_rows = [label(c) + [reach(c, m) for m in methods] for c in cells]
+    checkpoints = sorted({int(s) for rs in groups.values() for r in rs for s in r.get("curve", {})})
+    curve_rows = [[m] + [_stats([g for c in cells for g in gaps(c, m, str(step))]) for step in checkpoints]
+                  for m in methods if m != "none"]
+    products = product_methods(methods)
+    verdict_rows, counts = [], []
+    for product in products:
+        rows = [[product] + label(c) + v for c in cells if (v := cell_verdicts(groups, c, product))]
+        verdict_rows += rows
+        tally = {kind: [sum(1 for r in rows if r[-1] == kind and r[7] == v) for v in ("win", "tie", "loss")]
+                 for kind in ("evidence", "control", "no oracle")}
+        kept = sum(1 for r in rows if r[7] != "loss")  # r: method, domain, n_A, m, diff, best, spread, verdict, ...
+        counts.append([product] + ["/".join(map(str, tally[k])) for k in ("evidence", "control", "no oracle")]
+                      + [f"{kept} of {len(rows)}", _stats([g for c in cells for g in gaps(c, product)])])
     share = in_domain_shares(args, records)
-    counts = {v: sum(row[5] == v for row in verdicts) for v in ("win", "tie", "loss")}
     timing: dict[str, list[dict]] = {}
-    for (_, _, method), runs in groups.items():
-        timing.setdefault(method, []).extend(runs)
-    n = len([r for r in records if "n_a" in r["key"]])
+    for key, runs in groups.items():
+        timing.setdefault(key[3], []).extend(runs)
+    runs = [r for r in records if "train_seconds" in r]
+    per_run = [r["train_seconds"] + r.get("eval_seconds", 0) + r.get("select_seconds", 0) for r in runs]
     seeds = sorted({r["key"]["seed"] for r in records if "n_a" in r["key"]})
     body = [f"Held-out target perplexity (lower is better) after LoRA on the n_A adaptation texts plus each method's "
-            f"m = {args.ratio}·n_A selection, every arm trained by `scripts/train_lora.py` on the emitted shards "
-            f"(albat_weight as the loss weight): {args.steps} steps, batch {args.batch_size}, lr {args.lr}, rank "
-            f"{args.rank}, α {args.alpha}, {args.max_length} tokens; mean ± std over seeds {seeds}. `backbone`: no "
-            "adapter; `full`: LoRA on all 512 adaptation texts of the domain (the reference). albat and gradalign use "
-            f"the `lm` surrogate on the same backbone LM ({args.surrogate_steps} surrogate steps, projection "
-            f"{args.projection_dim}). {n} runs"
+            f"m-row selection, every arm trained by `scripts/train_lora.py` on the emitted shards (albat_weight as "
+            f"the loss weight): {args.steps} steps, batch {args.batch_size}, lr {args.lr}, rank {args.rank}, "
+            f"α {args.alpha}, {args.max_length} tokens; mean ± std over seeds {seeds}. `backbone`: no adapter; "
+            "`full`: LoRA on all 512 adaptation texts of the domain (the reference). albat, its variants and "
+            f"gradalign use the `lm` surrogate on the same backbone LM ({args.surrogate_steps} surrogate steps, "
+            f"projection {args.projection_dim}). `oracle` (m random pool texts of the target's own domain) needs the "
+            f"domain in the pool: `-` for vera and fortunes_de. {len(runs)} runs"
             + (" (tabulated again by --report-only)." if args.report_only else "."), "",
-            markdown_table(["domain", "n_A", "backbone", "full"] + methods, ppl_rows), "",
-            "albat minus the best baseline (none, random, knn, dsir, gradalign; lower perplexity is better); a "
-            "difference within the larger seed std of the two is a tie. `oracle` (m random pool texts of the target's "
-            "own domain) is a reference, not a baseline: a cell is evidence only where random − oracle exceeds their "
-            "larger seed std, i.e. where in-domain data visibly helps; otherwise it is a control.", "",
-            markdown_table(["domain", "n_A", "albat − best", "best baseline", "spread", "verdict", "random − oracle",
-                            "cell"], verdicts), "",
-            f"albat against the best baseline: {counts['win']} wins, {counts['tie']} ties, {counts['loss']} losses "
-            f"in {len(verdicts)} cells (with {len(seeds)} seeds the spread is a rough yardstick).", "",
-            "The paper's diagnostic: relative distance ‖ΔW − ΔW_full‖ / ‖ΔW_full‖ of the adapter's weight change "
-            "(ΔW = scaling·B·A over every LoRA layer) to the one trained on the full target data, same seed "
-            "(lower is closer):", "",
-            markdown_table(["domain", "n_A"] + methods, dist_rows), "",
-            "Selection time per call (the filter stage's clock; albat includes its surrogate fit) and LoRA training time:",
-            "",
+            markdown_table(["domain", "n_A", "m", "backbone", "full"] + methods, ppl_rows), "",
+            *([("Backbone perplexity of target domains without selection runs in this section (how well the "
+                "pool-trained backbone LM fits them):"), "", markdown_table(["domain", "backbone"], no_cells), ""]
+              if no_cells else []),
+            "Fraction of the none → full-target perplexity gap closed, (ppl_none − ppl) / (ppl_none − ppl_full), "
+            "per seed against the same seed's none and full runs (0: nothing gained over the adaptation set alone, "
+            "1: as good as all 512 target texts):", "",
+            markdown_table(["domain", "n_A", "m"] + methods, gap_rows), "",
+            "Product method (albat and its variants) minus the best baseline (none, random, knn, dsir, gradalign) in "
+            "final perplexity (lower is better); within the larger seed std of the two is a tie. A cell is evidence "
+            "where random − oracle exceeds their larger std (in-domain data visibly helps), a control otherwise, "
+            "and has no oracle where the domain is not in the pool.", "",
+            markdown_table(["method", "domain", "n_A", "m", "− best", "best baseline", "spread", "verdict",
+                            "random − oracle", "cell"], verdict_rows), "",
+            markdown_table(["method", "evidence W/T/L", "control W/T/L", "no-oracle W/T/L", "at or above best within "
+                            "spread", "gap closed (all cells)"], counts), "",
+            "Convergence, the paper's claim: the gap closed at each checkpoint of the same training runs, against "
+            "none's *final* perplexity (mean ± std over every cell and seed):", "",
+            markdown_table(["method"] + [f"step {s}" for s in checkpoints], curve_rows), "",
+            f"Steps to reach none's final ({args.steps}-step) perplexity, the first checkpoint at or below it (median "
+            f"over seeds; (r/n): only r of n seeds reached it; >{args.steps}: none did):", "",
+            markdown_table(["domain", "n_A", "m"] + methods, reach_rows), "",
+            "Selection time per call (the filter stage's clock; albat includes its surrogate fit), LoRA training "
+            "time (without the checkpoint evaluations) and the held-out evaluations' time per run:", "",
             markdown_table(["method", "select s (mean)", "select s (max)", "candidates (mean)", "train s (mean)",
-                            "in-domain share of the selection"],
-                           [[m, f"{np.mean([r['select_seconds'] for r in timing[m]]):.2f}",
-                             f"{np.max([r['select_seconds'] for r in timing[m]]):.2f}",
+                            "eval s (mean)", "in-domain share of the selection"],
+                           [[m, f"{np.mean([r.get('select_seconds', 0) for r in timing[m]]):.2f}",
+                             f"{np.max([r.get('select_seconds', 0) for r in timing[m]]):.2f}",
                              f"{np.mean([r['candidates'] for r in timing[m]]):.0f}",
                              f"{np.mean([r['train_seconds'] for r in timing[m]]):.1f}",
-                             f"{np.mean(share[m]):.2f}" if share.get(m) else "-"] for m in methods if m in timing])]
-    plot = plot_results(groups, backbone, full, methods, args.out.parent / "benchmarks" / "lm.png")
+                             f"{np.mean([r.get('eval_seconds', 0) for r in timing[m]]):.1f}",
+                             f"{np.mean(share[m]):.2f}" if share.get(m) else "-"] for m in methods if m in timing]),
+            "", f"Time: {len(runs)} runs, {sum(per_run) / 3600:.2f} h of select + train + evaluation in all, "
+            f"{np.mean(per_run) if per_run else 0:.1f} s a run on average (query stage and emits not counted)."]
+    plot = plot_results(groups, backbone, full, methods, args.out.parent / "benchmarks" / f"{args.section}.png")
     if plot:
         body += ["", f"![perplexity per method]({plot.relative_to(args.out.parent)})"]
-    write_section(args.out, "lm", "Language-model track (`make bench-lm`)", "\n".join(body))
+    title = "Language-model track (`make bench-lm`)" if args.section == "lm" else \
+        f"Language-model track, reduced: {args.section}"
+    write_section(args.out, args.section, title, "\n".join(body))
 
 
 def plot_results(groups, backbone, full, methods: list[str], path: Path) -> Path | None:
+    """Per domain: mean held-out perplexity per method at every (n_A, m) cell, the full-target mean dashed."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -313,19 +507,19 @@ def plot_results(groups, backbone, full, methods: list[str], path: Path) -> Path
     except ImportError:
         return None
     domains = sorted({key[0] for key in groups})
-    fig, axes = plt.subplots(1, len(domains), figsize=(5 * len(domains), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(domains), figsize=(4.5 * len(domains), 3.8), squeeze=False)
     for ax, domain in zip(axes[0], domains):
-        sizes = sorted({key[1] for key in groups if key[0] == domain})
+        cells = sorted({key[1:3] for key in groups if key[0] == domain})
         for i, method in enumerate(methods):
-            runs = [[r["perplexity"] for r in groups.get((domain, n, method), [])] for n in sizes]
-            ax.errorbar(np.array(sizes) * (1 + 0.03 * (i - len(methods) / 2)),
+            runs = [[r["perplexity"] for r in groups.get((domain, *c, method), [])] for c in cells]
+            ax.errorbar(np.arange(len(cells)) + 0.04 * (i - len(methods) / 2),
                         [np.mean(v) if v else math.nan for v in runs], [np.std(v) if v else 0 for v in runs],
-                        label=method, marker="o", capsize=2)
-        if domain in full:
-            ax.axhline(np.mean(full[domain]), color="black", linestyle="--", label="full target (512)")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sizes, [str(s) for s in sizes])
-        ax.set_xlabel("n_A")
+                        label=method, marker="o", capsize=2, linestyle="none")
+        refs = [r["perplexity"] for (d, _), r in full.items() if d == domain]
+        if refs:
+            ax.axhline(np.mean(refs), color="black", linestyle="--", label="full target (512)")
+        ax.set_xticks(range(len(cells)), [f"{n}/{m}" for n, m in cells])
+        ax.set_xlabel("n_A / m")
         ax.set_ylabel("held-out perplexity")
         ax.set_title(f"{domain} (backbone {backbone.get(domain, math.nan):.0f})")
     axes[0][-1].legend(fontsize=7)

@@ -1,14 +1,18 @@
-"""The index stage at a size where the planner leaves exact search: a synthetic store of N
-clustered unit vectors (no encoder can embed a million texts on 2 CPU cores in a benchmark's
-time), indexed by `albat index` in a separate process under a memory budget. Reports the plan,
-build time, the process's peak RSS against the budget, index size and recall@10.
+"""Scale: the index stage on 100k and 1M synthetic vectors under memory budgets (flat, IVF in
+memory, IVF lists merged on disk, IVF-PQ, HNSW), side by side with autofaiss on the same vectors
+and budget, and the embed stage through the Ray executor against local on the same real texts.
 
-Synthetic vectors are not text embeddings: the recall here says the machinery works at this size,
-not what recall a real corpus gets (the demo-corpus table does that)."""
+The index runs use a synthetic store of N clustered unit vectors (no encoder embeds a million
+texts on 2 CPU cores in a benchmark's time), indexed by `albat index` in a separate process, which
+reports its own peak RSS. Synthetic vectors are not text embeddings: the recall here says the
+machinery works at this size, not what recall a real corpus gets (bench-index does that).
+autofaiss runs in its own virtual environment (`.venv-autofaiss`; it pins numpy<2)."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -17,13 +21,15 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from benchmarks.report import markdown_table, write_section
-from stores.embedding_store import ID, ROW, SOURCE, TEXT_HASH, EmbeddingStore
+from albat.pipeline.index import exact_search
+from albat.stores.embedding_store import ID, ROW, SOURCE, TEXT_HASH, EmbeddingStore
 
 
 # Runs the CLI in a child process and reports that process's own peak RSS on stderr.
-CHILD = ("import resource, sys; from pipeline.cli import main; rc = main(sys.argv[1:]); "
+CHILD = ("import resource, sys; from albat.pipeline.cli import main; rc = main(sys.argv[1:]); "
          "print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)")
 
 
@@ -47,49 +53,161 @@ def synthetic_store(root: Path, n: int, d: int, shard_rows: int, seed: int) -> E
     return store
 
 
+AUTOFAISS_PY = Path(".venv-autofaiss/bin/python")
+FLAGS = {"disk": ["--on-disk"], "hnsw": ["--index-type", "hnsw"]}
+
+
+def run_index(work: Path, budget: str, flat_max: str, extra: str) -> dict:
+    """`albat index` in its own process under a budget; its infos plus the process's peak RSS and wall time."""
+    (work / "_stages").mkdir(exist_ok=True)
+    (work / "_stages" / "index.json").unlink(missing_ok=True)
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", CHILD, "index", "--work", str(work), "--quiet", "--memory-budget",
+                             budget, "--flat-max-rows", flat_max, *FLAGS.get(extra, [])], capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(result.stderr)
+    infos = json.loads((work / "index" / "index_infos.json").read_text())
+    infos["peak_rss_mib"] = int(result.stderr.split("PEAK_RSS_KIB")[-1].split()[0]) / 1024
+    infos["wall"] = wall
+    infos["file_mib"] = sum(p.stat().st_size for p in (work / "index").iterdir() if p.is_file()) / 2**20
+    return infos
+
+
+def index_row(n: int, budget: str, flat_max: str, extra: str, infos: dict) -> list:
+    tuned = infos["nprobe"] or (f"ef {infos['ef_search']}" if infos.get("ef_search") else "-")
+    return [f"{n:,}", budget, flat_max, extra or "memory", infos["index_key"], f"{infos['estimated_bytes'] / 2**20:.0f}",
+            f"{infos['file_mib']:.0f}", f"{infos['peak_rss_mib']:.0f}", f"{infos['train_seconds']:.0f}",
+            f"{infos['build_seconds']:.0f}", f"{infos['wall']:.0f}", tuned, f"{infos['recall_at_k']:.3f}",
+            f"{infos['queries_per_s']:.0f}"]
+
+
+def autofaiss_budget(budget: str) -> str:
+    """albat's '2GB' as autofaiss writes it ('2G')."""
+    return budget.upper().replace("IB", "").replace("B", "")
+
+
+def run_autofaiss(store: EmbeddingStore, tmp: Path, budget: str) -> list | str:
+    """autofaiss build_index over the same .npy shards, budget and queries as the albat run."""
+    if not AUTOFAISS_PY.exists():
+        return "not run: .venv-autofaiss missing (`make bench-scale` creates it)"
+    n = int(store.info["rows"])
+    positions = np.sort(np.random.default_rng(1).choice(n, size=min(1000, n), replace=False))  # the stage's queries
+    queries = store.vectors_at(positions)
+    _, exact = exact_search(store, queries, 10)
+    np.save(tmp / "queries.npy", queries)
+    np.save(tmp / "exact.npy", exact)
+    out = tmp / f"autofaiss-{budget}"
+    out.mkdir()
+    started = time.perf_counter()
+    result = subprocess.run([str(AUTOFAISS_PY), "benchmarks/autofaiss_child.py", str(store.shard_dir), str(out),
+                             str(tmp / "queries.npy"), str(tmp / "exact.npy"), autofaiss_budget(budget), "8G"],
+                            capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if result.returncode != 0:
+        return f"failed: {result.stderr.strip().splitlines()[-1][:200]}"
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    return [f"{n:,}", budget, "-", "autofaiss", got["key"], "-", f"{(got['index_bytes'] or 0) / 2**20:.0f}",
+            f"{got['peak_rss_kib'] / 1024:.0f}", "-", f"{got['build_seconds']:.0f}", f"{wall:.0f}",
+            str(got["params"])[:40], f"{got['recall']:.3f}", f"{got['queries_per_s']:.0f}"]
+
+
+def embed_once(tmp: Path, corpus: Path, name: str, flags: list[str]) -> tuple[float, Path]:
+    work = tmp / name
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "albat.pipeline.cli", "embed", "--work", str(work), "--input",
+                             str(corpus), "--shard-rows", "128", "--dtype", "float32", "--backend", "torch", "--quiet",
+                             *flags], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if result.returncode != 0:
+        raise SystemExit(result.stderr[-2000:])
+    return time.perf_counter() - started, work
+
+
+def ray_overhead(tmp: Path, rows: int, rounds: int) -> tuple[list[list], bool]:
+    """Wall time of `albat embed` on the same real texts, local against --executor ray (local Ray,
+    one actor with both cores), interleaved rounds; and whether the stores' bytes agree."""
+    corpus = tmp / "texts.parquet"
+    pq.write_table(pq.read_table("data/wiki/demo.parquet").slice(0, rows), corpus)
+    ray = ["--executor", "ray", "--ray-cpus", "2", "--ray-actors", "1", "--ray-actor-cpus", "2"]
+    times: dict[str, list[float]] = {"local": [], "ray": []}
+    works = {}
+    for r in range(rounds):
+        for name, flags in (("local", []), ("ray", ray)):
+            seconds, works[name] = embed_once(tmp, corpus, f"{name}-{r}", flags)
+            times[name].append(seconds)
+            print(name, f"{seconds:.1f} s", flush=True)
+    same = all((works["local"] / "store" / "shards" / f.name).read_bytes() == f.read_bytes()
+               for f in (works["ray"] / "store" / "shards").iterdir())
+    local = statistics.median(times["local"])
+    out = []
+    for name in ("local", "ray"):
+        median = statistics.median(times[name])
+        out.append([name, f"{rows:,}", " / ".join(f"{t:.1f}" for t in times[name]), f"{median:.1f}",
+                    f"{rows / median:.1f}", f"{median / local:.2f}x"])
+    return out, same
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--dim", type=int, default=384)
-    parser.add_argument("--configs", default="2GB:1000000,2GB:100000,512MB:1000000",
-                        help="comma-separated BUDGET:FLAT_MAX_ROWS pairs")
+    parser.add_argument("--configs", default="2GB:1000000,2GB:10000,512MB:10000:disk,2GB:10000:hnsw",
+                        help="comma-separated BUDGET:FLAT_MAX_ROWS[:disk|hnsw]")
+    parser.add_argument("--hnsw-max-rows", type=int, default=100_000,
+                        help="skip HNSW above this size (its build is the slowest on 2 cores)")
+    parser.add_argument("--autofaiss", default="2GB", help="budgets of the autofaiss runs (largest size only)")
+    parser.add_argument("--embed-rows", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--out", default="BENCHMARKS.md")
     args = parser.parse_args()
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        started = time.perf_counter()
-        synthetic_store(Path(tmp) / "store", args.rows, args.dim, 65_536, seed=0)
-        print(f"synthetic store: {args.rows} x {args.dim} in {time.perf_counter() - started:.0f} s", flush=True)
-        for item in args.configs.split(","):
-            budget, flat_max = item.split(":")
-            work = Path(tmp)
-            (work / "_stages").mkdir(exist_ok=True)
-            (work / "_stages" / "index.json").unlink(missing_ok=True)
+    rows, load = [], [os.getloadavg()[0]]
+    sizes = [int(x) for x in args.sizes.split(",")]
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        embed_rows, same = ray_overhead(tmp, args.embed_rows, args.rounds)
+        for n in sizes:
+            work = tmp / f"n{n}"
             started = time.perf_counter()
-            result = subprocess.run([sys.executable, "-c", CHILD, "index", "--work", str(work), "--quiet",
-                                     "--memory-budget", budget, "--flat-max-rows", flat_max],
-                                    capture_output=True, text=True)
-            wall = time.perf_counter() - started
-            if result.returncode != 0:
-                raise SystemExit(result.stderr)
-            peak_kib = int(result.stderr.split("PEAK_RSS_KIB")[-1].split()[0])
-            infos = json.loads((work / "index" / "index_infos.json").read_text())
-            rows.append([budget, flat_max, infos["index_key"], f"{infos['estimated_bytes'] / 2**20:.0f}",
-                         f"{infos['index_bytes'] / 2**20:.0f}",
-                         f"{peak_kib / 1024:.0f}",
-                         f"{infos['train_seconds']:.0f}", f"{infos['build_seconds']:.0f}", f"{wall:.0f}",
-                         infos["nprobe"], f"{infos['recall_at_k']:.3f}", f"{infos['queries_per_s']:.0f}"])
-            print(rows[-1], flush=True)
-    body = (f"{args.rows:,} synthetic unit vectors x {args.dim} (1000 Gaussian clusters), 16 shards of 65,536, "
-            "indexed by `albat index --memory-budget B` in its own process. Peak RSS is the whole process "
-            "(Python, FAISS, the training sample, the index being filled). recall@10 is measured by the stage "
-            "itself on 1000 corpus vectors against exact search (for PQ, before the query stage's exact re-ranking). "
-            "The budget bounds the index, not the process: the interpreter and libraries (~200 MiB), the k-means "
-            "training sample (up to 262,144 x 384 float32 = 384 MiB) and memory-mapped store pages (file-backed, "
-            "reclaimable) come on top.\n\n"
-            + markdown_table(["budget", "flat_max_rows", "index chosen", "planned MiB", "index file MiB", "peak RSS MiB",
-                              "train s", "build s", "stage wall s", "nprobe", "recall@10", "queries/s"], rows))
-    write_section(Path(args.out), "scale", "Index stage at 1M vectors under a memory budget", body)
+            store = synthetic_store(work / "store", n, args.dim, 65_536, seed=0)
+            print(f"synthetic store: {n} x {args.dim} in {time.perf_counter() - started:.0f} s", flush=True)
+            for item in args.configs.split(","):
+                budget, flat_max, *extra = item.split(":")
+                if extra == ["hnsw"] and n > args.hnsw_max_rows:
+                    continue
+                rows.append(index_row(n, budget, flat_max, extra[0] if extra else "",
+                                      run_index(work, budget, flat_max, extra[0] if extra else "")))
+                load.append(os.getloadavg()[0])
+                print(rows[-1], flush=True)
+            if n == max(sizes):
+                for budget in [b for b in args.autofaiss.split(",") if b]:
+                    got = run_autofaiss(store, tmp, budget)
+                    rows.append(got if isinstance(got, list) else [f"{n:,}", budget, "-", "autofaiss", got] + [""] * 9)
+                    load.append(os.getloadavg()[0])
+                    print(rows[-1], flush=True)
+            import shutil
+            shutil.rmtree(work)
+    body = (f"Load average during the run: {min(load):.1f} to {max(load):.1f} on 2 cores (the machine was shared "
+            "with other jobs: times are under load, read ratios).\n\n"
+            f"**Index stage.** Synthetic unit vectors x {args.dim} (1000 Gaussian clusters; not text embeddings), "
+            "shards of 65,536, indexed by `albat index --memory-budget B --flat-max-rows F [--on-disk | --index-type "
+            "hnsw]` in its own process. Planned MiB: the plan's formula (on disk: what stays resident). File MiB: "
+            "knn.index plus knn.ivfdata. Peak RSS is the whole process (Python, FAISS, the training sample, the index "
+            "being filled); the on-disk lists are memory-mapped, so their pages count as resident while the stage's "
+            "own recall measurement reads them (file-backed, reclaimable). recall@10 is measured by the stage on "
+            "1000 corpus vectors against exact search (for PQ, before the query stage's exact re-ranking). autofaiss "
+            "rows: `autofaiss.build_index` (2.18, its own venv) on the same .npy shards with "
+            "`max_index_memory_usage` = the budget, recall@10 on the same 1000 queries against the same exact "
+            "neighbours; its build time includes its own parameter tuning.\n\n"
+            + markdown_table(["rows", "budget", "flat_max_rows", "lists", "index", "planned MiB", "file MiB",
+                              "peak RSS MiB", "train s", "build s", "wall s", "nprobe / ef", "recall@10",
+                              "queries/s"], rows)
+            + f"\n\n**Embed through Ray.** `albat embed` on the first {args.embed_rows:,} texts of "
+            "`data/wiki/demo.parquet` (real text), all-MiniLM-L6-v2 torch float32, shards of 128, in a fresh "
+            "process each (wall time includes start-up and, for Ray, starting a local Ray with 2 CPUs and one "
+            "encoder actor holding both cores); rounds interleaved. Stores byte-identical: "
+            f"{'yes' if same else 'NO'}.\n\n"
+            + markdown_table(["executor", "rows", "wall s per round", "median s", "rows/s", "vs local"], embed_rows))
+    write_section(Path(args.out), "scale", "Scale: index at 100k and 1M vectors, autofaiss, the Ray executor", body)
     print(body)
 
 

@@ -25,8 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from benchmarks.report import markdown_table, save_figure, write_section
-from pipeline.cli import main as albat
-from stores.embedding_store import EmbeddingStore
+from albat.pipeline.cli import main as albat
+from albat.stores.embedding_store import EmbeddingStore
 
 METHODS = ["none", "random", "knn", "dsir", "classifier", "gradalign", "albat", "auto", "oracle"]
 EMBED_ARGS = ["--text-column", "text", "--pair-column", "query", "--id-column", "id",
@@ -57,7 +57,7 @@ def build_stores(data: Path, work: Path, domains: list[dict]) -> tuple[Embedding
 
 
 def pairs_for(store: EmbeddingStore, ids: np.ndarray):
-    from pipeline.surrogates.contrastive import Pairs
+    from albat.pipeline.surrogates.contrastive import Pairs
 
     return Pairs(store.vectors_for_ids(ids, side="pair"), store.vectors_for_ids(ids))
 
@@ -71,7 +71,7 @@ def retrieval(W, queries: np.ndarray, docs: np.ndarray, distractors: np.ndarray)
     """Recall@1 and MRR of query i finding document i among all test documents and the distractors."""
     import torch
 
-    from pipeline.surrogates.contrastive import adapt
+    from albat.pipeline.surrogates.contrastive import adapt
 
     with torch.no_grad():
         q = adapt(torch.from_numpy(queries), W)
@@ -82,7 +82,7 @@ def retrieval(W, queries: np.ndarray, docs: np.ndarray, distractors: np.ndarray)
 
 
 def judge(train, extra, bank, test, distractors, args, seed: int) -> tuple[float, float]:
-    from pipeline.surrogates.contrastive import train_adapter
+    from albat.pipeline.surrogates.contrastive import train_adapter
 
     W, _ = train_adapter(train, bank, steps=args.judge_steps, lr=args.judge_lr, batch_size=64, seed=seed,
                          extra=extra, backbone_weight=args.lam)
@@ -98,16 +98,19 @@ def select(method: str, exp: Path, budget: int, seed: int, oracle_pool: np.ndarr
         return rng.choice(allowed, size=min(budget, len(allowed)), replace=False), 0.0
     extra = [x for o in options.get(method, []) for x in ("--method-option", o)]
     run("filter", "--work", exp, "--method", method, "--budget", budget, "--seed", seed, "--quiet", *extra)
-    table = pq.read_table(exp / "filter" / "selection.parquet", columns=["id", "keep"])
+    table = pq.read_table(exp / "tasks/default/filter" / "selection.parquet", columns=["id", "keep"])
     kept = table.filter(table.column("keep")).column("id").to_numpy()
-    summary = json.loads((exp / "_stages" / "filter.json").read_text())["summary"]
+    summary = json.loads((exp / "tasks/default/_stages" / "filter.json").read_text())["summary"]
     return kept, float(summary["seconds"])
 
 
-def load_domains(data: Path, selected: str) -> list[dict]:
-    """The benchmark's target domains, or the comma-separated slugs of `selected` among them."""
+def load_domains(data: Path, selected: str, outside_pool: bool = True) -> list[dict]:
+    """The benchmark's target domains, or the comma-separated slugs of `selected` among them.
+    `outside_pool=False` leaves out (unless named) the domains whose source the pool does not hold."""
     domains = json.loads((data / "domains.json").read_text())
-    return [d for d in domains if d["slug"] in selected.split(",")] if selected else domains
+    if selected:
+        return [d for d in domains if d["slug"] in selected.split(",")]
+    return [d for d in domains if outside_pool or d.get("in_pool", True)]
 
 
 def finished_keys(results_path: Path) -> set[str]:
@@ -154,7 +157,7 @@ def main() -> None:
                         "runs with the untagged run's methods, instead of the main report")
     args = parser.parse_args()
 
-    domains = load_domains(args.data, args.domains)
+    domains = load_domains(args.data, args.domains, outside_pool=False)  # the contrastive judge needs an oracle
     results_path = args.work / "results.jsonl"
     if args.threads:
         import torch
@@ -170,7 +173,7 @@ def main() -> None:
 
 
 def run_all(args, domains: list[dict], results_path: Path) -> None:
-    backbone, heldout = build_stores(args.data, args.work, json.loads((args.data / "domains.json").read_text()))
+    backbone, heldout = build_stores(args.data, args.work, load_domains(args.data, "", outside_pool=False))
     done = finished_keys(results_path)
     bank = pairs_for(backbone, fixed_sample(backbone, 256, seed=4321))
     distractors = backbone.vectors_for_ids(fixed_sample(backbone, args.distractors, seed=1234))
@@ -212,8 +215,8 @@ def run_all(args, domains: list[dict], results_path: Path) -> None:
                     k = max(32, math.ceil(args.pool_factor * max(ratios)))
                     run("query", "--work", exp, "--adaptation", exp / "adaptation.parquet",
                         "--adaptation-pair-column", "query", "--exclude", exp / "test.parquet", "--k", k, "--quiet")
-                    blocked = pq.read_table(exp / "query" / "blocked.parquet").column("id").to_numpy()
-                    n_candidates = pq.read_metadata(exp / "query" / "candidates.parquet").num_rows
+                    blocked = pq.read_table(exp / "tasks/default/query" / "blocked.parquet").column("id").to_numpy()
+                    n_candidates = pq.read_metadata(exp / "tasks/default/query" / "candidates.parquet").num_rows
                     for method, ratio in pending:
                         m = ratio * n_a
                         kept, seconds = select(method, exp, m, seed, oracle_pool, blocked,

@@ -1,3 +1,1 @@
-"""albat: offline data selection for adapting large models with scarce data (BAT / ALBAT)."""
-
-__version__ = "0.1.0"
+"""The stages of albat, its methods and surrogates (installed as `albat.pipeline`)."""

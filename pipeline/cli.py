@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipeline.config import cli_options
-from pipeline.options import LIST, Option, show
-from stores.errors import AlbatError
+from albat.pipeline.config import cli_options
+from albat.pipeline.options import LIST, RUNTIME, Option, check_given, show
+from albat.stores.errors import AlbatError
 
-STAGES = ("embed", "index", "query", "filter", "emit")
+STAGES = ("embed", "index", "query", "filter", "mix", "emit")
 
 
 def _csv(value: str) -> list[str]:
@@ -44,9 +44,22 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML config holding every option (flags override it)")
     for option in cli_options()[""]:
         parser.add_argument(option.cli_flag, dest=_dest("", option.name), default=None, **_flag_kwargs(option))
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--force", action="store_true", help="rebuild even what is complete (embed: delete the "
-                        "store and re-embed, once the new input has been read through)")
+    _add_runtime(parser)
+
+
+def _add_runtime(parser: argparse.ArgumentParser, names: Sequence[str] = tuple(o.name for o in RUNTIME)) -> None:
+    """The RUNTIME options' flags (pipeline.options): how a command runs, never part of a config."""
+    for option in RUNTIME:
+        if option.name in names:
+            parser.add_argument(option.cli_flag, dest=_dest("run", option.name), default=None, **_flag_kwargs(option))
+
+
+def runtime_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The RUNTIME options given on the command line, checked by the schema, over their defaults."""
+    given = {o.name: getattr(args, _dest("run", o.name)) for o in RUNTIME
+             if getattr(args, _dest("run", o.name), None) is not None}
+    flags = {o.name: o.cli_flag for o in RUNTIME}
+    return {**{o.name: o.default for o in RUNTIME}, **check_given(RUNTIME, given, lambda label: flags[label])}
 
 
 def _add_stage_options(parser: argparse.ArgumentParser, stages: Sequence[str]) -> None:
@@ -68,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
              "index": "build the FAISS index and measure its recall",
              "query": "retrieve candidates for the adaptation examples",
              "filter": "select up to a budget of candidates with a method",
+             "mix": "weight the selection's groups by Mixtures of Data Experts (only when asked)",
              "emit": "write the selection as Parquet shards with a manifest"}
     for stage in STAGES:
         p = sub.add_parser(stage, help=helps[stage], description=helps[stage])
@@ -78,10 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     _add_stage_options(p, STAGES)
     p = sub.add_parser("sql", help="read-only DuckDB query over a work directory",
-                       description="Views: corpus, candidates, candidate_pairs, blocked, adaptation, selection, shards.")
+                       description="Views: corpus, candidates, candidate_pairs, blocked, adaptation, selection, mix, "
+                       "mix_groups, shards.")
     p.add_argument("work", help="work directory")
     p.add_argument("query", help="one SELECT statement")
-    p.add_argument("--out", help="write the result to a .csv or .parquet file instead of printing it")
+    p.add_argument("--task", default="default", metavar="NAME", help="the task whose tables the views show "
+                   "(default: default)")
+    p.add_argument("--out", help="write the result to a .csv or .parquet file instead of printing it (Parquet keeps "
+                   "list and struct columns; CSV refuses them)")
     p = sub.add_parser("diagnose", help="the auto chooser's table and whether augmentation helps, before selecting",
                        description="Cross-validate every candidate method on the adaptation set (as --method auto) "
                        "over a grid of budgets and λ; needs a completed query stage; writes nothing.")
@@ -92,10 +110,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lams", type=lambda v: [float(x) for x in _csv(v)], help="comma-separated λ (default λ/2,λ,2λ)")
     p.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of auto, or METHOD.KEY of a candidate method (repeatable)")
+    p.add_argument("--task", default=None, metavar="NAME", help="the task whose query outputs to use (default: "
+                   "the config's, else default)")
     p.add_argument("--json", help="also write every table and the prediction to this JSON file")
+    p = sub.add_parser("report", help="write a self-contained HTML page of one run (plots, reasons, manifest)",
+                       description="Counts at each stage, a 2-D projection of the adaptation, candidate and selected "
+                       "examples, every score's histogram with its thresholds, the reasons grouped by kind, the "
+                       "nearest selected rows of a sample of adaptation examples, the composition by source and "
+                       "the manifest; PNGs embedded. Needs completed query and filter stages; writes only --out.")
+    p.add_argument("work", help="work directory")
+    p.add_argument("--task", default="default", help="the task to report on (default: default)")
+    p.add_argument("--out", help="the HTML file to write (default: WORK/report.html)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples drawn (projection, nearest examples)")
     p = sub.add_parser("verify", help="check every file of a work directory against its checksums and the store",
                        description="Exit 0: no drift; 1: drift found (each line names the file and the fix).")
     p.add_argument("work", help="work directory")
+    p.add_argument("--task", default=None, metavar="NAME", help="check the store, the index and this task only "
+                   "(default: every task)")
     p.add_argument("--quiet", action="store_true", help="print only the problems and the verdict")
     return parser
 
@@ -107,32 +138,39 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
             value = getattr(args, _dest(section, option.name), None)
             if value is not None:
                 (overrides[section] if section else overrides)[option.name] = value
-    for item in getattr(args, "method_option", []) or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise AlbatError(f"--method-option '{item}' must look like KEY=VALUE")
-        overrides["filter"][key] = value  # a string: the method's option schema parses it
+    overrides["filter"].update(method_option_values(getattr(args, "method_option", []) or []))
     return overrides
 
 
-def run_stages(stages: Sequence[str], config: dict[str, Any], show_progress: bool = True, force: bool = False) -> dict[str, Any]:
-    """Run stages in order under the work directory's writer lock; print one summary line each."""
-    from pipeline.stage import run_stage, stage_class
-    from stores.workdir import Workdir
+def method_option_values(items: Sequence[str]) -> dict[str, str]:
+    """`--method-option KEY=VALUE` items -> {KEY: VALUE}; the values stay strings for the options' schema."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise AlbatError(f"--method-option '{item}' must look like KEY=VALUE")
+        options[key] = value
+    return options
 
-    work = Workdir(config["work"], output=config["emit"]["output"])
-    work.lock()
-    results = {}
-    try:
-        for stage in stages:
-            result = run_stage(stage_class(stage)(config, work, show_progress=show_progress, force=force))
-            results[stage] = result
-            state = "skipped (complete)" if result.pop("skipped", False) else "done"
-            details = ", ".join(f"{k}={v}" for k, v in result.items())
-            print(f"{stage}: {state}: {details}", flush=True)
-    finally:
-        work.unlock()
-    return results
+
+def run_stages(stages: Sequence[str], config: dict[str, Any], show_progress: bool = True, force: bool = False,
+               as_json: bool = False) -> dict[str, Any]:
+    """Run stages in order (albat.api.run_stages); print each one's summary as it finishes: one text
+    line, or (`as_json`) one JSON object on stdout, the text line then going to the log."""
+    import json
+
+    from albat.api import run_stages as run_api
+    from albat.pipeline.progress import log
+
+    def show(result: Any) -> None:
+        if as_json:
+            print(json.dumps(result.to_dict(), default=str), flush=True)
+            log.info(result.line())
+        else:
+            print(result.line(), flush=True)
+
+    results = run_api(stages, config, show_progress=show_progress, force=force, on_result=show)
+    return {stage: result.summary for stage, result in results.items()}
 
 
 _LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines splits on
@@ -177,36 +215,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "sql":
-            from pipeline.sql import run_sql
+            from albat.pipeline.sql import run_sql
 
-            print(run_sql(args.work, args.query, out=args.out), flush=True)
+            print(run_sql(args.work, args.query, out=args.out, task=args.task), flush=True)
+            return 0
+        if args.command == "report":
+            from albat.pipeline.report import write_report
+
+            print(f"report: {write_report(args.work, out=args.out, seed=args.seed, task=args.task)}", flush=True)
             return 0
         if args.command == "verify":
-            from pipeline.verify import run_verify
+            from albat.pipeline.verify import run_verify
 
-            findings, report = run_verify(args.work, quiet=args.quiet)
+            findings, report = run_verify(args.work, quiet=args.quiet, task=args.task)
             print(report, flush=True)
             return 1 if any(f.level == "drift" for f in findings) else 0
-        from pipeline.config import load_config
+        from albat.pipeline.config import load_config
 
         if args.command == "diagnose":
-            from pipeline.diagnose import run_diagnose
+            from albat.pipeline.diagnose import run_diagnose
 
-            options = {}
-            for item in args.method_option:
-                key, sep, value = item.partition("=")
-                if not sep or not key:
-                    raise AlbatError(f"--method-option '{item}' must look like KEY=VALUE")
-                options[key] = value  # a string: the options' schema parses it
-            config = load_config(args.config, {"work": args.work, **({"seed": args.seed} if args.seed is not None else {})})
+            options = method_option_values(args.method_option)
+            given = {"work": args.work, **({"seed": args.seed} if args.seed is not None else {}),
+                     **({"task": args.task} if args.task is not None else {})}
+            config = load_config(args.config, given)
             print(run_diagnose(config, args.budgets, args.lams, options, out=args.json), flush=True)
             return 0
+        from albat.pipeline.progress import configure_logging, log
+
+        runtime = runtime_from_args(args)
+        configure_logging(runtime["log_level"])
         config = load_config(args.config, overrides_from_args(args))
-        stages = STAGES if args.command == "run" else (args.command,)
-        run_stages(stages, config, show_progress=not args.quiet, force=args.force)
+        stages = ((tuple(s for s in STAGES if s != "mix" or config["mix"]["enabled"]) if args.command == "run"
+                  else (args.command,)))
+        run_stages(stages, config, show_progress=not runtime["quiet"], force=runtime["force"], as_json=runtime["json"])
         if args.command in ("run", "emit"):
-            print(f"shards: {Path(config['work']) / config['emit']['output']} (manifest.json lists them); inspect with: "
-                  f"albat sql {config['work']} \"SELECT * FROM shards LIMIT 5\"")
+            output = Path(config["work"]) / "tasks" / config["task"] / config["emit"]["output"]
+            task = "" if config["task"] == "default" else f" --task {config['task']}"
+            hint = (f"shards: {output / 'data'} (open that folder with any Parquet reader; manifest.json and the dataset "
+                    f"card README.md beside it); inspect with: albat sql {config['work']}{task} \"SELECT * FROM shards "
+                    "LIMIT 5\"")
+            log.info(hint) if runtime["json"] else print(hint)
         return 0
     except AlbatError as exc:
         print(f"albat: error: {one_line(str(exc))}", file=sys.stderr)

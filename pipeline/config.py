@@ -8,21 +8,23 @@ a config file are resolved against the file's directory.
 Path rule: paths albat reads (inputs, adaptation and evaluation sets, a local encoder) may be
 anywhere and are checked when a stage reads them. Everything albat writes lies inside the work
 directory, under fixed names, except `emit.output`, the one write location a config chooses: it
-is resolved against the work directory and refused if it leaves it (an absolute path elsewhere,
-`..`, a symlink out) or names albat's own folders, so no config, however it was obtained, can make
+is resolved against the task's folder (WORK/tasks/NAME/) and refused if it leaves it (an absolute
+path elsewhere, `..`, a symlink out) or names the task's own folders (query, filter, _stages), so no config, however it was obtained, can make
 albat replace (swap away and delete) a directory outside its work directory.
 """
 from __future__ import annotations
 
 import copy
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.options import FILTER, SECTIONS, TOP, Option, check_given, parse_bytes, section_defaults, show
-from pipeline.surrogates.options import SURROGATE_OPTIONS
-from stores.errors import AlbatError
+from albat.pipeline.options import FILTER, SECTIONS, TOP, Option, check_given, parse_bytes, section_defaults, show
+from albat.pipeline.surrogates.options import SURROGATE_OPTIONS
+from albat.stores.errors import AlbatError
+from albat.stores.workdir import TASK_FOLDERS, check_task_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,7 +36,7 @@ DEFAULTS: dict[str, Any] = section_defaults()  # declared in pipeline.options
 
 def _method_options(config: dict[str, Any]) -> tuple[str, tuple[Option, ...]]:
     """The chosen method and the options [filter] may hold for it: the filter stage's, then the method's."""
-    from pipeline.methods.base import method_class
+    from albat.pipeline.methods.base import method_class
 
     method = config.get("filter", {}).get("method", DEFAULTS["filter"]["method"])
     if not isinstance(method, str):
@@ -44,7 +46,7 @@ def _method_options(config: dict[str, Any]) -> tuple[str, tuple[Option, ...]]:
 
 def _takes_prefixed(method: str) -> bool:
     """Whether a method (auto) takes `METHOD.KEY` options for the methods it chooses among."""
-    from pipeline.methods.base import method_class
+    from albat.pipeline.methods.base import method_class
 
     return bool(getattr(method_class(method), "PREFIXED_OPTIONS", False))
 
@@ -85,9 +87,12 @@ def _without_none(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _resolve_paths(values: dict[str, Any], filter_options: tuple[Option, ...], base_dir: Path) -> None:
-    """Relative paths albat reads (and `work`), resolved against the config file's directory."""
+    """Relative paths albat reads (and `work`), resolved against the config file's directory; URLs
+    (`scheme://...`) and Hub names (`hub:NAME`) are left as written."""
     def resolve(value: str) -> str:
-        return value if Path(value).is_absolute() else os.path.normpath(base_dir / value)
+        if Path(value).is_absolute() or re.match(r"^([A-Za-z][A-Za-z0-9+.-]*://|hub:)", value):
+            return value
+        return os.path.normpath(base_dir / value)
 
     for section, options in SECTIONS.items():
         table = values if not section else values.get(section, {})
@@ -97,27 +102,27 @@ def _resolve_paths(values: dict[str, Any], filter_options: tuple[Option, ...], b
                 table[option.name] = [resolve(v) for v in value] if isinstance(value, list) else resolve(value)
 
 
-# Folders of the work directory that albat owns (stores.workdir); emit.output may not name them.
-RESERVED_DIRS = {"store", "index", "query", "filter", "_stages"}
-
-
 def check_output_path(config: dict[str, Any], source: str) -> None:
-    """Refuse an emit.output that leaves the work directory or names one of albat's own folders."""
+    """Refuse an emit.output that leaves the task's folder (WORK/tasks/NAME/) or names one of the
+    task's own folders (query, filter, _stages)."""
     work = Path(config["work"])
+    task = work / "tasks" / config["task"]
     value = str(config["emit"]["output"])
-    target = Path(os.path.normpath(work / value))
-    inside = os.path.realpath(target).startswith(os.path.realpath(work) + os.sep)
-    if not value or not inside or target.relative_to(work).parts[0] in RESERVED_DIRS:
+    target = Path(os.path.normpath(task / value))
+    inside = os.path.realpath(target).startswith(os.path.realpath(task) + os.sep)
+    if not value or not inside or target.relative_to(task).parts[0] in TASK_FOLDERS:
         why = "is not inside" if not value or not inside else "would replace albat's own folder in"
-        raise AlbatError(f"{source}: emit.output '{value}' {why} the work directory {work}; albat writes "
+        raise AlbatError(f"{source}: emit.output '{value}' {why} the task's folder {task}; albat writes "
                          "only there: give a relative name such as 'output' or 'sets/knn' (copy or link "
                          "the published set elsewhere)")
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None,
+                where: Callable[[str], str] | None = None) -> dict[str, Any]:
     """Defaults, then the TOML file (paths relative to it), then CLI overrides (None: not given);
     every value checked against its option (pipeline.options) before any stage runs, an error
-    naming the file or the flag that gave it."""
+    naming the file or the flag that gave it (`where(label)`: who gave an override, for callers
+    other than the CLI, e.g. the Python API)."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -138,14 +143,18 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         raw.setdefault("work", DEFAULTS["work"])  # the default work directory too lies beside the config
         _resolve_paths(raw, filter_options, path.resolve().parent)
     overrides = check_values(overrides, method, filter_options,
-                             lambda label: flag_of.get(label, "--method-option"))
+                             where or (lambda label: flag_of.get(label, "--method-option")))
     config = _merge(_merge(DEFAULTS, raw), overrides)
-    from pipeline.filter import method_options
-    from pipeline.methods.base import get_method
+    from albat.pipeline.filter import method_options
+    from albat.pipeline.methods.base import get_method
 
     get_method(method, **method_options(config["filter"]))  # the method's own checks across its options
+    try:
+        check_task_name(config["task"])
+    except AlbatError as exc:
+        raise AlbatError(f"{'--task' if 'task' in overrides or path is None else path}: {exc}") from None
     from_cli = bool(overrides.get("emit", {}).get("output"))
-    check_output_path(config, "--output" if from_cli or path is None else str(path))
+    check_output_path(config, (where("emit.output") if where else "--output") if from_cli or path is None else str(path))
     config["index"]["memory_budget_bytes"] = parse_bytes(config["index"]["memory_budget"])
     return config
 

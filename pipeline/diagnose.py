@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from stores.errors import AlbatError
+from albat.stores.errors import AlbatError
 
 
 def default_budgets(budget: int) -> list[int]:
@@ -24,7 +24,7 @@ def default_budgets(budget: int) -> list[int]:
 
 def grid_rows(results: dict[tuple[int, float], list], prefer: str = "") -> list[dict[str, Any]]:
     """One row per (m, λ): the best method, its margin over `none` and whether it clears the spread."""
-    from pipeline.methods.auto import augmentation_verdict, choose
+    from albat.pipeline.methods.auto import augmentation_verdict, choose
 
     rows = []
     for (budget, lam), table in sorted(results.items()):
@@ -69,11 +69,11 @@ def _format(cell: tuple[int, float], table: list, rows: list[dict[str, Any]], ad
 
 def run_diagnose(config: dict[str, Any], budgets: list[int] | None, lams: list[float] | None,
                  options: dict[str, Any], out: str | None = None) -> str:
-    from pipeline.filter import build_request, method_options
-    from pipeline.methods.auto import auto_options, cross_validate
-    from stores.workdir import Workdir
+    from albat.pipeline.filter import build_request, method_options
+    from albat.pipeline.methods.auto import auto_options, cross_validate
+    from albat.stores.workdir import Workdir
 
-    work = Workdir(config["work"], output=config["emit"]["output"])
+    work = Workdir(config["work"], output=config["emit"]["output"], task=config["task"])
     if not work.stage_record("query"):
         raise AlbatError(f"{work.query}: no completed query stage; run `albat query` first")
     filter_options = config["filter"]

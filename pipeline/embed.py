@@ -1,25 +1,26 @@
 """Stage 1, embed: stream the backbone corpus through the encoder into the embedding store."""
 from __future__ import annotations
 
+import logging
 import shutil
-import sys
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline.encoders import TextEncoder, set_threads
-from pipeline.prefetch import WriteBehind, prefetched
-from pipeline.progress import progress_bar
-from pipeline.shards import ShardTask, plan_shards
-from pipeline.stage import Plan, Stage, run_stage
-from stores.corpus import CorpusSpec, FileCount, iter_batches, iter_file, resolve_files, scan_corpus
-from stores.embedding_store import ID, RESERVED, ROW, SOURCE, TEXT_HASH, EmbeddingStore, text_hash
-from stores.errors import AlbatError
-from stores.faults import crash_point
-from stores.workdir import Workdir, fingerprint
+from albat.pipeline.encoders import TextEncoder, set_threads
+from albat.pipeline.prefetch import WriteBehind, prefetched
+from albat.pipeline.progress import log, progress_bar
+from albat.pipeline.shards import ShardTask, plan_shards
+from albat.pipeline.shard_map import executor_settings
+from albat.pipeline.stage import Plan, Stage, run_stage
+from albat.stores.corpus import (CorpusSpec, FileCount, count_rows, input_signature, iter_batches, iter_file,
+                                 resolve_files, scan_corpus)
+from albat.stores.embedding_store import ID, RESERVED, ROW, SOURCE, TEXT_HASH, EmbeddingStore, text_hash
+from albat.stores.errors import AlbatError
+from albat.stores.faults import crash_point
+from albat.stores.workdir import Workdir, fingerprint
 
 
 def corpus_spec(options: dict[str, Any]) -> CorpusSpec:
@@ -27,27 +28,36 @@ def corpus_spec(options: dict[str, Any]) -> CorpusSpec:
                       id_column=options["id_column"], keep_columns=tuple(options["keep_columns"]),
                       format=options["format"], skip_empty=bool(options["skip_empty"]),
                       pair_column=options["pair_column"] or None,
-                      max_text_bytes=int(options.get("max_text_bytes") or 0))
+                      max_text_bytes=int(options.get("max_text_bytes") or 0),
+                      chat_template=options.get("chat_template") or "lines")
     for col in spec.columns:
         if col in RESERVED:
             raise AlbatError(f"column '{col}' collides with albat's own metadata; rename it in the corpus")
     return spec
 
 
-def _input_signature(spec: CorpusSpec) -> list[list[Any]]:
-    """Path, size and mtime of every input file: a changed corpus must not resume an old store."""
-    out = []
-    for path, _ in resolve_files(spec):
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-        for f in files:
-            stat = f.stat()
-            out.append([str(f), stat.st_size, stat.st_mtime_ns])
-    return out
+def checked_counts(spec: CorpusSpec) -> list[FileCount]:
+    """`scan_corpus` (the pre-read that refuses bad input) with a progress bar; its total is known
+    up front only for Parquet (row counts in the footers), else the bar shows rows and rate."""
+    files = resolve_files(spec)
+    total = count_rows(spec) if files and all(fmt == "parquet" for _, fmt in files) else None
+    with progress_bar(total=total, desc="embed: reading the corpus") as bar:
+        return scan_corpus(spec, on_rows=bar.update)
+
+
+# where and how fast the shards are encoded, not what they hold: a store is the same whichever ran it
+EXECUTION_OPTIONS = ("executor", "ray_address", "ray_cpus", "ray_actors", "ray_actor_cpus", "ray_actor_gpus", "threads")
+
+
+def recorded_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The embed options store.json records (the manifest's embed config): all but the executor's."""
+    return {k: v for k, v in options.items() if k not in EXECUTION_OPTIONS}
 
 
 def embed_fingerprint(options: dict[str, Any], spec: CorpusSpec) -> str:
-    return fingerprint({"spec": [spec.columns, spec.text_column, spec.id_column, spec.format, spec.skip_empty],
-                        "inputs": _input_signature(spec), "encoder": options["encoder"],
+    chat = [spec.chat_template] if spec.chat_template != "lines" else []  # stores before chat rows keep their print
+    return fingerprint({"spec": [spec.columns, spec.text_column, spec.id_column, spec.format, spec.skip_empty, *chat],
+                        "inputs": input_signature(spec), "encoder": options["encoder"],
                         "dtype": options["dtype"], "backend": options["backend"],
                         "max_seq_length": options["max_seq_length"],
                         "shard_rows": options["shard_rows"]})
@@ -58,7 +68,7 @@ def read_task(spec: CorpusSpec, task: ShardTask, batch_rows: int) -> pa.Table:
     stream position (the default id) added."""
     tables, position = [], task.position
     for part in task.ranges:
-        for batch in iter_file(spec, Path(part.source), part.format, batch_rows, part.start, part.stop):
+        for batch in iter_file(spec, part.source, part.format, batch_rows, part.start, part.stop):
             n = batch.table.num_rows
             table = batch.table.append_column(SOURCE, pa.array([batch.source] * n, pa.string()).dictionary_encode())
             table = table.append_column(ROW, batch.rows)
@@ -72,7 +82,7 @@ def read_task(spec: CorpusSpec, task: ShardTask, batch_rows: int) -> pa.Table:
 
 def build_metadata(table: pa.Table, spec: CorpusSpec) -> pa.Table:
     """The stored metadata: albat columns first, then the user's columns under their own names."""
-    texts = table.column(spec.text_column).to_pylist()
+    texts = spec.texts(table)
     if spec.id_column:
         ids = table.column(spec.id_column).cast(pa.int64())
     else:
@@ -100,7 +110,7 @@ def probe_sample(spec: CorpusSpec, size: int, seed: int) -> list[str]:
     """A seeded sample of `size` texts from the first 16·size rows of the corpus stream."""
     texts: list[str] = []
     for batch in iter_batches(spec, batch_rows=max(size, 256)):
-        texts.extend(batch.table.column(spec.text_column).to_pylist())
+        texts.extend(spec.texts(batch.table))
         if len(texts) >= 16 * size:
             break
     rng = np.random.default_rng([seed, 7])
@@ -119,9 +129,9 @@ def choose_encoder(options: dict[str, Any], spec: CorpusSpec, seed: int, show: b
     """The encoder `embed` runs: as asked, or (both --backend and --dtype auto) the fastest runtime
     measured here that agrees with torch float32 (`pipeline.encoder_probe`). Measured once per
     process for the same encoder and settings."""
-    from pipeline import encoder_probe as probe
-    from pipeline.encoder_backends import onnx_available
-    from pipeline.encoders import resolve_device
+    from albat.pipeline import encoder_probe as probe
+    from albat.pipeline.encoder_backends import onnx_available
+    from albat.pipeline.encoders import resolve_device
 
     def make(backend: str, dtype: str) -> TextEncoder:
         return TextEncoder(name=options["encoder"], dtype=dtype, backend=backend, max_seq_length=options["max_seq_length"],
@@ -140,9 +150,8 @@ def choose_encoder(options: dict[str, Any], spec: CorpusSpec, seed: int, show: b
         texts = probe_sample(spec, int(options["probe_rows"]), seed)
         choice, rows = probe.run_probe(texts, make, runtimes)
         _PROBED[key] = (choice, probe.probe_table(choice, rows, len(texts), seed))
-        if show:
-            print(f"embed: encoder runtimes timed on {len(texts)} corpus texts:\n{probe.format_table(rows, choice)}",
-                  file=sys.stderr, flush=True)
+        log.log(logging.INFO if show else logging.DEBUG,
+                "embed: encoder runtimes timed on %d corpus texts:\n%s", len(texts), probe.format_table(rows, choice))
     choice, table = _PROBED[key]
     return make(*choice), table
 
@@ -155,13 +164,44 @@ class EmbedStage(Stage):
 
     def plan(self) -> Plan:
         options = self.config["embed"]
+        if options["modality"] == "image":
+            return self._plan_image(options)
         spec = corpus_spec(options)
         store = EmbeddingStore(self.work.store)
         files = None
         if self.force or not store.exists():
-            files = scan_corpus(spec)  # bad input is refused before anything is written (or deleted)
+            files = checked_counts(spec)  # bad input is refused before anything is written (or deleted)
         return Plan(embed_fingerprint(options, spec), (store.info_path,), options,
                     {"spec": spec, "store": store, "files": files})
+
+    def _plan_image(self, options: dict[str, Any]) -> Plan:
+        from albat.pipeline import image_embed
+
+        if executor_settings(self.config)["executor"] != "local":
+            raise AlbatError("--modality image embeds with --executor local only (ray: not yet)")
+        spec = image_embed.image_spec(options)
+        store = EmbeddingStore(self.work.store)
+        files = image_embed.scan_images(spec) if self.force or not store.exists() else None
+        return Plan(image_embed.image_fingerprint(options, spec), (store.info_path,), options,
+                    {"spec": spec, "store": store, "files": files, "modality": "image"})
+
+    def _compute_image(self, plan: Plan) -> Iterator[tuple[int, int, Any, Any, Any]]:
+        from albat.pipeline import image_embed
+
+        options, spec, store = plan.recorded, plan.inputs["spec"], plan.inputs["store"]
+        encoder = image_embed.make_image_encoder(options)
+        plan.inputs["encoder"] = encoder
+        files = plan.inputs["files"] or _recorded_files(store) or image_embed.scan_images(spec)
+        plan.inputs["tasks"] = plan_shards(files, int(options["shard_rows"]))
+        plan.inputs["base_info"] = {
+            "fingerprint": plan.fingerprint, "normalized": True, "metric": "inner_product",
+            "shard_rows": int(options["shard_rows"]),
+            **(image_embed.image_base_info(encoder, spec, options) if not store.exists()
+               else {k: store.info[k] for k in ("modality", "encoder", "encoder_probe", "dim", "text_column",
+                                                "pair_column", "image_column", "id_column", "keep_columns", "inputs")}),
+            "files": [list(f) for f in files], "complete": False}
+        return image_embed.encode_image_shards(encoder, spec, store, plan.inputs["tasks"],
+                                               int(options["image_workers"]), self.show_progress)
 
     def finished(self, plan: Plan) -> dict[str, Any] | None:
         """Complete when store.json says so and every shard and id lookup file matches its checksum
@@ -202,6 +242,8 @@ class EmbedStage(Stage):
     def compute(self, plan: Plan) -> Iterator[tuple[int, int, pa.Table | None, np.ndarray | None, np.ndarray | None]]:
         options, spec, store = plan.recorded, plan.inputs["spec"], plan.inputs["store"]
         set_threads(int(options["threads"]))
+        if plan.inputs.get("modality") == "image":
+            return self._compute_image(plan)
         if store.exists():  # resuming: the runtime the store started with, never a new measurement
             identity = store.info["encoder"]
             encoder = TextEncoder(name=options["encoder"], dtype=identity.get("dtype", "float32"),
@@ -211,7 +253,7 @@ class EmbedStage(Stage):
         else:
             encoder, probe_info = choose_encoder(options, spec, int(self.config["seed"]), self.show_progress)
         plan.inputs["encoder"] = encoder
-        files = plan.inputs["files"] or _recorded_files(store) or scan_corpus(spec)
+        files = plan.inputs["files"] or _recorded_files(store) or checked_counts(spec)
         plan.inputs["tasks"] = plan_shards(files, int(options["shard_rows"]))
         plan.inputs["base_info"] = {
             "fingerprint": plan.fingerprint,
@@ -219,24 +261,28 @@ class EmbedStage(Stage):
             "encoder_probe": probe_info,
             "dim": encoder.dim, "normalized": True, "metric": "inner_product",
             "shard_rows": int(options["shard_rows"]), "text_column": spec.text_column,
+            "chat_template": spec.chat_template,
             "pair_column": spec.pair_column,
             "id_column": spec.id_column, "keep_columns": list(spec.keep_columns),
-            "inputs": [str(p) for p, _ in resolve_files(spec)], "files": [list(f) for f in files],
+            "inputs": [source for source, _ in resolve_files(spec)], "files": [list(f) for f in files],
+            "config": recorded_options(options), "seed": int(self.config["seed"]),  # what the manifest reports
             "complete": False}
-        if options["executor"] == "ray":  # lazy: the actors start when `write` drains it
-            from pipeline.ray_executor import embed_on_ray, start_ray
+        executor = executor_settings(self.config)
+        if executor["executor"] == "ray":  # lazy: the actors start when `write` drains it
+            from albat.pipeline.ray_executor import embed_on_ray, start_ray
 
             todo = [t for t in plan.inputs["tasks"] if not store.is_done(t.shard)]
             if todo:  # Ray missing or unreachable is refused here, before anything is written
-                start_ray(options["ray_address"], int(options["ray_cpus"]))
-            return embed_on_ray(todo, spec, encoder_settings(encoder, options), str(store.root), options)
+                start_ray(executor["ray_address"], int(executor["ray_cpus"]))
+            return embed_on_ray(todo, spec, encoder_settings(encoder, options), str(store.root),
+                                {**options, **executor})
         return encode_shards(encoder, spec, store, plan.inputs["tasks"], int(options["batch_size"]), self.show_progress)
 
     def write(self, plan: Plan, computed: Iterator[tuple[int, int, pa.Table | None, np.ndarray | None,
                                                         np.ndarray | None]]) -> dict[str, Any]:
         spec, store, encoder = plan.inputs["spec"], plan.inputs["store"], plan.inputs["encoder"]
         store.clean_temps()
-        if plan.recorded["executor"] == "ray":
+        if executor_settings(self.config)["executor"] == "ray":
             return self._write_ray(plan, computed)
         rows = shards = encoded = 0
         started, busy_before = time.perf_counter(), encoder.stats["forward_seconds"]
@@ -287,9 +333,15 @@ class EmbedStage(Stage):
 
     def record(self, plan: Plan, summary: dict[str, Any]) -> None:
         store = plan.inputs["store"]
+        report = {}
+        if plan.inputs.get("modality") == "image":  # the broken images every shard left out
+            from albat.pipeline.image_embed import image_report
+
+            report = {"image_report": image_report(store)}
+            summary["skipped_images"] = report["image_report"]["skipped"]
         store.write_info({**{k: v for k, v in store.info.items() if k != "format_version"},
                           "rows": summary["rows"], "shards": summary["shards"], "complete": True,
-                          "ids_sha256": store.id_index_checksums()})
+                          "ids_sha256": store.id_index_checksums(), **report})
 
 
 def prepare_task(spec: CorpusSpec, task: ShardTask, chunk: int) -> tuple[pa.Table, pa.Table]:
@@ -301,8 +353,8 @@ def prepare_task(spec: CorpusSpec, task: ShardTask, chunk: int) -> tuple[pa.Tabl
 def encode_table(encoder: TextEncoder, spec: CorpusSpec, table: pa.Table, chunk: int,
                  on_progress: Callable[[int], object] = lambda _: None) -> tuple[np.ndarray, np.ndarray | None]:
     """The vectors of a shard's text column, and of its pair column when there is one."""
-    vectors = encode_sorted(encoder, table.column(spec.text_column).to_pylist(), chunk, on_progress)
-    pair_vectors = (encode_sorted(encoder, table.column(spec.pair_column).to_pylist(), chunk)
+    vectors = encode_sorted(encoder, spec.texts(table), chunk, on_progress)
+    pair_vectors = (encode_sorted(encoder, spec.texts(table, spec.pair_column), chunk)
                     if spec.pair_column else None)
     return vectors, pair_vectors
 

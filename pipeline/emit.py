@@ -7,21 +7,27 @@ selected backbone row b weighs  lambda * n_A / m * w_b  (m selected rows, w_b th
 """
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline import __version__
-from pipeline.filter import SELECTION_FILE
-from pipeline.stage import Plan, Stage
-from stores.embedding_store import ID, ROW, SOURCE, EmbeddingStore
-from stores.errors import AlbatError
-from stores.index_store import read_infos
-from stores.shard_store import MANIFEST, publish_shards, set_damage
-from stores.tables import read_table
-from stores.views import fetch_table, sql_literal
-from stores.workdir import fingerprint
+from albat import __version__
+from albat.pipeline.adaptation_rows import adaptation_columns
+from albat.pipeline.filter import SELECTION_FILE
+from albat.pipeline.manifest import effective_config, encoder_source, file_list, portable, relative_path, stage_seeds
+from albat.pipeline.mix import fresh_mix, mix_multipliers
+from albat.pipeline.progress import progress_bar
+from albat.pipeline.stage import Plan, Stage
+from albat.stores.atomic import sha256_file
+from albat.stores.embedding_store import ID, ROW, SOURCE, EmbeddingStore
+from albat.stores.errors import AlbatError
+from albat.stores.index_store import read_infos
+from albat.stores.shard_store import MANIFEST, publish_shards, set_damage
+from albat.stores.tables import read_table
+from albat.stores.views import fetch_table, sql_literal
+from albat.stores.workdir import fingerprint
 
 PROVENANCE = ["albat_id", "albat_method", "albat_score", "albat_weight", "albat_query", "albat_is_adaptation",
               "albat_source", "albat_row"]
@@ -48,14 +54,18 @@ def selected_rows(store: EmbeddingStore, selection_path: str) -> pa.Table:
 
 
 def assemble(backbone: pa.Table, adaptation: pa.Table | None, store_info: dict[str, Any],
-             adaptation_text_column: str, lam: float, n_adaptation: int) -> pa.Table:
+             adaptation_text_column: str, lam: float, n_adaptation: int,
+             multipliers: np.ndarray | None = None) -> pa.Table:
     """One table: user columns first, then albat provenance; adaptation rows (if given) flagged.
-    `n_adaptation` is n_A of the weight formula, whether or not the adaptation rows are written."""
+    `n_adaptation` is n_A of the weight formula, whether or not the adaptation rows are written;
+    `multipliers` (the mix stage's, per backbone row) rescale the backbone weights."""
     n_adapt = adaptation.num_rows if adaptation is not None else 0
     user_cols = [c for c in backbone.column_names if c not in (ID, SOURCE, ROW, "albat_method", "albat_score",
                                                                 "w_b", "albat_query")]
     query = backbone.column("albat_query").to_numpy(zero_copy_only=False)
     weights = backbone_weights(backbone.column("w_b").to_numpy(zero_copy_only=False), n_adaptation, lam)
+    if multipliers is not None:
+        weights = weights * multipliers
     out = {c: backbone.column(c) for c in user_cols}
     out.update({
         "albat_id": backbone.column(ID),
@@ -70,21 +80,51 @@ def assemble(backbone: pa.Table, adaptation: pa.Table | None, store_info: dict[s
     table = pa.table(out)
     if adaptation is None or n_adapt == 0:
         return table
-    text_column = store_info["text_column"]
-    rows = {c: pa.nulls(n_adapt, table.schema.field(c).type) for c in table.column_names}
-    rows[text_column] = adaptation.column(adaptation_text_column).cast(table.schema.field(text_column).type)
-    rows["albat_method"] = pa.array(["adaptation"] * n_adapt, pa.string())
-    rows["albat_weight"] = pa.array(np.ones(n_adapt), pa.float64())
-    rows["albat_query"] = adaptation.column("query_idx").cast(pa.int32())
-    rows["albat_is_adaptation"] = pa.array(np.ones(n_adapt, bool))
-    rows["albat_source"] = adaptation.column("source").cast(pa.string())
-    rows["albat_row"] = adaptation.column("row").cast(pa.int64())
-    return pa.concat_tables([pa.table(rows, schema=table.schema), table])
+    user = adaptation_columns(adaptation, table.schema, store_info["text_column"], adaptation_text_column,
+                              store_info.get("chat_template") or "lines")
+    query = adaptation.column("query_idx").cast(pa.int64()).to_numpy()
+    rows = {**user,
+            "albat_id": pa.array(-1 - query, pa.int64()),  # never null: a null would turn a batch of ids to float
+            "albat_method": pa.array(["adaptation"] * n_adapt, pa.string()),
+            "albat_score": pa.nulls(n_adapt, pa.float64()),
+            "albat_weight": pa.array(np.ones(n_adapt), pa.float64()),
+            "albat_query": pa.array(query, pa.int32()),
+            "albat_is_adaptation": pa.array(np.ones(n_adapt, bool)),
+            "albat_source": adaptation.column(SOURCE).cast(pa.string()),
+            "albat_row": adaptation.column(ROW).cast(pa.int64())}
+    added = [c for c in user if c not in table.column_names]  # the adaptation set's own columns, after the backbone's
+    for offset, name in enumerate(added):
+        table = table.add_column(len(user_cols) + offset, pa.field(name, user[name].type),
+                                 pa.nulls(table.num_rows, user[name].type))
+    return pa.concat_tables([pa.table({c: rows.get(c, pa.nulls(n_adapt, table.schema.field(c).type))
+                                       for c in table.column_names}, schema=table.schema), table])
 
 
 def split_shards(table: pa.Table, shard_rows: int) -> list[pa.Table]:
     """Consecutive slices of `shard_rows` rows (>= 1, pipeline.options); one empty shard for no rows."""
     return [table.slice(start, shard_rows) for start in range(0, max(table.num_rows, 1), shard_rows)]
+
+
+def imagefolder_dir(work: Any) -> Any:
+    """Where `--emit-format imagefolder` exports: OUTPUT-imagefolder/ beside the shard set."""
+    return work.output.with_name(work.output.name + "-imagefolder")
+
+
+def _counted(tables: list[pa.Table], on_rows: Callable[[int], object]) -> Iterator[pa.Table]:
+    """The tables, reporting each one's rows once the consumer asks for the next (it wrote this one)."""
+    for table in tables:
+        yield table
+        on_rows(table.num_rows)
+
+
+def relative_sources(table: pa.Table, root: Path | str) -> pa.Table:
+    """`albat_source` as a path relative to the work directory (no absolute local path in the set)."""
+    if "albat_source" not in table.column_names:
+        return table
+    column = table.column("albat_source").to_pylist()
+    seen: dict[str, str] = {}
+    rewritten = [None if v is None else seen.setdefault(v, relative_path(v, root)) for v in column]
+    return table.set_column(table.column_names.index("albat_source"), "albat_source", pa.array(rewritten, pa.string()))
 
 
 class EmitStage(Stage):
@@ -95,8 +135,15 @@ class EmitStage(Stage):
         filter_record = work.stage_record("filter")
         if not filter_record or not (work.filter / SELECTION_FILE).exists():
             raise AlbatError(f"{work.filter}: no completed filter stage; run `albat filter` first")
-        fp = fingerprint({"options": options, "filter": filter_record["fingerprint"]})
-        return Plan(fp, (work.output / MANIFEST,), options, {"filter_record": filter_record})
+        mix_record = fresh_mix(work, filter_record["fingerprint"])
+        if mix_record is None and self.config.get("mix", {}).get("enabled"):
+            raise AlbatError(f"{work.mix}: no mix of the current selection; run `albat mix` first (or drop --mix)")
+        mixed = mix_record["fingerprint"] if mix_record else None
+        fp = fingerprint({"options": options, "filter": filter_record["fingerprint"], **({"mix": mixed} if mixed else {})})
+        exported = ((imagefolder_dir(work) / "metadata.jsonl",) if options.get("emit_format") == "imagefolder" else ())
+        return Plan(fp, (work.output / MANIFEST, *exported), options,
+                    {"filter_record": filter_record, "mix_record": mix_record},
+                    {"filter": filter_record["fingerprint"], **({"mix": mixed} if mixed else {})})
 
     def finished(self, plan: Plan) -> dict[str, Any] | None:
         """Complete when the record matches and every shard the manifest names is as published."""
@@ -109,33 +156,81 @@ class EmitStage(Stage):
         info = store.require_complete()
         for index in store.shard_indices():  # the join below reads every metadata shard
             store.check_shard(index, ("meta",))
-        backbone = selected_rows(store, str(work.filter / SELECTION_FILE))
+        selection = work.filter / SELECTION_FILE
+        backbone = selected_rows(store, str(selection))
         adaptation = read_table(work.query / "adaptation.parquet", "query") if options["include_adaptation"] else None
         lam = float(options["backbone_weight"])
-        query_summary = work.stage_record("query")["summary"]
-        table = assemble(backbone, adaptation, info, config["query"]["text_column"], lam,
-                         int(query_summary["adaptation"]))
+        records = {"embed": {"config": info.get("config"), "seed": info.get("seed")},
+                   **{s: work.stage_record(s) for s in ("index", "query", "filter")}}
+        query_summary = records["query"]["summary"]
+        query_config = records["query"]["config"]
+        mix_record = plan.inputs["mix_record"]
+        multipliers = (mix_multipliers(work, backbone.column(ID).to_numpy(),
+                                       backbone.column("w_b").to_numpy(zero_copy_only=False).astype(np.float64))
+                       if mix_record else None)
+        table = assemble(backbone, adaptation, info, query_config["text_column"], lam,
+                         int(query_summary["adaptation"]), multipliers)
+        table = relative_sources(table, work.root)
+        if info.get("modality") == "image":  # `datasets` reads the image column as PIL images
+            from albat.stores.image_export import with_image_feature
+
+            table = with_image_feature(table, info["image_column"])
         index_infos = read_infos(work.index)
-        encoder = {k: v for k, v in info["encoder"].items() if k != "probe"}
-        seed = int(config["seed"])
+        seed = int(filter_record.get("seed", filter_record["summary"].get("seed", config["seed"])))
         manifest = {
-            "format_version": 1, "created_by": f"albat {__version__}", "method": filter_record["summary"]["method"],
-            "seed": seed, "seeds": {"index_sample": seed, "recall_sample": seed + 1, "filter": seed},
-            "encoder": encoder, "index": {k: index_infos.get(k) for k in ("index_key", "nprobe", "recall_at_k", "recall_k")},
+            "format_version": 2, "created_by": f"albat {__version__}", "task": work.task,
+            "method": filter_record["summary"]["method"], "license": options["license"],
+            "seed": seed, "seeds": stage_seeds(records),
+            "encoder": encoder_source(info["encoder"], work.root),
+            "index": {k: index_infos.get(k) for k in ("index_key", "nprobe", "recall_at_k", "recall_k")},
             "counts": {"corpus_rows": info["rows"], "candidates": query_summary["candidates"],
                        "blocked": query_summary["blocked"], "selected": backbone.num_rows,
                        "adaptation": adaptation.num_rows if adaptation is not None else 0},
-            "weights": {"lambda": lam, "formula": "adaptation rows 1; backbone rows lambda * n_A / m * w_b"},
+            "weights": {"lambda": lam, "formula": "adaptation rows 1; backbone rows lambda * n_A / m * w_b"
+                        + (" * mix multiplier (w_g * sum w_b / the group's sum of w_b)" if mix_record else ""),
+                        **({"mix": mix_record["summary"]} if mix_record else {})},
             "columns": {"text": info["text_column"], "id": info["id_column"], "keep": info["keep_columns"],
                         "provenance": PROVENANCE},
-            "stages": {s: (work.stage_record(s) or {}).get("fingerprint") for s in ("index", "query", "filter")},
-            "selection": filter_record["summary"],  # the method's own report: thresholds, timings, surrogate fit
-            "config": config,
+            "inputs": {"corpus": file_list(info.get("inputs", []), work.root, digest=False),
+                       "adaptation": file_list(_files(query_config["adaptation"]), work.root, digest=True),
+                       "exclude": file_list(_files(query_config["exclude"]), work.root, digest=True)},
+            "stages": {s: (work.stage_record(s) or {}).get("fingerprint")
+                       for s in ("index", "query", "filter", *(("mix",) if mix_record else ()))},
+            "sources": {"selection_sha256": sha256_file(selection)},  # `albat verify`: stale once it changes
+            "selection": portable(filter_record["summary"], work.root),  # the method's report: thresholds, fit
+            "config": effective_config(records, options, work.task, work.root),
         }
         return split_shards(table, int(options["shard_rows"])), manifest, backbone.num_rows
 
     def write(self, plan: Plan, computed: tuple[list[pa.Table], dict[str, Any], int]) -> dict[str, Any]:
         shards, manifest, selected = computed
-        manifest = publish_shards(self.work.output, shards, manifest)
+        export = {}
+        if plan.recorded.get("emit_format") == "imagefolder":
+            export = self._export_imagefolder(shards)
+        with progress_bar(total=sum(s.num_rows for s in shards), desc="emit") as bar:
+            manifest = publish_shards(self.work.output, _counted(shards, bar.update), {**manifest, **export})
         return {"rows": manifest["rows"], "shards": len(manifest["shards"]), "selected": selected,
-                "output": str(self.work.output)}
+                "output": str(self.work.output), **export}
+
+    def _export_imagefolder(self, shards: list[pa.Table]) -> dict[str, Any]:
+        """`--emit-format imagefolder`: OUTPUT-imagefolder/ beside the shard set (stores.image_export)."""
+        from albat.stores.image_export import export_imagefolder
+
+        info = EmbeddingStore(self.work.store).info
+        if info.get("modality") != "image":
+            raise AlbatError(f"{self.work.store}: --emit-format imagefolder needs an image store "
+                             "(albat embed --modality image)")
+        return export_imagefolder(shards, imagefolder_dir(self.work), info["image_column"], info["text_column"])
+
+
+def _files(paths: list[str]) -> list[str]:
+    """The files the adaptation or exclusion paths name: a folder or glob by each file in it; a
+    path gone since (or not a local one) by its name."""
+    import glob
+
+    out = []
+    for raw in paths:
+        matches = sorted(glob.glob(raw)) if any(c in raw for c in "*?[") else [raw]
+        for path in matches:
+            out += sorted(str(p) for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [path]
+    return out

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from stores.atomic import sha256_file
-from stores.errors import AlbatError
+from albat.stores.atomic import sha256_file
+from albat.stores.errors import AlbatError
 
 TORCH_DTYPES = ("float32", "bfloat16", "float16", "int8")
 ONNX_DTYPES = ("float32", "int8")

@@ -10,12 +10,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from pipeline.threads import set_threads  # noqa: F401 (re-exported for callers of the old name)
-from stores.errors import AlbatError
+from albat.pipeline.threads import set_threads  # noqa: F401 (re-exported for callers of the old name)
+from albat.stores.errors import AlbatError
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 _BUNDLED = {DEFAULT_ENCODER, "sentence-transformers/all-MiniLM-L6-v2"}
@@ -53,6 +53,24 @@ def normalize_rows(vectors: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
+class Encoder(Protocol):
+    """What a stage needs of an encoder, text or image (`pipeline.image_encoder.ImageEncoder`): its
+    name, dimension, a batch encoded to unit float32 rows, the embedding of its fixed probe input,
+    and the identity a store records."""
+
+    name: str
+    stats: dict[str, float]
+
+    @property
+    def dim(self) -> int: ...
+
+    def encode(self, batch: Sequence[Any]) -> np.ndarray: ...
+
+    def probe_vector(self) -> np.ndarray: ...
+
+    def identity(self) -> dict[str, Any]: ...
+
+
 @dataclass
 class TextEncoder:
     """One text encoder: a sentence-transformers model run by `backend` (torch | onnx) in `dtype`.
@@ -73,7 +91,7 @@ class TextEncoder:
 
     @property
     def model(self) -> Any:
-        from pipeline.encoder_backends import load_backend
+        from albat.pipeline.encoder_backends import load_backend
 
         return load_backend(self.backend, resolve_encoder_path(self.name), self.dtype, self.max_seq_length,
                             resolve_device(self.device))
@@ -82,8 +100,9 @@ class TextEncoder:
     def dim(self) -> int:
         return int(self.model.dim)
 
-    def encode(self, texts: list[str]) -> np.ndarray:
-        """L2-normalised float32 embeddings, so inner product is cosine similarity."""
+    def encode(self, texts: list[str], on_progress: Callable[[int], object] = lambda _: None) -> np.ndarray:
+        """L2-normalised float32 embeddings, so inner product is cosine similarity; `on_progress(n)`
+        after each batch of n texts (a progress bar)."""
         if not texts:
             return np.empty((0, self.dim), dtype=np.float32)
         backend = self.model
@@ -98,11 +117,15 @@ class TextEncoder:
             self.stats["forward_seconds"] += time.perf_counter() - started
             out[order[start:start + len(vectors)]] = vectors
             start += len(vectors)
+            on_progress(len(vectors))
         self.stats["rows"] += len(texts)
         return normalize_rows(out)
 
+    def probe_vector(self) -> np.ndarray:
+        return self.encode([PROBE_TEXT])[0]
+
     def identity(self) -> dict[str, Any]:
-        probe = self.encode([PROBE_TEXT])[0]
+        probe = self.probe_vector()
         return {"name": self.name, "path": resolve_encoder_path(self.name), "dim": self.dim,
                 "backend": self.backend, "dtype": self.dtype, "max_seq_length": int(self.model.max_seq_length),
                 "normalized": True, "probe": [round(float(x), 6) for x in probe]}
@@ -133,7 +156,7 @@ def encoder_from_identity(identity: dict[str, Any], batch_size: int = 64, device
     cannot run the store's choice; `check_same_encoder` then decides whether it still agrees)."""
     backend, dtype = identity.get("backend", "torch"), identity.get("dtype", "float32")
     on_gpu = resolve_device(device).startswith("cuda")
-    from pipeline.encoder_backends import onnx_available
+    from albat.pipeline.encoder_backends import onnx_available
 
     if (backend == "onnx" and (on_gpu or not onnx_available())) or (dtype == "int8" and on_gpu):
         backend, dtype = "torch", "float32"
@@ -141,7 +164,7 @@ def encoder_from_identity(identity: dict[str, Any], batch_size: int = 64, device
                        max_seq_length=identity.get("max_seq_length"), batch_size=batch_size, device=device)
 
 
-def check_same_encoder(store_identity: dict[str, Any], encoder: TextEncoder, where: str) -> None:
+def check_same_encoder(store_identity: dict[str, Any], encoder: Encoder, where: str) -> None:
     """Refuse a query encoder that is not the store's (other name, dimension or weights)."""
     if encoder.name != store_identity["name"]:
         raise AlbatError(f"{where}: store was embedded with '{store_identity['name']}', not "
@@ -149,7 +172,7 @@ def check_same_encoder(store_identity: dict[str, Any], encoder: TextEncoder, whe
     if encoder.dim != store_identity["dim"]:
         raise AlbatError(f"{where}: encoder '{encoder.name}' gives dimension {encoder.dim}, the store holds "
                          f"{store_identity['dim']}; use the store's encoder")
-    probe = encoder.encode([PROBE_TEXT])[0]
+    probe = encoder.probe_vector()
     stored = np.asarray(store_identity["probe"], dtype=np.float32)
     drift = 1.0 - float(probe @ stored / max(float(np.linalg.norm(stored)), 1e-12))
     if drift > PROBE_TOLERANCE:

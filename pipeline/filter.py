@@ -6,14 +6,16 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.methods.base import SelectionRequest, get_method
-from pipeline.options import FILTER, by_name
-from pipeline.stage import Plan, Stage
-from pipeline.threads import filter_threads, torch_threads
-from stores.embedding_store import EmbeddingStore
-from stores.errors import AlbatError
-from stores.tables import read_array, read_table, write_table
-from stores.workdir import Workdir, fingerprint
+from albat.pipeline.methods.base import SelectionRequest, get_method
+from albat.pipeline.options import FILTER, by_name
+from albat.pipeline.shard_map import executor_settings
+from albat.pipeline.stage import Plan, Stage
+from albat.pipeline.threads import filter_threads, torch_threads
+from albat.stores.chat import as_texts
+from albat.stores.embedding_store import EmbeddingStore
+from albat.stores.errors import AlbatError
+from albat.stores.tables import read_array, read_table, write_table
+from albat.stores.workdir import Workdir, fingerprint
 
 SELECTION_FILE = "selection.parquet"
 
@@ -27,16 +29,18 @@ def build_request(config: dict[str, Any], work: Workdir, budget: int, seed: int)
     """What every method gets, read from the query stage's outputs (the filter stage and `albat diagnose`)."""
     query = work.query
     adaptation = read_table(query / "adaptation.parquet", "query")
+    store = EmbeddingStore(work.store)
     return SelectionRequest(
         candidates=read_table(query / "candidates.parquet", "query"),
         pairs=read_table(query / "candidate_pairs.parquet", "query"),
         blocked_ids=read_table(query / "blocked.parquet", "query").column("id").to_numpy(),
-        store=EmbeddingStore(work.store),
-        adaptation_texts=adaptation.column(config["query"]["text_column"]).to_pylist(),
+        store=store,
+        adaptation_texts=as_texts(adaptation.column(config["query"]["text_column"]), store.chat_template),
         adaptation_vectors=read_array(query / "adaptation.npy"),
         budget=budget, seed=seed,
         adaptation_pair_vectors=(read_array(query / "adaptation.pair.npy")
-                                 if (query / "adaptation.pair.npy").exists() else None))
+                                 if (query / "adaptation.pair.npy").exists() else None),
+        executor=executor_settings(config))
 
 
 class FilterStage(Stage):
@@ -49,7 +53,8 @@ class FilterStage(Stage):
         if not query_record:
             raise AlbatError(f"{work.query}: no completed query stage; run `albat query` first")
         fp = fingerprint({"options": options, "seed": seed, "query": query_record["fingerprint"]})
-        return Plan(fp, (work.filter / SELECTION_FILE,), options, {"budget": budget, "seed": seed})
+        return Plan(fp, (work.filter / SELECTION_FILE,), options, {"budget": budget, "seed": seed},
+                    {"query": query_record["fingerprint"]})
 
     def compute(self, plan: Plan) -> tuple[Any, Any, float]:
         options, budget, seed, query = plan.recorded, plan.inputs["budget"], plan.inputs["seed"], self.work.query
@@ -66,11 +71,16 @@ class FilterStage(Stage):
             raise RuntimeError(f"method {method.name} kept a blocked (leaking) id")
         return method, result, seconds
 
-    def write(self, plan: Plan, computed: tuple[Any, Any, float]) -> dict[str, Any]:
+    def summarize(self, plan: Plan, computed: tuple[Any, Any, float]) -> tuple[Any, dict[str, Any]]:
+        """The selection table and the summary recorded for it."""
         method, result, seconds = computed
         table = result.to_table(method.name)
+        return table, {"method": method.name, "budget": plan.inputs["budget"], "kept": int(np.sum(result.keep)),
+                       "considered": table.num_rows, "seed": plan.inputs["seed"], "seconds": round(seconds, 3),
+                       **result.report}
+
+    def write(self, plan: Plan, computed: tuple[Any, Any, float]) -> dict[str, Any]:
+        table, summary = self.summarize(plan, computed)
         self.work.filter.mkdir(parents=True, exist_ok=True)
         write_table(table, self.work.filter / SELECTION_FILE)
-        return {"method": method.name, "budget": plan.inputs["budget"], "kept": int(np.sum(result.keep)),
-                "considered": table.num_rows, "seed": plan.inputs["seed"], "seconds": round(seconds, 3),
-                **result.report}
+        return summary

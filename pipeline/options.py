@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
-from stores.errors import AlbatError
+from albat.stores.errors import AlbatError
 
 INT, FLOAT, STR, BOOL, LIST, BYTES = "int", "float", "str", "bool", "list", "bytes"
 
@@ -64,12 +64,13 @@ class Option:
         elif self.kind == BOOL:
             return _boolean(value)
         elif self.kind == LIST:
-            return _strings(value)
+            return [_no_nul(v) for v in _strings(value)]
         elif self.kind == BYTES:
             return _size(value)
         else:
             if not isinstance(value, str):
                 raise OptionError(f"{_kind_of(value)}, not a string")
+            _no_nul(value)
             if self.choices and value not in self.choices:
                 raise OptionError("not one of the choices")
             return value
@@ -110,12 +111,17 @@ def _num(x: float | None) -> str:
     return f"{x:g}" if isinstance(x, float) else str(x)
 
 
+def printable(text: str) -> str:
+    """Control characters as \\uXXXX, so a message holding the text stays one line."""
+    return "".join(f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c for c in text)
+
+
 def show(value: Any) -> str:
     """A value as TOML writes it: "text", true, 0.5, inf, ["a", "b"]."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, str):  # TOML's basic string: control characters as \\uXXXX, so an error stays one line
+        return '"' + printable(value.replace("\\", "\\\\").replace('"', '\\"')) + '"'
     if isinstance(value, float):
         return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf") if math.isinf(value) else repr(value)
     if isinstance(value, (list, tuple)):
@@ -159,6 +165,13 @@ def _boolean(value: Any) -> bool:
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
     raise OptionError(f"{_kind_of(value)}, not true or false")
+
+
+def _no_nul(text: str) -> str:
+    """No path, name or column holds a NUL character; the OS refuses it deep inside otherwise."""
+    if "\x00" in text:
+        raise OptionError("holds a NUL character (\\x00)")
+    return text
 
 
 def _strings(value: Any) -> list[str]:
@@ -217,17 +230,38 @@ def by_name(options: Iterable[Option]) -> dict[str, Option]:
     return {o.name: o for o in options}
 
 
-FORMATS = ("auto", "parquet", "jsonl", "hf", "txt")
+FORMATS = ("auto", "parquet", "jsonl", "csv", "tsv", "hf", "txt")  # stores.sources.FORMATS (kept light here)
+IMAGE_FORMATS = ("imagefolder", "webdataset")  # --modality image (stores/image_corpus.py); parquet too
+CHAT_TEMPLATES = ("lines", "content", "user")  # stores.chat.TEMPLATES
 
 TOP = (
     Option("work", STR, "work", "work directory", metavar="DIR"),
     Option("seed", INT, 0, "seed of every random choice (recorded in the manifest)", min=0),
+    Option("task", STR, "default", "task name: its query, filter and output live in WORK/tasks/NAME/ over the "
+           "work directory's one store and index", metavar="NAME"),
+    Option("executor", STR, "local", "where the corpus passes run (embed's shards, query's duplicate scan, dsir's "
+           "passes): local (this process) or ray (Ray Data)", choices=("local", "ray")),
+    Option("ray_address", STR, None, "ray: cluster address, e.g. ray://head:10001 or auto (unset: start a local Ray)"),
+    Option("ray_cpus", INT, 0, "ray: CPUs of the local Ray it starts (0: all cores)", min=0),
 )
 
 EMBED = (
-    Option("input", LIST, [], "corpus files, globs, directories or a saved HF dataset", path=True, metavar="PATH"),
-    Option("format", STR, "auto", "corpus format (auto: by suffix)", choices=FORMATS),
-    Option("text_column", STR, "text", "column holding the text"),
+    Option("input", LIST, [], "corpus files, globs, directories, a saved HF dataset, URLs (fsspec) or hub:NAME",
+           path=True, metavar="PATH"),
+    Option("format", STR, "auto", "corpus format (auto: by suffix; .gz/.zst compression by suffix)",
+           choices=FORMATS + IMAGE_FORMATS),
+    Option("text_column", STR, "text", "column holding the text (or chat messages: a list of {role, content}; "
+           "image corpora: the caption)"),
+    Option("chat_template", STR, "lines", "how a chat column is embedded: lines ('role: content' per message), "
+           "content (contents only) or user (user turns only); query renders adaptation chats the same way",
+           choices=CHAT_TEMPLATES),
+    Option("modality", STR, "text", "text: sentence-transformers; image: image-caption pairs through open_clip",
+           choices=("text", "image")),
+    Option("image_model", STR, "ViT-B-32", "image: open_clip model name or model-config .json"),
+    Option("image_pretrained", STR, None, "image: open_clip pretrained tag (local cache) or checkpoint file "
+           "(unset: seeded random weights)"),
+    Option("image_column", STR, "image", "image: Parquet column of image bytes, paths or {bytes, path}"),
+    Option("image_workers", INT, 2, "image: decoding/preprocessing worker processes (0: in this process)", min=0),
     Option("pair_column", STR, None, "column with the query side of (query, text) pairs, embedded too"),
     Option("id_column", STR, None, "integer id column to keep as albat_id (unset: row number)"),
     Option("keep_columns", LIST, [], "extra columns to carry to the shards (CLI: comma-separated)", sep=","),
@@ -243,10 +277,6 @@ EMBED = (
     Option("skip_empty", BOOL, False, "drop null/empty texts instead of failing", const=True),
     Option("max_text_bytes", INT, 1 << 20, "longest text accepted, in bytes (0: no limit)", min=0),
     Option("threads", INT, 0, "torch threads (0: all cores)", min=0),
-    Option("executor", STR, "local", "where shards are encoded: local (this process) or ray (Ray Data actors)",
-           choices=("local", "ray")),
-    Option("ray_address", STR, None, "ray: cluster address, e.g. ray://head:10001 or auto (unset: start a local Ray)"),
-    Option("ray_cpus", INT, 0, "ray: CPUs of the local Ray it starts (0: all cores)", min=0),
     Option("ray_actors", INT, 1, "ray: encoder actors running at once", min=1),
     Option("ray_actor_cpus", FLOAT, 1.0, "ray: CPUs reserved per encoder actor", min=0),
     Option("ray_actor_gpus", FLOAT, 0.0, "ray: GPUs reserved per encoder actor (e.g. 1 with --device cuda)", min=0),
@@ -255,6 +285,10 @@ EMBED = (
 INDEX = (
     Option("memory_budget", BYTES, "4GB", "memory the index may use, e.g. 4GB or 512MiB"),
     Option("index_key", STR, None, "force a FAISS factory string, e.g. IVF1024,PQ48x8 (unset: albat plans)"),
+    Option("index_type", STR, "auto", "auto: flat, else IVF-Flat, else IVF-PQ as the budget allows; flat, ivf or "
+           "hnsw (HNSW32, if it fits the budget) ask for that kind", choices=("auto", "flat", "ivf", "hnsw")),
+    Option("on_disk", BOOL, False, "IVF: build inverted lists per shard, merge them on disk (index/knn.ivfdata, "
+           "memory-mapped); the budget bounds only what stays resident", const=True),
     Option("flat_max_rows", INT, 1_000_000, "largest corpus searched exactly", min=0),
     Option("recall_k", INT, 10, "k of the recall@k measurement", min=1),
     Option("recall_queries", INT, 1000, "corpus samples used to measure recall", min=1),
@@ -262,9 +296,9 @@ INDEX = (
 )
 
 QUERY = (
-    Option("adaptation", LIST, [], "adaptation examples (Parquet, JSONL, HF dir, or text one a line)", path=True,
+    Option("adaptation", LIST, [], "adaptation examples (any --input format; every column is carried to the output)", path=True,
            metavar="PATH"),
-    Option("format", STR, "auto", "adaptation format", choices=FORMATS, flag="--adaptation-format"),
+    Option("format", STR, "auto", "adaptation format", choices=FORMATS + IMAGE_FORMATS, flag="--adaptation-format"),
     Option("text_column", STR, "text", "text column of the adaptation set", flag="--adaptation-text-column"),
     Option("pair_column", STR, None, "query-side column of the adaptation set (unset: the store's)",
            flag="--adaptation-pair-column"),
@@ -283,6 +317,26 @@ QUERY = (
 FILTER = (
     Option("method", STR, "knn", "selection method: none, random, knn, dsir, classifier, gradalign, albat"),
     Option("budget", INT, 64, "number m of backbone examples to select", min=0),
+    Option("threads", INT, None, "torch threads of the method (unset: 1 for small-op work, all cores for the lm "
+           "surrogate; 0: all cores). On shared cores 1 avoids spinning threads", min=0, flag="--filter-threads"),
+)
+
+MIX = (
+    Option("enabled", BOOL, False, "run: also run the mix stage between filter and emit (`albat mix` always runs it)",
+           flag="--mix", const=True),
+    Option("group_by", STR, None, "store column whose values group the selection (unset: k-means of the vectors)",
+           flag="--mix-group-by", metavar="COLUMN"),
+    Option("groups", INT, 4, "k-means clusters of the selected rows' vectors when no --mix-group-by", min=1,
+           flag="--mix-groups"),
+    Option("surrogate", STR, "contrastive", "the experts: contrastive adapters or lm LoRAs, one per group",
+           choices=("contrastive", "lm"), flag="--mix-surrogate"),
+    Option("model", STR, "", "lm experts: local Hugging Face causal-LM checkpoint directory",
+           flag="--mix-model", metavar="DIR", path=True),
+    Option("steps", INT, 200, "training steps of each expert (early-stopped on its group's held-out rows)", min=0,
+           flag="--mix-steps"),
+    Option("calibration_runs", INT, 0, "real mixture runs that calibrate the MDE estimate by regression (0: none)",
+           min=0, flag="--calibration-runs"),
+    Option("iterations", INT, 1000, "EM iterations of the simplex optimiser", min=1, flag=""),
 )
 
 EMIT = (
@@ -290,12 +344,28 @@ EMIT = (
     Option("include_adaptation", BOOL, True, "write the adaptation examples into the shards", flag="--no-adaptation",
            const=False),
     Option("backbone_weight", FLOAT, 1.0, "lambda: weight of the backbone part of the BAT loss", min=0),
-    Option("output", STR, "output", "folder inside the work directory for the shard set"),
+    Option("output", STR, "output", "folder inside the task's folder (WORK/tasks/NAME/) for the published set"),
+    Option("license", STR, "unknown", "licence written into the dataset card and manifest (e.g. cc-by-sa-4.0: "
+           "the corpus's)"),
+    Option("emit_format", STR, "parquet", "image stores: imagefolder also exports OUTPUT-imagefolder/ (images + "
+           "metadata.jsonl, for diffusers' training scripts)", choices=("parquet", "imagefolder")),
+)
+
+# How a command runs, not what it computes: flags of every stage command (and `Pipeline(...)` keywords of
+# the Python API), never part of a config file, a fingerprint or the manifest.
+RUNTIME = (
+    Option("quiet", BOOL, False, "no progress bars (they are also off when stderr is not a terminal)", const=True),
+    Option("log_level", STR, "info", "log messages on stderr from this level up",
+           choices=("debug", "info", "warning", "error")),
+    Option("json", BOOL, False, "print one JSON summary object per stage on stdout (JSON Lines) instead of text",
+           const=True),
+    Option("force", BOOL, False, "rebuild even what is complete (embed: delete the store and re-embed, once the "
+           "new input has been read through)", const=True),
 )
 
 # config section -> its options ("" is the top level); [filter] also holds the method's options
 SECTIONS: dict[str, tuple[Option, ...]] = {"": TOP, "embed": EMBED, "index": INDEX, "query": QUERY,
-                                           "filter": FILTER, "emit": EMIT}
+                                           "filter": FILTER, "mix": MIX, "emit": EMIT}
 
 
 def section_defaults() -> dict[str, Any]:
@@ -336,7 +406,7 @@ def checked(option: Option, value: Any, source: str, label: str) -> Any:
     try:
         return option.check(value)
     except OptionError as exc:
-        shown = value if source.startswith("--") and isinstance(value, str) else show(value)
+        shown = printable(value) if source.startswith("--") and isinstance(value, str) else show(value)
         raise AlbatError(f"{source}: {label} = {shown}: {exc}; give {option.expect()}") from None
 
 

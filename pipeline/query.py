@@ -2,21 +2,24 @@
 adaptation and evaluation examples anywhere in the corpus, so no method can leak them."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline.encoders import TextEncoder, check_same_encoder, encoder_from_identity
-from pipeline.stage import Plan, Stage
-from stores.corpus import CorpusSpec, read_all, resolve_files
-from stores.embedding_store import ID, TEXT_HASH, EmbeddingStore, text_hash
-from stores.atomic import staged_directory
-from stores.errors import AlbatError
-from stores.index_store import LABELS, read_index
-from stores.tables import write_array, write_table
-from stores.workdir import fingerprint
+from albat.pipeline.adaptation_rows import adaptation_columns
+from albat.pipeline.encoders import TextEncoder, check_same_encoder, encoder_from_identity
+from albat.pipeline.shard_map import executor_settings, map_shards
+from albat.pipeline.progress import progress_bar
+from albat.pipeline.stage import Plan, Stage
+from albat.stores.corpus import CorpusSpec, input_signature, read_all
+from albat.stores.embedding_store import EXAMPLE_BOOKKEEPING as BOOKKEEPING, ID, ROW, SOURCE, TEXT_HASH, EmbeddingStore, text_hash
+from albat.stores.atomic import staged_directory
+from albat.stores.chat import as_texts
+from albat.stores.errors import AlbatError
+from albat.stores.index_store import LABELS, read_index
+from albat.stores.tables import write_array, write_table
+from albat.stores.workdir import fingerprint
 
 MAX_QUERY_EXAMPLES = 100_000  # adaptation and exclusion sets are read whole
 CANDIDATES_FILE = "candidates.parquet"
@@ -81,19 +84,41 @@ def top_k_per_query(pairs: pa.Table, k: int) -> pa.Table:
                      "similarity": pairs.column("similarity").take(keep)})
 
 
-def exact_duplicates(texts: list[str], store: EmbeddingStore, kind: str) -> dict[int, tuple[float, str]]:
-    """Corpus ids whose normalised text equals an example's, by the stored text hash."""
-    wanted: dict[int, int] = {}
-    for i, text in enumerate(texts):
-        wanted.setdefault(text_hash(text), i)
-    keys = np.fromiter(wanted, dtype=np.int64, count=len(wanted))
-    blocked: dict[int, tuple[float, str]] = {}
-    for index in store.shard_indices():
-        meta = store.metadata(index, [ID, TEXT_HASH])
-        hashes = meta.column(TEXT_HASH).to_numpy()
-        for row in np.nonzero(np.isin(hashes, keys))[0]:
-            blocked[int(meta.column(ID)[row].as_py())] = (1.0, f"exact duplicate of {kind} example "
-                                                          f"{wanted[int(hashes[row])]}")
+def shard_duplicates(store: EmbeddingStore, shard: int, keys: np.ndarray) -> dict[str, np.ndarray]:
+    """One shard's rows whose stored hash (normalised text, or an image store's decoded pixels) is
+    among `keys`: their ids and hashes."""
+    meta = store.metadata(shard, [ID, TEXT_HASH])
+    hashes = meta.column(TEXT_HASH).to_numpy()
+    rows = np.nonzero(np.isin(hashes, keys))[0]
+    return {"ids": meta.column(ID).to_numpy()[rows].astype(np.int64), "hashes": hashes[rows].astype(np.int64)}
+
+
+def exact_duplicates(example_sets: Sequence[tuple[str, list[str]]], store: EmbeddingStore,
+                     executor: dict[str, Any] | None = None) -> list[dict[int, tuple[float, str]]]:
+    """For each (kind, texts): the corpus ids whose normalised text equals an example's (`hash_duplicates`)."""
+    return hash_duplicates([(kind, [text_hash(t) for t in texts]) for kind, texts in example_sets], store, executor)
+
+
+def hash_duplicates(example_sets: Sequence[tuple[str, list[int]]], store: EmbeddingStore,
+                    executor: dict[str, Any] | None = None) -> list[dict[int, tuple[float, str]]]:
+    """For each (kind, example hashes): the corpus ids whose stored hash equals an example's, with the
+    reason. One scan of the store for every set, shard by shard, here or on Ray (`executor`,
+    `pipeline.shard_map`); the result is the same either way."""
+    wanted = []
+    for _, hashes in example_sets:
+        first: dict[int, int] = {}
+        for i, key in enumerate(hashes):
+            first.setdefault(int(key), i)
+        wanted.append(first)
+    keys = np.unique(np.fromiter((h for w in wanted for h in w), dtype=np.int64))
+    blocked: list[dict[int, tuple[float, str]]] = [{} for _ in example_sets]
+    if len(keys) == 0:
+        return blocked
+    for _, found in map_shards(shard_duplicates, store, {"keys": keys}, executor, "query: exact duplicates"):
+        for cid, key in zip(found["ids"].tolist(), found["hashes"].tolist()):
+            for (kind, _), first, out in zip(example_sets, wanted, blocked):
+                if key in first:
+                    out[cid] = (1.0, f"exact duplicate of {kind} example {first[key]}")
     return blocked
 
 
@@ -101,7 +126,8 @@ def merge_blocked(*parts: dict[int, tuple[float, str]]) -> pa.Table:
     merged: dict[int, tuple[float, str]] = {}
     for part in parts:
         for cid, (sim, reason) in part.items():
-            if cid not in merged or sim > merged[cid][0] or reason.startswith("exact"):
+            exact_kept = cid in merged and merged[cid][1].startswith("exact")  # a cosine of 1.0000001 is no better
+            if cid not in merged or (not exact_kept and (sim > merged[cid][0] or reason.startswith("exact"))):
                 merged[cid] = (sim, reason)
     ids = sorted(merged)
     return pa.table({"id": pa.array(ids, pa.int64()),
@@ -133,19 +159,45 @@ def aggregate_candidates(pairs: pa.Table, blocked: pa.Table) -> pa.Table:
 
 
 def _read_examples(paths: list[str], text_column: str, fmt: str, max_bytes: int, text_flag: str,
-                   pair_column: str | None = None) -> tuple[pa.Table, list[str]]:
+                   pair_column: str | None = None, chat_template: str = "lines",
+                   all_columns: bool = False) -> tuple[pa.Table, list[str]]:
+    """The examples (with every column when `all_columns`: adaptation rows are carried whole to the
+    output), their source file and row as `albat_source`/`albat_row`, and the texts the encoder reads."""
     spec = CorpusSpec(paths=paths, text_column=text_column, format=fmt, max_text_bytes=max_bytes,
-                      text_flag=text_flag, skip_flag="", pair_column=pair_column, pair_flag="--adaptation-pair-column")
+                      text_flag=text_flag, skip_flag="", pair_column=pair_column, pair_flag="--adaptation-pair-column",
+                      chat_template=chat_template, all_columns=all_columns)
     table, sources, rows = read_all(spec, limit_rows=MAX_QUERY_EXAMPLES)
-    table = table.append_column("source", pa.array(sources, pa.string())).append_column("row", pa.array(rows, pa.int64()))
-    return table, table.column(text_column).to_pylist()
+    clash = [c for c in table.column_names if c in BOOKKEEPING or c.startswith("albat_")]
+    if clash:
+        raise AlbatError(f"{', '.join(paths)}: column '{clash[0]}' collides with albat's own columns (query_idx, "
+                         "albat_*); rename or drop it in that file")
+    table = table.append_column(SOURCE, pa.array(sources, pa.string())).append_column(ROW, pa.array(rows, pa.int64()))
+    return table, spec.texts(table)
 
 
 def _signature(paths: list[str], fmt: str) -> list:
-    if not paths:
-        return []
-    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p, _ in resolve_files(CorpusSpec(paths=paths, format=fmt))
-            if Path(p).is_file()]
+    return input_signature(CorpusSpec(paths=paths, format=fmt)) if paths else []
+
+
+def retrieve(options: dict[str, Any], store: EmbeddingStore, info: dict[str, Any], index: Any, infos: dict[str, Any],
+             adaptation: pa.Table, vectors: np.ndarray, pair_vectors: np.ndarray | None, hashes: list[int],
+             exclude: pa.Table | None, exclude_vectors: np.ndarray, exclude_hashes: list[int],
+             executor: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The query stage's outputs from the encoded examples: each example's k neighbours, and every
+    corpus row blocked as an exact (same stored hash) or near (cosine) duplicate of an example."""
+    rows = int(info["rows"])
+    k = min(int(options["k"]), rows)
+    factor = max(1, int(options["rerank_factor"])) if infos["kind"] == "ivf_pq" else 1
+    pairs = top_k_per_query(exact_pairs(vectors, index, min(k * factor, rows), store), k)
+    dedup_k, threshold = min(int(options["dedup_k"]) * factor, rows), float(options["dedup_threshold"])
+    blocked = merge_blocked(*hash_duplicates([("adaptation", hashes), ("exclude", exclude_hashes)], store, executor),
+                            near_duplicates(vectors, index, dedup_k, threshold, "adaptation", store),
+                            near_duplicates(exclude_vectors, index, dedup_k, threshold, "exclude", store))
+    candidates = aggregate_candidates(pairs, blocked)
+    adaptation = adaptation.add_column(0, "query_idx", pa.array(np.arange(len(vectors)), pa.int32()))
+    return {"adaptation": adaptation, "vectors": vectors, "pair_vectors": pair_vectors, "exclude": exclude,
+            "pairs": pairs, "blocked": blocked, "candidates": candidates, "k": k,
+            "exclude_rows": len(exclude_hashes)}
 
 
 class QueryStage(Stage):
@@ -170,11 +222,16 @@ class QueryStage(Stage):
                           "exclude": _signature(options["exclude"], "auto")})
         optional = (["exclude.parquet"] if options["exclude"] else []) + (["adaptation.pair.npy"] if info.get("pair_column") else [])
         return Plan(fp, tuple(work.query / name for name in [*TABLES, *optional]), options,
-                    {"store": store, "info": info, "index": index, "infos": infos})
+                    {"store": store, "info": info, "index": index, "infos": infos},
+                    {"index": index_record["fingerprint"]} if index_record else {})
 
     def compute(self, plan: Plan) -> dict[str, Any]:
         options, store, info = plan.recorded, plan.inputs["store"], plan.inputs["info"]
         index, infos = plan.inputs["index"], plan.inputs["infos"]
+        if info.get("modality") == "image":
+            from albat.pipeline.image_query import compute_image_query
+
+            return compute_image_query(options, self.config, store, info, index, infos)
         encoder = encoder_from_identity(info["encoder"], device=options["device"])
         if options.get("encoder"):
             encoder = TextEncoder(name=options["encoder"], dtype=encoder.dtype, backend=encoder.backend,
@@ -184,31 +241,28 @@ class QueryStage(Stage):
 
         max_bytes = int(self.config["embed"].get("max_text_bytes") or 0)
         pair_column = (options["pair_column"] or info.get("pair_column")) if info.get("pair_column") else None
+        template = store.chat_template
         adaptation, texts = _read_examples(options["adaptation"], options["text_column"], options["format"], max_bytes,
-                                           "--adaptation-text-column", pair_column)
+                                           "--adaptation-text-column", pair_column, template, all_columns=True)
         if not texts:
             raise AlbatError(f"{', '.join(options['adaptation'])}: zero adaptation examples; give at least one")
+        if self.config["emit"]["include_adaptation"]:  # emit casts them to the backbone's types: refuse a misfit now
+            try:
+                adaptation_columns(adaptation, store.user_schema(), info["text_column"], options["text_column"], template)
+            except AlbatError as exc:
+                raise AlbatError(f"{', '.join(options['adaptation'])}: {exc} (or pass --no-adaptation)") from None
         exclude, exclude_texts = (_read_examples(options["exclude"], options["exclude_text_column"], "auto", max_bytes,
-                                                 "--exclude-text-column")
+                                                 "--exclude-text-column", chat_template=template)
                                   if options["exclude"] else (None, []))
-        vectors = encoder.encode(texts)
-        exclude_vectors = encoder.encode(exclude_texts)
-        pair_vectors = encoder.encode(adaptation.column(pair_column).to_pylist()) if pair_column else None
+        pair_texts = as_texts(adaptation.column(pair_column), template) if pair_column else []
+        with progress_bar(total=len(texts) + len(exclude_texts) + len(pair_texts), desc="query: encode") as bar:
+            vectors = encoder.encode(texts, bar.update)
+            exclude_vectors = encoder.encode(exclude_texts, bar.update)
+            pair_vectors = encoder.encode(pair_texts, bar.update) if pair_column else None
 
-        rows = int(info["rows"])
-        k = min(int(options["k"]), rows)
-        factor = max(1, int(options["rerank_factor"])) if infos["kind"] == "ivf_pq" else 1
-        pairs = top_k_per_query(exact_pairs(vectors, index, min(k * factor, rows), store), k)
-        dedup_k, threshold = min(int(options["dedup_k"]) * factor, rows), float(options["dedup_threshold"])
-        blocked = merge_blocked(exact_duplicates(texts, store, "adaptation"),
-                                exact_duplicates(exclude_texts, store, "exclude"),
-                                near_duplicates(vectors, index, dedup_k, threshold, "adaptation", store),
-                                near_duplicates(exclude_vectors, index, dedup_k, threshold, "exclude", store))
-        candidates = aggregate_candidates(pairs, blocked)
-        adaptation = adaptation.add_column(0, "query_idx", pa.array(np.arange(len(texts)), pa.int32()))
-        return {"adaptation": adaptation, "vectors": vectors, "pair_vectors": pair_vectors, "exclude": exclude,
-                "pairs": pairs, "blocked": blocked, "candidates": candidates, "k": k,
-                "exclude_rows": len(exclude_texts)}
+        return retrieve(options, store, info, index, infos, adaptation, vectors, pair_vectors,
+                        [text_hash(t) for t in texts], exclude, exclude_vectors, [text_hash(t) for t in exclude_texts],
+                        executor_settings(self.config))
 
     def write(self, plan: Plan, computed: dict[str, Any]) -> dict[str, Any]:
         c = computed

@@ -10,26 +10,31 @@ store, its shard names and bytes are those of the local executor, a shard with a
 is skipped by either executor, and a run killed under one resumes under the other. The driver
 writes `store.json` before the first task and the id lookup files and `complete` after the last.
 Workers must see the work directory at the same path (one machine, or a shared file system).
+
+`map_shards_on_ray` runs a per-shard function of the corpus scans (the query stage's exact
+duplicates, dsir's two passes; `pipeline.shard_map`) as Ray Data tasks, one shard a row; each
+result travels back as .npz bytes and the driver combines them in shard order.
 """
 from __future__ import annotations
 
+import io
 from dataclasses import asdict
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from pipeline.shards import ShardTask
-from stores.corpus import CorpusSpec
-from stores.errors import AlbatError
+from albat.pipeline.shards import ShardTask
+from albat.stores.corpus import CorpusSpec
+from albat.stores.errors import AlbatError
 
 
 class EncoderActor:
     """A Ray Data callable class: one encoder per actor, one shard task per batch row."""
 
     def __init__(self, spec: dict[str, Any], encoder: dict[str, Any], store_root: str, batch_size: int, threads: int):
-        from pipeline.encoders import TextEncoder
-        from pipeline.threads import set_threads
-        from stores.embedding_store import EmbeddingStore
+        from albat.pipeline.encoders import TextEncoder
+        from albat.pipeline.threads import set_threads
+        from albat.stores.embedding_store import EmbeddingStore
 
         set_threads(threads)
         self.spec = CorpusSpec(**spec)
@@ -38,8 +43,8 @@ class EncoderActor:
         self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from pipeline.embed import embed_task
-        from stores.faults import crash_point
+        from albat.pipeline.embed import embed_task
+        from albat.stores.faults import crash_point
 
         shards, rows, encoded = [], [], []
         for text in batch["task"]:
@@ -87,3 +92,40 @@ def embed_on_ray(tasks: list[ShardTask], spec: CorpusSpec, encoder: dict[str, An
                                "batch_size": int(options["batch_size"]), "threads": int(options["threads"])})
     for row in dataset.iter_rows():
         yield int(row["shard"]), int(row["rows"]), int(row["encoded"])
+
+
+def pack(arrays: dict[str, np.ndarray]) -> bytes:
+    """A shard's result as .npz bytes (read back with allow_pickle=False: arrays only)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    return buffer.getvalue()
+
+
+def unpack(blob: bytes) -> dict[str, np.ndarray]:
+    buffer = io.BytesIO(blob)
+    with np.load(buffer, allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def _shard_batch(batch: dict[str, np.ndarray], fn: Callable[..., dict[str, np.ndarray]], store_root: str,
+                 kwargs: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A Ray Data batch function: `fn(store, shard, **kwargs)` for each shard index in the batch."""
+    from albat.stores.embedding_store import EmbeddingStore
+
+    store = EmbeddingStore(store_root)
+    shards = [int(s) for s in batch["shard"]]
+    return {"shard": np.array(shards, np.int64),
+            "payload": np.array([pack(fn(store, shard, **kwargs)) for shard in shards], dtype=object)}
+
+
+def map_shards_on_ray(fn: Callable[..., dict[str, np.ndarray]], store_root: str, shards: list[int],
+                      kwargs: dict[str, Any], executor: dict[str, Any]) -> list[tuple[int, dict[str, np.ndarray]]]:
+    """`fn` over each shard as Ray Data tasks (`from_items(shards).map_batches(...)`, one shard a
+    row); the results in shard order whatever order the tasks finished in."""
+    ray = start_ray(executor["ray_address"], int(executor["ray_cpus"]))
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    dataset = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards)).map_batches(
+        _shard_batch, batch_size=1, num_cpus=1,
+        fn_kwargs={"fn": fn, "store_root": store_root, "kwargs": kwargs})
+    results = {int(row["shard"]): unpack(row["payload"]) for row in dataset.iter_rows()}
+    return [(shard, results[shard]) for shard in shards]

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-from stores.atomic import atomic_path
-from stores.errors import AlbatError
-from stores.shard_store import MANIFEST
-from stores.views import connect, fetch_table, work_views
-from stores.workdir import Workdir
+from albat.stores.atomic import atomic_path
+from albat.stores.errors import AlbatError
+from albat.stores.shard_store import MANIFEST
+from albat.stores.views import connect, fetch_table, work_views
+from albat.stores.workdir import Workdir
 
 
 def check_read_only(con, sql: str) -> None:
@@ -42,7 +43,7 @@ def check_out_path(work: Workdir, out: str) -> Path:
         inside = os.path.realpath(folder)
         if real == inside or real.startswith(inside + os.sep):
             raise AlbatError(f"{out}: inside {folder}, one of albat's own folders; write --out outside the store, "
-                             "index, query, filter, _stages and output folders")
+                             "index, tasks, query, filter, _stages and output folders")
     root = os.path.realpath(work.root)
     if os.path.dirname(real) == root and os.path.basename(real).startswith("."):
         raise AlbatError(f"{out}: a hidden name inside {work.root}, where albat stages its writes; choose another "
@@ -51,7 +52,8 @@ def check_out_path(work: Workdir, out: str) -> Path:
 
 
 def _emitted_sets(work: Workdir) -> list[Path]:
-    """The output set of the last emit, and any folder of the work directory holding a manifest."""
+    """The output set of the last emit, and any folder of the work directory holding a manifest
+    (the earlier layout's sets beside the store; every task's lie inside WORK/tasks, albat's own)."""
     sets = {work.output}
     if work.root.is_dir():
         sets.update(p.parent for p in work.root.glob(f"*/{MANIFEST}"))
@@ -70,11 +72,40 @@ def check_csv_columns(table, out: str) -> None:
                              f"(CAST({field.name} AS VARCHAR))")
 
 
-def run_sql(work_dir: str | Path, sql: str, out: str | None = None) -> str:
-    """Run one read-only query; print it as a table, or write CSV/Parquet (by suffix) to `out`."""
+def _failed(exc: Exception, work: Workdir) -> AlbatError:
+    views = ", ".join(work_views(work)) or "none yet"
+    return AlbatError(f"query failed: {str(exc).splitlines()[0]}; query the work directory's views ({views})")
+
+
+def query_table(work_dir: str | Path, sql: str, tables: dict[str, Any] | None = None, task: str = "default"):
+    """One read-only query over the work directory's views, as a pyarrow Table (the Python API);
+    `tables`: more views, name -> a pyarrow Table or pandas DataFrame in memory."""
     import duckdb
 
-    work = Workdir(work_dir)
+    work = Workdir(work_dir, task=task)
+    if work.root.exists():
+        work.require_task()
+    con = connect(work)
+    try:
+        for name, table in (tables or {}).items():
+            con.register(name, table)
+        check_read_only(con, sql)
+        try:
+            return fetch_table(con, sql)
+        except duckdb.Error as exc:
+            raise _failed(exc, work) from None
+    finally:
+        con.close()
+
+
+def run_sql(work_dir: str | Path, sql: str, out: str | None = None, task: str = "default") -> str:
+    """Run one read-only query over the shared store and one task's tables; print it as a table, or
+    write CSV/Parquet (by suffix) to `out` (Parquet keeps nested columns; CSV refuses them)."""
+    import duckdb
+
+    work = Workdir(work_dir, task=task)
+    if work.root.exists():
+        work.require_task()
     con = connect(work)
     try:
         check_read_only(con, sql)
@@ -98,8 +129,6 @@ def run_sql(work_dir: str | Path, sql: str, out: str | None = None) -> str:
             relation = con.sql(sql)
             return str(relation) if relation is not None else ""
         except duckdb.Error as exc:
-            views = ", ".join(work_views(work)) or "none yet"
-            raise AlbatError(f"query failed: {str(exc).splitlines()[0]}; query the work directory's views "
-                             f"({views})") from None
+            raise _failed(exc, work) from None
     finally:
         con.close()

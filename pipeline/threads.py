@@ -44,8 +44,10 @@ NO_TORCH_METHODS = {"none", "random", "knn", "dsir", "classifier"}
 
 
 def filter_threads(options: dict[str, Any]) -> int | None:
-    """Threads for a selection method: all cores for the lm surrogate, `SMALL_OP_THREADS` for the
-    other torch work, None for methods that never touch torch."""
+    """Threads for a selection method: `threads` when set, else all cores for the lm surrogate and
+    `SMALL_OP_THREADS` for the other torch work; None for methods that never touch torch."""
     if options.get("method") in NO_TORCH_METHODS:
         return None
+    if options.get("threads") is not None:
+        return int(options["threads"])
     return 0 if options.get("surrogate") == "lm" else SMALL_OP_THREADS

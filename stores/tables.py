@@ -7,9 +7,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stores.atomic import atomic_path
-from stores.errors import AlbatError
-from stores.faults import output_file
+from albat.stores.atomic import atomic_path
+from albat.stores.errors import AlbatError
+from albat.stores.faults import output_file
 
 
 def write_table(table: pa.Table, path: Path) -> None:

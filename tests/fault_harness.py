@@ -10,10 +10,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from stores.faults import KILL_ENV, TRACE_ENV
+from albat.stores.faults import KILL_ENV, TRACE_ENV
 
-PRELOAD = ["torch", "sentence_transformers", "faiss", "duckdb", "pipeline.cli", "pipeline.embed",
-           "pipeline.index", "pipeline.query", "pipeline.filter", "pipeline.emit", "pipeline.verify"]
+PRELOAD = ["torch", "sentence_transformers", "faiss", "duckdb", "albat.pipeline.cli", "albat.pipeline.embed",
+           "albat.pipeline.index", "albat.pipeline.query", "albat.pipeline.filter", "albat.pipeline.emit", "albat.pipeline.verify"]
 
 
 @dataclass
@@ -29,7 +29,7 @@ def _child(argv: list[str], env: dict[str, str], log: str) -> None:
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
-    from pipeline.cli import main
+    from albat.pipeline.cli import main
 
     code = main(argv)
     sys.stdout.flush()

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline.methods.base import SelectionRequest
-from pipeline.query import aggregate_candidates, merge_blocked
-from stores.embedding_store import ID, EmbeddingStore
+from albat.pipeline.methods.base import SelectionRequest
+from albat.pipeline.query import aggregate_candidates, merge_blocked
+from albat.stores.embedding_store import ID, EmbeddingStore
 
 
 def make_store(root: Path, ids: list[int], texts: list[str], vectors: np.ndarray, shard_rows: int) -> EmbeddingStore:

@@ -50,14 +50,14 @@ def run_dir(request: pytest.FixtureRequest, small_wiki: SmallWiki, tmp_path_fact
 
 
 def _objective(run_dir: Path) -> str:
-    return json.loads((run_dir / "output" / "manifest.json").read_text())["selection"].get("objective", "v1")
+    return json.loads((run_dir / "tasks/default/output" / "manifest.json").read_text())["selection"].get("objective", "v1")
 
 
 def test_v2_explains_every_decision_by_its_marginal_gain(run_dir: Path) -> None:
     if _objective(run_dir) != "v2":
         pytest.skip("v1 run")
-    selection = pq.read_table(run_dir / "filter" / "selection.parquet").to_pandas()
-    candidates = pq.read_table(run_dir / "query" / "candidates.parquet").to_pandas()
+    selection = pq.read_table(run_dir / "tasks/default/filter" / "selection.parquet").to_pandas()
+    candidates = pq.read_table(run_dir / "tasks/default/query" / "candidates.parquet").to_pandas()
     assert sorted(selection["id"]) == sorted(candidates["candidate_id"])
     kept = selection[selection["keep"]].sort_values("selection_rank")
     assert len(kept) == BUDGET and (kept["delta_loss"] <= 0).all()  # τ = 0, and v2 fills the budget
@@ -72,15 +72,15 @@ def test_v2_explains_every_decision_by_its_marginal_gain(run_dir: Path) -> None:
     cut = kept["marginal_gain"].iloc[-1]
     assert (valid["marginal_gain"] <= cut + 1e-9).all()  # nobody left out beat the last kept gain
     assert valid["reason"].str.startswith("rejected: budget filled").all()
-    report = json.loads((run_dir / "output" / "manifest.json").read_text())["selection"]
+    report = json.loads((run_dir / "tasks/default/output" / "manifest.json").read_text())["selection"]
     assert report["final_variance"] < report["risk_at_empty"] and report["rank"] >= 1
 
 
 def test_every_candidate_is_scored_and_explained(run_dir: Path) -> None:
     if _objective(run_dir) != "v1":
         pytest.skip("v2 run")
-    selection = pq.read_table(run_dir / "filter" / "selection.parquet").to_pandas()
-    candidates = pq.read_table(run_dir / "query" / "candidates.parquet").to_pandas()
+    selection = pq.read_table(run_dir / "tasks/default/filter" / "selection.parquet").to_pandas()
+    candidates = pq.read_table(run_dir / "tasks/default/query" / "candidates.parquet").to_pandas()
     assert sorted(selection["id"]) == sorted(candidates["candidate_id"])
     for column in ("delta_loss", "grad_norm", "curvature", "loss_initial", "loss_adapted"):
         assert column in selection
@@ -100,7 +100,7 @@ def test_every_candidate_is_scored_and_explained(run_dir: Path) -> None:
 def test_manifest_records_the_method_report(run_dir: Path) -> None:
     if _objective(run_dir) != "v1":
         pytest.skip("v2 run")
-    manifest = json.loads((run_dir / "output" / "manifest.json").read_text())
+    manifest = json.loads((run_dir / "tasks/default/output" / "manifest.json").read_text())
     assert manifest["method"] == "albat" and manifest["seed"] == 3
     report = manifest["selection"]
     assert report["tau"] == 0.0 and report["epsilon"] == 1.0 and report["gradient_bound"] > 0
@@ -110,10 +110,10 @@ def test_manifest_records_the_method_report(run_dir: Path) -> None:
 
 
 def test_same_seed_same_selection(run_dir: Path) -> None:
-    before = pq.read_table(run_dir / "filter" / "selection.parquet")
-    (run_dir / "_stages" / "filter.json").unlink()
+    before = pq.read_table(run_dir / "tasks/default/filter" / "selection.parquet")
+    (run_dir / "tasks/default/_stages" / "filter.json").unlink()
     assert albat("filter", "--config", run_dir.parent / "run.toml", "--quiet") == 0
-    assert pq.read_table(run_dir / "filter" / "selection.parquet").to_pandas().equals(before.to_pandas())
+    assert pq.read_table(run_dir / "tasks/default/filter" / "selection.parquet").to_pandas().equals(before.to_pandas())
 
 
 def test_verify_checks_the_pair_vectors(run_dir: Path, capsys: pytest.CaptureFixture) -> None:

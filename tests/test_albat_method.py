@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.methods.albat import BUDGET, INVALID_GRADIENT, INVALID_LOSS, KEPT, explain, proposition_filter, set_drift
-from pipeline.methods.gradalign import gradient_alignment
-from pipeline.methods.ranked import top_scores
+from albat.pipeline.methods.albat import BUDGET, INVALID_GRADIENT, INVALID_LOSS, KEPT, explain, proposition_filter, set_drift
+from albat.pipeline.methods.gradalign import gradient_alignment
+from albat.pipeline.methods.ranked import top_scores
 
 
 def test_validity_by_loss_rejects_examples_adaptation_makes_worse():
@@ -95,7 +95,7 @@ def test_filter_never_exceeds_the_budget(budget):
 
 
 def test_default_tau_leaves_validity_to_the_set_bound():
-    from pipeline.methods.base import get_method
+    from albat.pipeline.methods.base import get_method
 
     tau = get_method("albat").options["tau"]
     assert tau == float("inf")

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import SmallWiki, albat, write_config
 
-from pipeline.methods.auto import (MethodScores, assign_folds, augmentation_verdict, choose, fold_budget,
+from albat.pipeline.methods.auto import (MethodScores, assign_folds, augmentation_verdict, choose, fold_budget,
                                    fold_budgets, fold_request, heldout_scores, parse_methods, split_options)
-from stores.errors import AlbatError
+from albat.stores.errors import AlbatError
 
 
 def test_folds_are_balanced_seeded_and_cover_every_row() -> None:
@@ -67,7 +67,7 @@ def test_options_split_by_method_prefix() -> None:
 
 
 def test_fold_request_keeps_only_the_training_rows_pairs() -> None:
-    from pipeline.methods.base import SelectionRequest
+    from albat.pipeline.methods.base import SelectionRequest
 
     pairs = pa.table({"query_idx": pa.array([0, 0, 1, 2, 2], pa.int32()), "candidate_id": pa.array([10, 11, 11, 12, 13], pa.int64()),
                       "rank": pa.array([0, 1, 0, 0, 1], pa.int32()), "similarity": pa.array([.9, .8, .7, .6, .5], pa.float32())})
@@ -85,7 +85,7 @@ def test_fold_request_keeps_only_the_training_rows_pairs() -> None:
 def test_heldout_scores_by_hand() -> None:
     import torch
 
-    from pipeline.surrogates.contrastive import Pairs
+    from albat.pipeline.surrogates.contrastive import Pairs
 
     e = np.eye(4, dtype=np.float32)
     held = Pairs(e[:2], e[:2])  # each query is its own document: rank 0
@@ -132,7 +132,7 @@ bank_size = 32
 
 
 def test_run_auto_records_the_choice_table(auto_run: Path) -> None:
-    manifest = json.loads((auto_run / "output" / "manifest.json").read_text())
+    manifest = json.loads((auto_run / "tasks/default/output" / "manifest.json").read_text())
     assert manifest["method"] == "auto"
     auto = manifest["selection"]["auto"]
     names = [row["method"] for row in auto["table"]]
@@ -145,7 +145,7 @@ def test_run_auto_records_the_choice_table(auto_run: Path) -> None:
     assert auto["choice"] == best["method"] and auto["seed"] == 5 and auto["folds"] == 2
     assert auto["verdict"]["best"] == auto["choice"]
     assert auto["fold_budgets"] == [6, 6]  # 8 adaptation examples, folds of 4
-    selection = pq.read_table(auto_run / "filter" / "selection.parquet").to_pandas()
+    selection = pq.read_table(auto_run / "tasks/default/filter" / "selection.parquet").to_pandas()
     kept = selection[selection["keep"]]
     assert len(kept) == (0 if auto["choice"] == "none" else BUDGET)
     assert selection["reason"].str.endswith(f"(auto chose {auto['choice']}: mean held-out mrr "
@@ -153,13 +153,13 @@ def test_run_auto_records_the_choice_table(auto_run: Path) -> None:
 
 
 def test_run_auto_is_deterministic(auto_run: Path) -> None:
-    before = json.loads((auto_run / "output" / "manifest.json").read_text())["selection"]["auto"]["table"]
-    selection = pq.read_table(auto_run / "filter" / "selection.parquet").to_pandas()
-    (auto_run / "_stages" / "filter.json").unlink()
+    before = json.loads((auto_run / "tasks/default/output" / "manifest.json").read_text())["selection"]["auto"]["table"]
+    selection = pq.read_table(auto_run / "tasks/default/filter" / "selection.parquet").to_pandas()
+    (auto_run / "tasks/default/_stages" / "filter.json").unlink()
     assert albat("filter", "--config", auto_run.parent / "run.toml", "--quiet") == 0
-    record = json.loads((auto_run / "_stages" / "filter.json").read_text())["summary"]["auto"]["table"]
+    record = json.loads((auto_run / "tasks/default/_stages" / "filter.json").read_text())["summary"]["auto"]["table"]
     assert [r["fold_scores"] for r in record] == [r["fold_scores"] for r in before]
-    assert pq.read_table(auto_run / "filter" / "selection.parquet").to_pandas().equals(selection)
+    assert pq.read_table(auto_run / "tasks/default/filter" / "selection.parquet").to_pandas().equals(selection)
 
 
 def test_unknown_candidate_option_is_an_error(auto_run: Path, capsys: pytest.CaptureFixture) -> None:
@@ -170,7 +170,7 @@ def test_unknown_candidate_option_is_an_error(auto_run: Path, capsys: pytest.Cap
 
 
 def test_recommend_needs_a_helping_cell() -> None:
-    from pipeline.diagnose import default_budgets, recommend
+    from albat.pipeline.diagnose import default_budgets, recommend
 
     rows = [{"budget": 4, "lambda": 1.0, "best": "knn", "best_mean": 0.6, "helps": True},
             {"budget": 16, "lambda": 1.0, "best": "dsir", "best_mean": 0.7, "helps": True},
@@ -193,7 +193,7 @@ def test_diagnose_prints_the_choice_table_and_a_prediction(auto_run: Path, capsy
     report = json.loads(out.read_text())
     assert [(g["budget"], g["lambda"]) for g in report["grid"]] == [(4, 1.0), (BUDGET, 1.0)]
     # the same folds, seed and options as the auto run: the same fold scores
-    auto = json.loads((auto_run / "output" / "manifest.json").read_text())["selection"]["auto"]["table"]
+    auto = json.loads((auto_run / "tasks/default/output" / "manifest.json").read_text())["selection"]["auto"]["table"]
     at_budget = next(t["table"] for t in report["tables"] if t["budget"] == BUDGET)
     assert [r["fold_scores"] for r in at_budget] == [r["fold_scores"] for r in auto]
     assert report["prediction"]["helps"] == any(g["helps"] for g in report["grid"])

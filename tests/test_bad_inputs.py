@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import SmallWiki, albat, finished_small_run, make_tiny_encoder
 
-from stores.workdir import Workdir
+from albat.stores.workdir import Workdir
 
 
 @dataclass
@@ -80,7 +80,7 @@ class Ctx:
     def store_then_swap_encoder(self, replacement: str) -> tuple[Path, list[object]]:
         """Embed and index a small store with a private copy of the tiny encoder, then put another
         model at that path; returns the encoder path and the query command."""
-        from pipeline.encoder_backends import load_backend
+        from albat.pipeline.encoder_backends import load_backend
 
         encoder, work = self.tmp / "encoder", self.tmp / "w"
         shutil.copytree(self.encoder, encoder)
@@ -214,7 +214,7 @@ def missing_input(c: Ctx) -> Case:
 
 
 def unknown_suffix(c: Ctx) -> Case:
-    path = c.file("corpus.csv", "text\nhello\n")
+    path = c.file("corpus.xml", "<doc>hello</doc>\n")
     return Case(c.embed(path), [str(path), "cannot tell the format"], "pass --format", c.fresh)
 
 
@@ -291,14 +291,14 @@ def config_output_absolute_elsewhere(c: Ctx) -> Case:
 def config_output_through_a_symlink_out(c: Ctx) -> Case:
     work = c.copy()
     (c.tmp / "outside").mkdir()
-    (work / "link").symlink_to(c.tmp / "outside")
+    (work / "tasks" / "default" / "link").symlink_to(c.tmp / "outside")  # emit.output lies in the task's folder
     config = c.config_file(f'work = "{work}"\n[emit]\noutput = "link/set"\n')
     return Case(["emit", "--config", config, "--quiet"], [str(config), "'link/set'", "not inside"],
                 "give a relative name", work)
 
 
-def config_output_onto_the_store(c: Ctx) -> Case:
-    return Case(c.on_built("emit", "--output", "store"), ["--output", "emit.output 'store'", "albat's own folder"],
+def config_output_onto_the_query_tables(c: Ctx) -> Case:
+    return Case(c.on_built("emit", "--output", "query"), ["--output", "emit.output 'query'", "albat's own folder"],
                 "give a relative name", c.tmp / "w")
 
 
@@ -376,7 +376,7 @@ def query_before_embed(c: Ctx) -> Case:
 
 
 def emit_before_filter(c: Ctx) -> Case:
-    return Case(["emit", "--work", c.fresh, "--quiet"], [str(c.fresh / "filter")], "run `albat filter` first", c.fresh)
+    return Case(["emit", "--work", c.fresh, "--quiet"], [str(c.fresh / "tasks/default/filter")], "run `albat filter` first", c.fresh)
 
 
 def a_second_writer(c: Ctx) -> Case:
@@ -444,6 +444,12 @@ def value_holding_line_breaks(c: Ctx) -> Case:
                 "drop --index-key", c.tmp / "w")
 
 
+def path_holding_a_nul(c: Ctx) -> Case:
+    """Found by tests/test_properties.py: the OS refuses a NUL in a path deep inside (ValueError)."""
+    return Case(c.on_built("emit", "--output", "out\x00put"), ["emit.output", "out\\u0000put", "NUL character"],
+                "give a string", c.tmp / "w")
+
+
 # ----- ids that do not fit int64 -----------------------------------------------------------------
 def uint64_id_beyond_int64(c: Ctx) -> Case:
     rows = [{**r, "id": i} for i, r in enumerate(c.rows())]
@@ -472,53 +478,46 @@ def _flip_byte(path: Path, offset: int) -> None:
     path.write_bytes(bytes(data))
 
 
-def query_on_a_flipped_store_shard(c: Ctx) -> Case:
-    argv = c.on_built("query", "--k", 4)
-    shard = c.tmp / "w" / "store/shards/part-00002.emb.npy"
-    _flip_byte(shard, 300)
-    return Case(argv, [str(shard), "SHA-256 differs"], "rerun `albat embed`", c.tmp / "w")
+def _truncate(path: Path, keep: int) -> None:
+    path.write_text(path.read_text()[:keep])
 
 
-def query_on_a_changed_metadata_shard(c: Ctx) -> Case:
-    argv = c.on_built("query", "--k", 4)
-    meta = c.tmp / "w" / "store/shards/part-00001.meta.parquet"
-    shutil.copy(c.tmp / "w" / "store/shards/part-00000.meta.parquet", meta)
-    return Case(argv, [str(meta), "SHA-256 differs"], "rerun `albat embed`", c.tmp / "w")
+# name -> (stage and flags run on a finished copy, the file damaged, how, words of the error, its fix)
+DAMAGED: dict[str, tuple[tuple, str, Callable[[Path], None], str, str]] = {
+    "query_on_a_flipped_store_shard": (("query", "--k", 4), "store/shards/part-00002.emb.npy",
+                                       lambda p: _flip_byte(p, 300), "SHA-256 differs", "rerun `albat embed`"),
+    "query_on_a_changed_metadata_shard": (("query", "--k", 4), "store/shards/part-00001.meta.parquet",
+                                          lambda p: shutil.copy(p.with_name("part-00000.meta.parquet"), p),
+                                          "SHA-256 differs", "rerun `albat embed`"),
+    "index_on_a_truncated_store_json": (("index", "--recall-k", 5), "store/store.json", lambda p: _truncate(p, 50),
+                                        "damaged", "run `albat embed`"),
+    "query_on_a_flipped_index_file": (("query", "--k", 4), "index/knn.index",
+                                      lambda p: _flip_byte(p, p.stat().st_size // 2), "SHA-256 differs",
+                                      "rerun `albat index`"),
+    "query_on_truncated_index_infos": (("query", "--k", 4), "index/index_infos.json", lambda p: _truncate(p, 30),
+                                       "damaged", "rerun `albat index`"),
+    "emit_on_a_flipped_metadata_shard": (("emit", "--backbone-weight", 0.5), "store/shards/part-00003.meta.parquet",
+                                         lambda p: _flip_byte(p, 100), "SHA-256 differs", "rerun `albat embed`"),
+}
 
 
-def index_on_a_truncated_store_json(c: Ctx) -> Case:
-    argv = c.on_built("index", "--recall-k", 5)
-    info = c.tmp / "w" / "store/store.json"
-    info.write_text(info.read_text()[:50])
-    return Case(argv, [str(info), "damaged"], "run `albat embed`", c.tmp / "w")
+def _damaged_case(name: str) -> Callable[[Ctx], Case]:
+    stage_flags, relative, damage, words, fix = DAMAGED[name]
 
+    def make(c: Ctx) -> Case:
+        argv = c.on_built(*stage_flags)
+        damage(c.tmp / "w" / relative)
+        return Case(argv, [str(c.tmp / "w" / relative), words], fix, c.tmp / "w")
 
-def query_on_a_flipped_index_file(c: Ctx) -> Case:
-    argv = c.on_built("query", "--k", 4)
-    index = c.tmp / "w" / "index/knn.index"
-    _flip_byte(index, len(index.read_bytes()) // 2)
-    return Case(argv, [str(index), "SHA-256 differs"], "rerun `albat index`", c.tmp / "w")
-
-
-def query_on_truncated_index_infos(c: Ctx) -> Case:
-    argv = c.on_built("query", "--k", 4)
-    infos = c.tmp / "w" / "index/index_infos.json"
-    infos.write_text(infos.read_text()[:30])
-    return Case(argv, [str(infos), "damaged"], "rerun `albat index`", c.tmp / "w")
+    make.__name__ = name
+    return make
 
 
 def filter_after_a_truncated_query_record(c: Ctx) -> Case:
     argv = c.on_built("filter", "--budget", 5)
-    record = c.tmp / "w" / "_stages/query.json"
-    record.write_text(record.read_text()[:20])
-    return Case(argv, [str(c.tmp / "w" / "query"), "no completed query stage"], "run `albat query`", c.tmp / "w")
-
-
-def emit_on_a_flipped_metadata_shard(c: Ctx) -> Case:
-    argv = c.on_built("emit", "--backbone-weight", 0.5)
-    meta = c.tmp / "w" / "store/shards/part-00003.meta.parquet"
-    _flip_byte(meta, 100)
-    return Case(argv, [str(meta), "SHA-256 differs"], "rerun `albat embed`", c.tmp / "w")
+    _truncate(c.tmp / "w" / "tasks/default/_stages/query.json", 20)
+    return Case(argv, [str(c.tmp / "w" / "tasks/default/query"), "no completed query stage"], "run `albat query`",
+                c.tmp / "w")
 
 
 # ----- sql --out and verify ------------------------------------------------------------------------
@@ -538,7 +537,7 @@ def sql_out_into_the_stage_records(c: Ctx) -> Case:
 
 def sql_out_into_the_emitted_set(c: Ctx) -> Case:
     work = c.copy()
-    target = work / "output/part-00009.parquet"
+    target = work / "tasks/default/output/data/part-00009.parquet"
     return Case(["sql", work, "SELECT * FROM shards", "--out", target], [str(target), "albat's own folders"],
                 "write --out outside", work)
 
@@ -584,6 +583,86 @@ def lone_surrogate_in_an_adaptation_set(c: Ctx) -> Case:
                 c.tmp / "w")
 
 
+# ----- the formats corpora ship in (stores.sources; tests/test_readers.py) ----------------------------
+def txt_format_on_a_csv(c: Ctx) -> Case:
+    """Read line by line, the header would be embedded as an example."""
+    path = c.file("corpus.csv", "text,label\nhello,a\n")
+    return Case(c.embed(path, extra=("--format", "txt")), [str(path), "embed its header"], "pass --format csv", c.fresh)
+
+
+def csv_row_with_too_many_fields(c: Ctx) -> Case:
+    path = c.file("corpus.csv", "id,text\n1,fine\n2,one,extra\n")
+    return Case(c.embed(path), [str(path), "expected 2 columns, found 3"], "fix that row's quoting", c.fresh)
+
+
+def csv_quote_never_closed(c: Ctx) -> Case:
+    path = c.file("corpus.csv", 'id,text\n1,fine\n2,"opened\n3,and swallowed\n')
+    return Case(c.embed(path), [f"{path} row 1", "never closed"], "close that quote", c.fresh)
+
+
+def csv_without_the_text_column(c: Ctx) -> Case:
+    path = c.file("corpus.tsv", "id\tbody\n1\thello\n")
+    return Case(c.embed(path), [str(path), "no column 'text' (columns: id, body)"], "pass --text-column", c.fresh)
+
+
+def truncated_gzip_jsonl(c: Ctx) -> Case:
+    import gzip
+
+    data = gzip.compress("".join(f'{{"text": "row {i} {"x" * 40}"}}\n' for i in range(400)).encode())
+    path = c.file("corpus.jsonl.gz", data[: len(data) // 2])
+    return Case(c.embed(path), [f"{path} line", "truncated or corrupt"], "re-download or re-compress", c.fresh)
+
+
+def zstd_that_is_not_zstd(c: Ctx) -> Case:
+    path = c.file("corpus.jsonl.zst", '{"text": "plain, not compressed"}\n')
+    return Case(c.embed(path), [f"{path} line 1", "truncated or corrupt"], "re-download or re-compress", c.fresh)
+
+
+def compressed_parquet(c: Ctx) -> Case:
+    path = c.file("corpus.parquet.gz", b"\x1f\x8b")
+    return Case(c.embed(path), [str(path), "compressed inside"], "decompress the file", c.fresh)
+
+
+def url_that_does_not_exist(c: Ctx) -> Case:
+    url = f"memory://albat-bad-inputs-{c.tmp.name}/missing.jsonl"
+    return Case(c.embed(url), [url, "no such file or folder"], "check the input URL", c.fresh)
+
+
+def url_scheme_without_a_file_system(c: Ctx) -> Case:
+    url = "nosuchscheme://bucket/corpus.jsonl"
+    return Case(c.embed(url), [url, "no file system for 'nosuchscheme://'"], "install the fsspec package", c.fresh)
+
+
+def hub_name_while_offline(c: Ctx) -> Case:
+    return Case(c.embed("hub:albat-test/not-cached"), ["hub:albat-test/not-cached", "HF_HUB_OFFLINE=1"],
+                "save_to_disk", c.fresh)
+
+
+def chat_messages_without_roles(c: Ctx) -> Case:
+    path = c.file("chat.jsonl", '{"messages": [{"speaker": "user", "text": "hi"}]}\n')
+    return Case(c.embed(path, extra=("--text-column", "messages")), [str(path), "'messages' holds list<"],
+                "a chat column (a list of {role, content} structs)", c.fresh)
+
+
+def empty_chat(c: Ctx) -> Case:
+    path = c.file("chat.jsonl", '{"messages": [{"role": "user", "content": "hi"}]}\n{"messages": []}\n')
+    return Case(c.embed(path, extra=("--text-column", "messages")), [f"{path} row 1", "empty text in column 'messages'"],
+                "--skip-empty", c.fresh)
+
+
+def adaptation_column_that_cannot_take_the_backbone_type(c: Ctx) -> Case:
+    """The built store keeps the corpus's integer `id`; adaptation rows with text ids cannot share it."""
+    path = c.file("adaptation.jsonl", '{"text": "an adaptation example", "id": "doc-7"}\n')
+    return Case(c.on_built("query", "--adaptation", path), [str(path), "adaptation column 'id' holds string",
+                                                            "holds int64"], "--no-adaptation", c.tmp / "w")
+
+
+def adaptation_column_named_like_albat_provenance(c: Ctx) -> Case:
+    path = c.file("adaptation.jsonl", '{"text": "an adaptation example", "albat_weight": 3.0}\n')
+    return Case(c.on_built("query", "--adaptation", path), [str(path), "column 'albat_weight' collides"],
+                "rename or drop it", c.tmp / "w")
+
+
 CASES = [empty_parquet, empty_jsonl, empty_text_file, wrong_text_column, wrong_id_column, wrong_keep_column,
          text_column_not_text, null_text, empty_text, null_text_in_a_later_shard, non_utf8_jsonl, non_utf8_text_file,
          ten_megabyte_document, duplicated_ids_across_files, truncated_parquet, ids_not_integers, null_id,
@@ -591,20 +670,24 @@ CASES = [empty_parquet, empty_jsonl, empty_text_file, wrong_text_column, wrong_i
          directory_without_corpus_files, column_named_like_albat_metadata, text_file_with_an_id_column,
          corpus_changed_under_a_store, force_with_a_truncated_corpus, config_unknown_key, config_invalid_toml,
          config_missing, config_section_not_a_table, config_output_outside_the_work_directory,
-         config_output_absolute_elsewhere, config_output_through_a_symlink_out, config_output_onto_the_store,
+         config_output_absolute_elsewhere, config_output_through_a_symlink_out, config_output_onto_the_query_tables,
          memory_budget_not_understood, zero_adaptation_examples, adaptation_text_column_missing,
          query_with_another_encoder, query_encoder_of_another_dimension, encoder_checkpoint_changed_under_its_name,
          index_from_another_store, budget_larger_than_the_pool, negative_budget, unknown_selection_method,
          malformed_method_option, zero_rows_per_output_shard, query_before_embed, emit_before_filter, a_second_writer,
          sql_that_writes, sql_reading_outside_the_work_directory, verify_without_a_work_directory,
          config_budget_a_word, config_budget_a_fraction, config_budget_a_boolean, zero_neighbours, backbone_weight_nan,
-         dedup_threshold_above_one, method_option_out_of_range, value_holding_line_breaks, uint64_id_beyond_int64, json_id_beyond_uint64,
-         json_id_below_int64, query_on_a_flipped_store_shard, query_on_a_changed_metadata_shard,
-         index_on_a_truncated_store_json, query_on_a_flipped_index_file, query_on_truncated_index_infos,
-         filter_after_a_truncated_query_record, emit_on_a_flipped_metadata_shard, sql_out_onto_a_store_shard,
+         dedup_threshold_above_one, method_option_out_of_range, value_holding_line_breaks, path_holding_a_nul,
+         uint64_id_beyond_int64, json_id_beyond_uint64,
+         json_id_below_int64, *map(_damaged_case, DAMAGED), filter_after_a_truncated_query_record,
+         sql_out_onto_a_store_shard,
          sql_out_into_the_stage_records, sql_out_into_the_emitted_set, sql_out_through_a_symlink_into_the_index,
          sql_out_csv_with_a_list_column, verify_on_a_plain_directory, directory_holding_only_a_symlink_loop,
-         lone_surrogate_in_json_text, lone_surrogate_in_an_adaptation_set]
+         lone_surrogate_in_json_text, lone_surrogate_in_an_adaptation_set, txt_format_on_a_csv,
+         csv_row_with_too_many_fields, csv_quote_never_closed, csv_without_the_text_column, truncated_gzip_jsonl,
+         zstd_that_is_not_zstd, compressed_parquet, url_that_does_not_exist, url_scheme_without_a_file_system,
+         hub_name_while_offline, chat_messages_without_roles, empty_chat,
+         adaptation_column_that_cannot_take_the_backbone_type, adaptation_column_named_like_albat_provenance]
 
 
 def tree(work: Path) -> list[tuple] | None:

@@ -24,9 +24,9 @@ def _run(run_dir: Path, method: str, *options: str) -> tuple[dict, dict, dict]:
     args = [a for option in options for a in ("--method-option", option)]
     assert albat("run", "--config", run_dir / "run.toml", "--quiet", "--method", method, *args) == 0
     work = run_dir / "work"
-    selection = pq.read_table(work / "filter" / "selection.parquet").to_pydict()
-    candidates = pq.read_table(work / "query" / "candidates.parquet").to_pydict()
-    return selection, candidates, json.loads((work / "output" / "manifest.json").read_text())
+    selection = pq.read_table(work / "tasks/default/filter" / "selection.parquet").to_pydict()
+    candidates = pq.read_table(work / "tasks/default/query" / "candidates.parquet").to_pydict()
+    return selection, candidates, json.loads((work / "tasks/default/output" / "manifest.json").read_text())
 
 
 def _check_decisions(run_dir: Path, selection: dict, method: str, kept_rows: int) -> set[int]:
@@ -36,7 +36,7 @@ def _check_decisions(run_dir: Path, selection: dict, method: str, kept_rows: int
     assert sorted(r for r, k in zip(selection["selection_rank"], selection["keep"]) if k) == list(range(kept_rows))
     assert all(r == -1 for r, k in zip(selection["selection_rank"], selection["keep"]) if not k)
     kept = {i for i, k in zip(selection["id"], selection["keep"]) if k}
-    blocked = set(pq.read_table(run_dir / "work" / "query" / "blocked.parquet").column("id").to_pylist())
+    blocked = set(pq.read_table(run_dir / "work" / "tasks/default/query" / "blocked.parquet").column("id").to_pylist())
     assert blocked and not kept & blocked
     return kept
 
@@ -72,7 +72,7 @@ def test_classifier_keeps_top_log_odds_end_to_end(run_dir: Path) -> None:
     assert sorted(selection["id"]) == sorted(candidates["candidate_id"])
     _check_decisions(run_dir, selection, "classifier", BUDGET)
     kept_scores = [s for s, k in zip(selection["score"], selection["keep"]) if k]
-    blocked = set(pq.read_table(run_dir / "work" / "query" / "blocked.parquet").column("id").to_pylist())
+    blocked = set(pq.read_table(run_dir / "work" / "tasks/default/query" / "blocked.parquet").column("id").to_pylist())
     free_rejected = [s for i, s, k in zip(selection["id"], selection["score"], selection["keep"])
                      if not k and i not in blocked]
     assert min(kept_scores) >= max(free_rejected)  # the top of the unblocked candidates

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from method_fixtures import make_request, make_store
 
-from pipeline.methods.base import get_method
-from pipeline.methods.classifier import (ClassifierMethod, default_negatives, fit_classifier, log_odds,
+from albat.pipeline.methods.base import get_method
+from albat.pipeline.methods.classifier import (ClassifierMethod, default_negatives, fit_classifier, log_odds,
                                          sample_negatives)
-from stores.errors import AlbatError
+from albat.stores.errors import AlbatError
 
 
 def test_default_negatives_by_hand():

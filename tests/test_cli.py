@@ -12,13 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, SmallWiki, albat
 
-from pipeline.cli import STAGES
+from albat.pipeline.cli import STAGES
 
 
 @pytest.mark.parametrize("command", [[], *[[s] for s in STAGES], ["run"], ["sql"], ["verify"]])
 def test_help_is_instant(command: list[str]) -> None:
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli", *command, "--help"], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "albat.pipeline.cli", *command, "--help"], cwd=REPO,
                             capture_output=True, text=True, timeout=30)
     elapsed = time.perf_counter() - started
     assert result.returncode == 0 and "usage: albat" in result.stdout
@@ -26,10 +26,22 @@ def test_help_is_instant(command: list[str]) -> None:
 
 
 def test_help_does_not_import_heavy_modules() -> None:
-    code = ("import sys; from pipeline.cli import build_parser; build_parser(); "
+    code = ("import sys; from albat.pipeline.cli import build_parser; build_parser(); "
             "print(sorted(m for m in ('torch', 'faiss', 'sentence_transformers', 'duckdb', 'datasets') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=30)
     assert result.stdout.strip() == "[]"
+
+
+def test_installs_as_one_albat_package_a_users_own_modules_cannot_shadow(tmp_path: Path) -> None:
+    # A user's project with its own pipeline.py and stores/ folder, run from that folder.
+    (tmp_path / "pipeline.py").write_text("raise SystemExit('the user pipeline.py was imported')\n")
+    (tmp_path / "stores").mkdir()
+    (tmp_path / "stores" / "__init__.py").write_text("raise SystemExit('the user stores/ was imported')\n")
+    code = ("import albat, albat.pipeline.cli, albat.stores.workdir; "
+            "print(albat.__version__, albat.pipeline.cli.__name__, albat.stores.workdir.__name__)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0.1.0", "albat.pipeline.cli", "albat.stores.workdir"]
 
 
 def _error(capsys: pytest.CaptureFixture, *args: object) -> str:
@@ -103,8 +115,8 @@ def test_unknown_config_key(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
 
 
 def test_unknown_method(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    (tmp_path / "w" / "_stages").mkdir(parents=True)
-    (tmp_path / "w" / "_stages" / "query.json").write_text('{"fingerprint": "x", "summary": {}}')
+    (tmp_path / "w" / "tasks/default/_stages").mkdir(parents=True)
+    (tmp_path / "w" / "tasks/default/_stages" / "query.json").write_text('{"fingerprint": "x", "summary": {}}')
     err = _error(capsys, "filter", "--work", tmp_path / "w", "--method", "oracle-of-delphi")
     assert "unknown selection method 'oracle-of-delphi'" in err and "knn" in err
 
@@ -131,12 +143,12 @@ def test_query_refuses_a_changed_checkpoint(tmp_path: Path, small_wiki: SmallWik
     assert albat("index", "--work", work, "--quiet") == 0
     shutil.rmtree(encoder)
     shutil.copytree(make_tiny_encoder(tmp_path / "other", seed=1), encoder)
-    from pipeline.encoder_backends import load_backend
+    from albat.pipeline.encoder_backends import load_backend
 
     load_backend.cache_clear()  # a new process would load the new weights too
     err = _error(capsys, "query", "--work", work, "--adaptation", small_wiki.adaptation)
     assert "gives different embeddings than when the store was built" in err
-    assert not (work / "query").exists()
+    assert not (work / "tasks/default/query").exists()
 
 
 def test_a_failed_rerun_keeps_the_completed_stage(tmp_path: Path, small_wiki: SmallWiki, tiny_encoder: str,

@@ -1,4 +1,4 @@
-"""pipeline.config: defaults, TOML values, CLI overrides, unknown keys, paths, byte sizes."""
+"""albat.pipeline.config: defaults, TOML values, CLI overrides, unknown keys, paths, byte sizes."""
 from __future__ import annotations
 
 import copy
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import DEFAULTS, load_config, parse_bytes
-from stores.errors import AlbatError
+from albat.pipeline.config import DEFAULTS, load_config, parse_bytes
+from albat.stores.errors import AlbatError
 
 
 def _write(path: Path, text: str) -> Path:
@@ -25,7 +25,7 @@ def test_defaults_without_a_file():
     assert config["embed"]["text_column"] == "text"
     assert config["embed"]["id_column"] is None
     assert config["query"]["k"] == 32
-    assert config["filter"] == {"method": "knn", "budget": 64}
+    assert config["filter"] == {"method": "knn", "budget": 64, "threads": None}
     assert config["index"]["memory_budget"] == "4GB"
     assert config["index"]["memory_budget_bytes"] == 4 * 10**9
     # every default section and key is present, with the default value
@@ -74,7 +74,7 @@ alpha = 1   # a method option: allowed beside the method name, converted to its 
     assert config["index"]["memory_budget_bytes"] == 512 * 1024 * 1024
     assert config["index"]["target_recall"] == 0.9
     assert config["query"]["k"] == 8
-    assert config["filter"] == {"method": "dsir", "budget": 10, "alpha": 1.0}
+    assert config["filter"] == {"method": "dsir", "budget": 10, "threads": None, "alpha": 1.0}
     assert isinstance(config["filter"]["alpha"], float)
 
 

@@ -1,4 +1,4 @@
-"""stores.corpus: the four readers, their validation errors, file expansion and batch bounds.
+"""albat.stores.corpus: the four readers, their validation errors, file expansion and batch bounds.
 
 Expectations are computed independently (pyarrow / json / plain Python reads of the same files),
 never copied from a run of the reader.
@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stores.corpus import CorpusSpec, count_rows, iter_batches, read_all, resolve_files
-from stores.errors import AlbatError
+from albat.stores.corpus import CorpusSpec, count_rows, iter_batches, read_all, resolve_files
+from albat.stores.errors import AlbatError
 
 
 # ----- helpers --------------------------------------------------------------------------------
@@ -130,7 +130,7 @@ def test_hf_saved_dataset_directory(tmp_path, wiki_rows):
         "title": [r["title"] for r in wiki_rows],
     }).save_to_disk(str(target))
     spec = CorpusSpec(paths=[str(target)], id_column="doc_id", keep_columns=["title"])
-    assert resolve_files(spec) == [(target, "hf")]
+    assert resolve_files(spec) == [(str(target), "hf")]
     batches, table, sources, rows = _collect(spec, batch_rows=5)
     assert table.column_names == ["text", "doc_id", "title"]
     assert table.column("text").to_pylist() == [r["text"] for r in wiki_rows]
@@ -419,8 +419,8 @@ def test_directory_expands_recursively_in_sorted_order(tmp_path):
     _write_jsonl(root / ".hidden.jsonl", [{"text": "hidden"}])
     (root / "README.md").write_text("not data")
     spec = CorpusSpec(paths=[str(root)])
-    expected = [(root / "a.jsonl", "jsonl"), (root / "b.jsonl", "jsonl"),
-                (root / "sub" / "c.txt", "txt"), (root / "sub" / "p.parquet", "parquet")]
+    expected = [(str(root / "a.jsonl"), "jsonl"), (str(root / "b.jsonl"), "jsonl"),
+                (str(root / "sub" / "c.txt"), "txt"), (str(root / "sub" / "p.parquet"), "parquet")]
     assert resolve_files(spec) == expected
     table, sources, rows = read_all(spec)
     assert table.column("text").to_pylist() == ["from a 0", "from a 1", "from b", "from c", "from p"]
@@ -434,7 +434,7 @@ def test_directory_expansion_skips_hidden_directories(tmp_path):
     (root / ".ipynb_checkpoints").mkdir(parents=True)
     _write_jsonl(root / "a.jsonl", [{"text": "real"}])
     _write_jsonl(root / ".ipynb_checkpoints" / "a-checkpoint.jsonl", [{"text": "stale copy"}])
-    assert resolve_files(CorpusSpec(paths=[str(root)])) == [(root / "a.jsonl", "jsonl")]
+    assert resolve_files(CorpusSpec(paths=[str(root)])) == [(str(root / "a.jsonl"), "jsonl")]
 
 
 def test_directory_expansion_does_not_read_hf_metadata_as_jsonl(tmp_path):
@@ -444,8 +444,8 @@ def test_directory_expansion_does_not_read_hf_metadata_as_jsonl(tmp_path):
     _write_jsonl(root / "a.jsonl", [{"text": "from jsonl"}])
     datasets.Dataset.from_dict({"text": ["from hf"]}).save_to_disk(str(root / "hf"))
     resolved = resolve_files(CorpusSpec(paths=[str(root)]))
-    assert (root / "a.jsonl", "jsonl") in resolved
-    assert not [p for p, fmt in resolved if fmt == "jsonl" and (root / "hf") in p.parents]
+    assert (str(root / "a.jsonl"), "jsonl") in resolved
+    assert not [p for p, fmt in resolved if fmt == "jsonl" and (root / "hf") in Path(p).parents]
 
 
 def test_glob_expands_in_sorted_order(tmp_path):
@@ -456,7 +456,7 @@ def test_glob_expands_in_sorted_order(tmp_path):
         else:
             (tmp_path / name).write_text(name + "\n")
     spec = CorpusSpec(paths=[str(tmp_path / "part-*.jsonl")])
-    assert [p.name for p, _ in resolve_files(spec)] == ["part-01.jsonl", "part-02.jsonl", "part-10.jsonl"]
+    assert [Path(p).name for p, _ in resolve_files(spec)] == ["part-01.jsonl", "part-02.jsonl", "part-10.jsonl"]
     table, sources, _ = read_all(spec)
     assert table.column("text").to_pylist() == ["part-01.jsonl", "part-02.jsonl", "part-10.jsonl"]
 
@@ -472,7 +472,7 @@ def test_glob_with_no_match_and_missing_path(tmp_path):
 
 def test_directory_without_data_files(tmp_path):
     (tmp_path / "notes.md").write_text("x")
-    with pytest.raises(AlbatError, match="holds no .parquet, .jsonl or .txt files"):
+    with pytest.raises(AlbatError, match="holds no .parquet, .jsonl, .csv, .tsv or .txt files"):
         resolve_files(CorpusSpec(paths=[str(tmp_path)]))
 
 

@@ -9,10 +9,10 @@ import pytest
 from method_fixtures import make_request, make_store
 from scipy import sparse
 
-from pipeline.methods.base import get_method
-from pipeline.methods.dsir import (DsirMethod, _Draw, gumbel_keys, gumbel_top_k, hashed_ngram_counts, log_importance,
+from albat.pipeline.methods.base import get_method
+from albat.pipeline.methods.dsir import (DsirMethod, _Draw, gumbel_keys, gumbel_top_k, hashed_ngram_counts, log_importance,
                                   log_ratio, ngrams, top_k)
-from stores.errors import AlbatError
+from albat.stores.errors import AlbatError
 
 B = 10_000
 

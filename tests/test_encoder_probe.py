@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from conftest import SmallWiki, albat, write_config
 
-from pipeline import encoder_probe as probe
-from pipeline.encoder_probe import ProbeRow
-from pipeline.encoders import TextEncoder, check_same_encoder
-from stores.errors import AlbatError
+from albat.pipeline import encoder_probe as probe
+from albat.pipeline.encoder_probe import ProbeRow
+from albat.pipeline.encoders import TextEncoder, check_same_encoder
+from albat.stores.errors import AlbatError
 
 
 @pytest.fixture(autouse=True)
@@ -150,7 +150,7 @@ def test_torch_backend_matches_sentence_transformers_encode(tiny_encoder: str) -
 
 def test_onnx_backend_agrees_with_torch_and_exports_once(tiny_encoder: str) -> None:
     pytest.importorskip("onnxruntime")
-    from pipeline.encoder_backends import export_onnx
+    from albat.pipeline.encoder_backends import export_onnx
 
     reference = TextEncoder(name=tiny_encoder, device="cpu").encode(TEXTS)
     onnx = TextEncoder(name=tiny_encoder, device="cpu", backend="onnx").encode(TEXTS)
@@ -179,7 +179,7 @@ def test_identity_check_accepts_another_runtime_of_the_same_weights(tiny_encoder
 
 
 def test_onnx_refuses_models_it_cannot_export(tmp_path: Path) -> None:
-    from pipeline.encoder_backends import OnnxBackend
+    from albat.pipeline.encoder_backends import OnnxBackend
 
     with pytest.raises(AlbatError, match="local model directory"):
         OnnxBackend("some-org/not-a-directory", "float32", None, "cpu")
@@ -188,7 +188,7 @@ def test_onnx_refuses_models_it_cannot_export(tmp_path: Path) -> None:
 
 
 def test_pooling_by_hand() -> None:
-    from pipeline.encoder_backends import pool
+    from albat.pipeline.encoder_backends import pool
 
     hidden = np.array([[[1.0, 0.0], [3.0, 2.0], [9.0, 9.0]]])
     mask = np.array([[1, 1, 0]])

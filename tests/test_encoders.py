@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.encoders import (TextEncoder, check_same_encoder, encoder_from_identity, resolve_device,
+from albat.pipeline.encoders import (TextEncoder, check_same_encoder, encoder_from_identity, resolve_device,
                                resolve_encoder_path)
-from stores.errors import AlbatError
+from albat.stores.errors import AlbatError
 
 
 def test_auto_device_is_cpu_without_a_gpu() -> None:

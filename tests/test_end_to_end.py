@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import TARGET_TOPIC, SmallWiki, albat, write_config
 
-from stores.atomic import sha256_file
+from albat.stores.atomic import sha256_file
 
 BUDGET = 24
 
@@ -54,7 +54,7 @@ def run_dir(small_wiki: SmallWiki, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def _manifest(work: Path) -> dict:
-    return json.loads((work / "output" / "manifest.json").read_text())
+    return json.loads((work / "tasks/default/output" / "manifest.json").read_text())
 
 
 def _eval_ids(wiki: SmallWiki) -> set[int]:
@@ -64,11 +64,11 @@ def _eval_ids(wiki: SmallWiki) -> set[int]:
 def test_manifest_names_every_shard_with_its_checksum(run_dir: Path, small_wiki: SmallWiki) -> None:
     work = run_dir / "work"
     manifest = _manifest(work)
-    on_disk = sorted(p.name for p in (work / "output").glob("part-*.parquet"))
+    on_disk = sorted(f"data/{p.name}" for p in (work / "tasks/default/output" / "data").glob("part-*.parquet"))
     assert on_disk == [s["path"] for s in manifest["shards"]]
     for shard in manifest["shards"]:
-        assert sha256_file(work / "output" / shard["path"]) == shard["sha256"]
-        assert pq.read_metadata(work / "output" / shard["path"]).num_rows == shard["rows"] <= 10
+        assert sha256_file(work / "tasks/default/output" / shard["path"]) == shard["sha256"]
+        assert pq.read_metadata(work / "tasks/default/output" / shard["path"]).num_rows == shard["rows"] <= 10
     assert manifest["counts"]["selected"] == BUDGET
     assert manifest["counts"]["adaptation"] == 8
     assert manifest["rows"] == BUDGET + 8
@@ -82,7 +82,7 @@ def test_shards_load_with_datasets_unchanged(run_dir: Path) -> None:
     import datasets
 
     work = run_dir / "work"
-    files = [str(work / "output" / s["path"]) for s in _manifest(work)["shards"]]
+    files = [str(work / "tasks/default/output" / s["path"]) for s in _manifest(work)["shards"]]
     ds = datasets.load_dataset("parquet", data_files=files, split="train")
     assert len(ds) == BUDGET + 8
     for column in ("text", "id", "title", "topic", "albat_id", "albat_method", "albat_score", "albat_weight",
@@ -94,7 +94,7 @@ def test_shards_load_with_datasets_unchanged(run_dir: Path) -> None:
 
 
 def test_sql_views_and_weights(run_dir: Path) -> None:
-    from pipeline.sql import run_sql
+    from albat.pipeline.sql import run_sql
 
     work = run_dir / "work"
     out = run_dir / "weights.csv"
@@ -115,22 +115,22 @@ def test_sql_views_and_weights(run_dir: Path) -> None:
 def test_no_evaluation_example_is_selected(run_dir: Path, small_wiki: SmallWiki) -> None:
     work = run_dir / "work"
     eval_ids = _eval_ids(small_wiki)
-    blocked = pq.read_table(work / "query" / "blocked.parquet").to_pydict()
+    blocked = pq.read_table(work / "tasks/default/query" / "blocked.parquet").to_pydict()
     assert eval_ids <= set(blocked["id"])  # each one is in the corpus and blocked
     reasons = dict(zip(blocked["id"], blocked["reason"]))
     assert all("exclude example" in reasons[i] for i in eval_ids)
-    selection = pq.read_table(work / "filter" / "selection.parquet").to_pydict()
+    selection = pq.read_table(work / "tasks/default/filter" / "selection.parquet").to_pydict()
     kept = {i for i, k in zip(selection["id"], selection["keep"]) if k}
     assert not kept & eval_ids
     for shard in _manifest(work)["shards"]:
-        ids = pq.read_table(work / "output" / shard["path"], columns=["albat_id"]).column(0).to_pylist()
+        ids = pq.read_table(work / "tasks/default/output" / shard["path"], columns=["albat_id"]).column(0).to_pylist()
         assert not set(i for i in ids if i is not None) & eval_ids
 
 
 def test_knn_selects_the_target_domain(run_dir: Path, small_wiki: SmallWiki) -> None:
     """Real embeddings: neighbours of math articles are mostly math articles (base rate ~7%)."""
     work = run_dir / "work"
-    rows = [r for s in _manifest(work)["shards"] for r in pq.read_table(work / "output" / s["path"]).to_pylist()]
+    rows = [r for s in _manifest(work)["shards"] for r in pq.read_table(work / "tasks/default/output" / s["path"]).to_pylist()]
     topics = [r["topic"] for r in rows if not r["albat_is_adaptation"]]
     base_rate = 28 / small_wiki.rows
     assert sum(t == TARGET_TOPIC for t in topics) / len(topics) > 4 * base_rate
@@ -138,13 +138,13 @@ def test_knn_selects_the_target_domain(run_dir: Path, small_wiki: SmallWiki) -> 
 
 def test_every_candidate_has_a_decision_and_reason(run_dir: Path) -> None:
     work = run_dir / "work"
-    candidates = pq.read_table(work / "query" / "candidates.parquet").to_pydict()
-    selection = pq.read_table(work / "filter" / "selection.parquet").to_pydict()
+    candidates = pq.read_table(work / "tasks/default/query" / "candidates.parquet").to_pydict()
+    selection = pq.read_table(work / "tasks/default/filter" / "selection.parquet").to_pydict()
     assert sorted(selection["id"]) == sorted(candidates["candidate_id"])
     assert all(r.startswith("kept:") == k for r, k in zip(selection["reason"], selection["keep"]))
     ranks = sorted(r for r, k in zip(selection["selection_rank"], selection["keep"]) if k)
     assert ranks == list(range(BUDGET))
-    pairs = pq.read_table(work / "query" / "candidate_pairs.parquet")
+    pairs = pq.read_table(work / "tasks/default/query" / "candidate_pairs.parquet")
     assert pairs.num_rows == 8 * 16  # every (adaptation, candidate) pair kept
     assert len(set(candidates["candidate_id"])) == len(candidates["candidate_id"])  # the union, deduplicated
 
@@ -168,19 +168,19 @@ def test_random_baseline_through_the_same_stages(small_wiki: SmallWiki, run_dir:
     assert (work / "store" / "store.json").stat().st_mtime_ns == store_mtime
     manifest = _manifest(work)
     assert manifest["method"] == "random" and manifest["counts"]["selected"] == 40
-    selection = pq.read_table(work / "filter" / "selection.parquet").to_pydict()
+    selection = pq.read_table(work / "tasks/default/filter" / "selection.parquet").to_pydict()
     kept = [i for i, k in zip(selection["id"], selection["keep"]) if k]
     assert len(set(kept)) == 40 and not set(kept) & _eval_ids(small_wiki)
-    candidates = set(pq.read_table(work / "query" / "candidates.parquet").column("candidate_id").to_pylist())
+    candidates = set(pq.read_table(work / "tasks/default/query" / "candidates.parquet").column("candidate_id").to_pylist())
     assert len(set(kept) - candidates) > 10  # drawn from the whole corpus, not the candidate pool
     # same seed, same draw
     first = kept
     assert albat("filter", "--config", run_dir / "run.toml", "--quiet", "--method", "random", "--budget", "40",
                  "--seed", "8") == 0
-    second = [i for i, k in zip(*pq.read_table(work / "filter" / "selection.parquet", columns=["id", "keep"]).to_pydict().values()) if k]
+    second = [i for i, k in zip(*pq.read_table(work / "tasks/default/filter" / "selection.parquet", columns=["id", "keep"]).to_pydict().values()) if k]
     assert second != first
     assert albat("filter", "--config", run_dir / "run.toml", "--quiet", "--method", "random", "--budget", "40") == 0
-    third = [i for i, k in zip(*pq.read_table(work / "filter" / "selection.parquet", columns=["id", "keep"]).to_pydict().values()) if k]
+    third = [i for i, k in zip(*pq.read_table(work / "tasks/default/filter" / "selection.parquet", columns=["id", "keep"]).to_pydict().values()) if k]
     assert third == first
 
 
@@ -207,11 +207,11 @@ def test_compressed_index_is_reranked_exactly(run_dir: Path, tmp_path: Path) -> 
     exact cosines and the candidate set stays close to the exact (Flat) one."""
     import shutil
 
-    from stores.embedding_store import EmbeddingStore
+    from albat.stores.embedding_store import EmbeddingStore
 
     work = tmp_path / "work"
     shutil.copytree(run_dir / "work", work)
-    flat = set(pq.read_table(work / "query" / "candidates.parquet").column("candidate_id").to_pylist())
+    flat = set(pq.read_table(work / "tasks/default/query" / "candidates.parquet").column("candidate_id").to_pylist())
     args = ("--config", run_dir / "run.toml", "--work", work, "--quiet")
     assert albat("index", *args, "--index-key", "IVF4,PQ16x4") == 0
     infos = json.loads((work / "index" / "index_infos.json").read_text())
@@ -219,9 +219,9 @@ def test_compressed_index_is_reranked_exactly(run_dir: Path, tmp_path: Path) -> 
     overlap = {}
     for factor in (1, 4):
         assert albat("query", *args, "--rerank-factor", str(factor)) == 0
-        pairs = pq.read_table(work / "query" / "candidate_pairs.parquet").to_pydict()
+        pairs = pq.read_table(work / "tasks/default/query" / "candidate_pairs.parquet").to_pydict()
         overlap[factor] = len(set(pairs["candidate_id"]) & flat) / len(flat)
-    adaptation = np.load(work / "query" / "adaptation.npy")
+    adaptation = np.load(work / "tasks/default/query" / "adaptation.npy")
     vectors = EmbeddingStore(work / "store").vectors_for_ids(np.array(pairs["candidate_id"]))
     expected = np.einsum("ij,ij->i", adaptation[pairs["query_idx"]], vectors)
     assert np.allclose(pairs["similarity"], expected, atol=1e-5)
@@ -241,21 +241,8 @@ def test_forced_index_that_cannot_train_is_a_clear_error(run_dir: Path, tmp_path
     assert "FAISS cannot train IVF4096,Flat" in err and "--index-key" in err
 
 
-def test_the_notebook_runs_on_a_work_directory(run_dir: Path, monkeypatch: pytest.MonkeyPatch,
-                                               capsys: pytest.CaptureFixture) -> None:
-    notebook = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / "explore_work.ipynb").read_text())
-    monkeypatch.setenv("ALBAT_WORK", str(run_dir / "work"))
-    namespace: dict = {}
-    for cell in notebook["cells"]:
-        if cell["cell_type"] == "code":
-            exec("".join(cell["source"]), namespace)  # noqa: S102 (our own notebook)
-    out = capsys.readouterr().out
-    assert "exclude example" in out  # the blocked evaluation rows are shown
-    assert "total weight of backbone rows: 4.0\n" in out  # lambda * n_A = 0.5 * 8
-
-
 def test_id_lookup_reads_a_memory_mapped_index(run_dir: Path) -> None:
-    from stores.embedding_store import EmbeddingStore
+    from albat.stores.embedding_store import EmbeddingStore
 
     store = EmbeddingStore(run_dir / "work" / "store")
     sorted_ids, order = store._id_index()
@@ -267,7 +254,7 @@ def test_id_lookup_reads_a_memory_mapped_index(run_dir: Path) -> None:
 
 
 def test_backbone_weights_formula() -> None:
-    from pipeline.emit import backbone_weights
+    from albat.pipeline.emit import backbone_weights
 
     assert np.allclose(backbone_weights(np.array([1.0, 1.0, 2.0]), n_adaptation=8, lam=0.5), [4 / 3, 4 / 3, 8 / 3])
     assert backbone_weights(np.zeros(0), n_adaptation=8, lam=1.0).shape == (0,)
@@ -276,7 +263,7 @@ def test_backbone_weights_formula() -> None:
 def test_emit_without_adaptation_rows_keeps_the_weights(run_dir: Path, tmp_path: Path) -> None:
     import shutil
 
-    from pipeline.sql import run_sql
+    from albat.pipeline.sql import run_sql
 
     work = tmp_path / "work"
     shutil.copytree(run_dir / "work", work)

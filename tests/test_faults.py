@@ -26,9 +26,9 @@ import pytest
 from conftest import SmallWiki, small_run_config
 from fault_harness import Runner
 
-from pipeline.cli import STAGES
-from stores.verify import verify_workdir
-from stores.workdir import Workdir
+from albat.pipeline.cli import STAGES
+from albat.stores.verify import verify_workdir
+from albat.stores.workdir import Workdir
 
 KILLS = int(os.environ.get("ALBAT_FAULT_KILLS", "20"))
 SEED = int(os.environ.get("ALBAT_FAULT_SEED", "0"))
@@ -103,10 +103,10 @@ def _ids_exact(work: Path, wiki: SmallWiki) -> None:
     ids = np.concatenate([pq.read_table(p, columns=["albat_id"]).column(0).to_numpy() for p in meta])
     assert len(ids) == len(set(ids.tolist())) == wiki.rows
     assert set(ids.tolist()) == set(pq.read_table(wiki.corpus, columns=["id"]).column(0).to_pylist())
-    manifest_path = work / "output" / "manifest.json"
+    manifest_path = work / "tasks/default/output" / "manifest.json"
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
-        shards = [pq.read_table(work / "output" / s["path"]) for s in manifest["shards"]]
+        shards = [pq.read_table(work / "tasks/default/output" / s["path"]) for s in manifest["shards"]]
         selected = [i for t in shards for i, a in zip(t.column("albat_id").to_pylist(),
                                                       t.column("albat_is_adaptation").to_pylist()) if not a]
         assert len(selected) == len(set(selected)) == manifest["counts"]["selected"]

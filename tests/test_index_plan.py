@@ -1,9 +1,11 @@
-"""pipeline.index_plan: which index a corpus size, dimension and memory budget get.
+"""albat.pipeline.index_plan: which index a corpus size, dimension and memory budget get.
 
 Byte counts are recomputed here by hand from the formulas in the module docstring:
     Flat + IDMap2      n*(4d + 8) + n*40
     IVF{L},Flat        n*(4d + 8) + L*4d
     IVF{L},PQ{m}x8     n*(m + 8) + L*4d + 256*4d
+    HNSW32,Flat        n*(4d + 8*32 + 16)
+with L capped by the training sample, itself capped at budget // 4d points.
 """
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ import math
 
 import pytest
 
-from pipeline.index_plan import (MAX_TRAIN_POINTS, MIN_POINTS_PER_CENTROID, choose_nlist, plan_index,
-                                 pq_m_candidates)
+from albat.pipeline.index_plan import (MAX_TRAIN_POINTS, MIN_POINTS_PER_CENTROID, choose_nlist, hnsw_bytes, plan_index,
+                                       pq_m_candidates, resident_bytes, train_points)
 
 
 def flat_by_hand(n: int, d: int) -> int:
@@ -69,30 +71,59 @@ def test_flat_over_budget_falls_back_to_ivf_flat_even_below_the_row_limit():
 
 
 def test_tight_budget_gets_ivf_pq_with_the_largest_m_that_fits():
-    # IVF4096,PQm: 1e6*(m + 8) + 4096*1536 + 256*1536 = 1e6*(m+8) + 6,684,672
-    #   m=192 -> 206,684,672   m=96 -> 110,684,672   m=64 -> 78,684,672
+    # the training sample is capped by the budget: 100e6 // 1536 = 65,104 points -> 65104 // 39 = 1669
+    # -> 2**10 = 1024 lists. IVF1024,PQm: 1e6*(m + 8) + 1024*1536 + 256*1536 = 1e6*(m+8) + 1,966,080
+    #   m=96 -> 105,966,080 (over)   m=64 -> 73,966,080 (fits)
     budget = 100_000_000
     plan = plan_index(N, D, memory_budget=budget)
     assert plan.kind == "ivf_pq"
-    assert plan.key == f"IVF{NLIST},PQ64x8"
-    assert plan.nlist == NLIST and plan.pq_m == 64
-    assert plan.estimated_bytes == 78_684_672 == ivf_pq_by_hand(N, D, NLIST, 64)
-    assert plan.estimated_bytes <= budget
-    assert ivf_pq_by_hand(N, D, NLIST, 96) > budget  # the next larger m would not fit
+    assert plan.key == "IVF1024,PQ64x8"
+    assert plan.nlist == 1024 and plan.pq_m == 64 and plan.train_points == 65_104
+    assert plan.estimated_bytes == 73_966_080 == ivf_pq_by_hand(N, D, 1024, 64)
+    assert ivf_pq_by_hand(N, D, 1024, 96) > budget  # the next larger m would not fit
 
 
-@pytest.mark.parametrize("budget, m", [(206_684_672, 192), (206_684_671, 96), (110_684_672, 96),
-                                       (18_684_672, 4), (22_684_672, 8), (22_684_671, 4)])
+# budgets within [1024*39*1536, 2048*39*1536) = [61,341,696, 122,683,392) keep 1024 lists
+@pytest.mark.parametrize("budget, m", [(105_966_080, 96), (105_966_079, 64), (73_966_080, 64), (73_966_079, 48)])
 def test_pq_m_is_the_largest_fitting_at_the_exact_boundary(budget, m):
     plan = plan_index(N, D, memory_budget=budget)
-    assert plan.pq_m == m
-    assert plan.estimated_bytes == 10**6 * (m + 8) + 6_684_672
+    assert plan.nlist == 1024 and plan.pq_m == m
+    assert plan.estimated_bytes == 10**6 * (m + 8) + 1_966_080
+
+
+def test_the_training_sample_is_capped_by_the_budget():
+    assert train_points(4 * 10**9, D) == MAX_TRAIN_POINTS  # 4e9 // 1536 = 2.6M: the fixed cap binds
+    assert train_points(512 * 2**20, D) == 349_525  # 536,870,912 // 1536
+    plan = plan_index(N, D, memory_budget=512 * 2**20)
+    assert plan.train_points * 4 * D <= 512 * 2**20
+    assert plan.nlist * MIN_POINTS_PER_CENTROID <= plan.train_points  # 349,525 // 39 = 8962 -> 4096 (sqrt rule)
+    assert plan.nlist == 4096
 
 
 def test_impossible_budget_raises_memory_error():
-    # the smallest plan is PQ4: 1e6*12 + 6,684,672 = 18,684,672 B
-    with pytest.raises(MemoryError, match="18684672"):
-        plan_index(N, D, memory_budget=18_684_671)
+    # 12,589,823 // 1536 = 8196 training points -> 210 per 39 -> 128 lists; the smallest plan is
+    # PQ4: 1e6*12 + 128*1536 + 256*1536 = 12,589,824 B
+    with pytest.raises(MemoryError, match="12589824"):
+        plan_index(N, D, memory_budget=12_589_823)
+
+
+def test_on_disk_only_the_resident_part_must_fit():
+    # resident: 4096 centroids * 1536 + one 65,536-row shard of lists * (1536 + 8) = 107,479,040 B
+    plan = plan_index(N, D, memory_budget=512 * 2**20, flat_max_rows=100_000, on_disk=True, shard_rows=65_536)
+    assert (plan.key, plan.on_disk) == ("IVF4096,Flat", True)
+    assert plan.estimated_bytes == resident_bytes(D, 4096, 0, 65_536) == 4096 * 1536 + 65_536 * 1544 == 107_479_040
+    assert plan.disk_bytes == ivf_flat_by_hand(N, D, 4096) > 512 * 2**20  # in memory it would not fit
+    in_memory = plan_index(N, D, memory_budget=512 * 2**20, flat_max_rows=100_000)
+    assert in_memory.kind == "ivf_pq" and not in_memory.on_disk
+
+
+def test_hnsw_is_planned_only_where_it_fits():
+    # HNSW32: n*(4d + 8*32 + 16) = 1e6 * 1808
+    assert plan_index(N, D, 2 * 10**9, index_type="hnsw").key == "HNSW32,Flat"
+    assert hnsw_bytes(N, D) == 1_808_000_000
+    with pytest.raises(MemoryError, match="1808000000"):
+        plan_index(N, D, 1_807_999_999, index_type="hnsw")
+    assert plan_index(5_000, D, 10**9, index_type="ivf").kind == "ivf_flat"  # ivf: never flat, however small
 
 
 def test_empty_store_cannot_be_planned():
@@ -140,7 +171,7 @@ def test_pq_m_candidates_for_384_by_hand():
 def test_plan_to_dict_round_trips_fields():
     plan = plan_index(N, D, memory_budget=100_000_000)
     d = plan.to_dict()
-    assert d["key"] == plan.key and d["pq_m"] == 64 and d["nlist"] == NLIST and d["kind"] == "ivf_pq"
+    assert d["key"] == plan.key and d["pq_m"] == 64 and d["nlist"] == 1024 and d["kind"] == "ivf_pq"
 
 
 def test_choose_nlist_is_bounded_by_the_training_sample():

@@ -48,8 +48,8 @@ def run_dir(small_wiki: SmallWiki, tiny_encoder: str, tiny_lm: Path, tmp_path_fa
 
 
 def test_albat_with_the_lm_surrogate_scores_and_explains_every_candidate(run_dir: Path) -> None:
-    selection = pq.read_table(run_dir / "filter" / "selection.parquet").to_pandas()
-    candidates = pq.read_table(run_dir / "query" / "candidates.parquet").to_pandas()
+    selection = pq.read_table(run_dir / "tasks/default/filter" / "selection.parquet").to_pandas()
+    candidates = pq.read_table(run_dir / "tasks/default/query" / "candidates.parquet").to_pandas()
     assert sorted(selection["id"]) == sorted(candidates["candidate_id"])
     open_rows = selection[~selection["id"].isin(candidates.loc[candidates["blocked"], "candidate_id"])]
     score = _score_column(selection)
@@ -58,7 +58,7 @@ def test_albat_with_the_lm_surrogate_scores_and_explains_every_candidate(run_dir
     kept = selection[selection["keep"]]
     assert 0 < len(kept) <= BUDGET
     assert kept["reason"].str.startswith("kept: ").all()
-    manifest = json.loads((run_dir / "output" / "manifest.json").read_text())
+    manifest = json.loads((run_dir / "tasks/default/output" / "manifest.json").read_text())
     report = manifest["selection"]
     assert report["surrogate"] == "lm" and report["surrogate_fit"]["steps"] == 10
     assert report["surrogate_fit"]["lora_parameters"] > 0
@@ -67,7 +67,7 @@ def test_albat_with_the_lm_surrogate_scores_and_explains_every_candidate(run_dir
 def test_same_seed_same_selection(run_dir: Path, small_wiki: SmallWiki, tiny_encoder: str, tiny_lm: Path,
                                   tmp_path: Path) -> None:
     again = _run(tmp_path, small_wiki, tiny_encoder, tiny_lm)
-    first, second = (pq.read_table(d / "filter" / "selection.parquet").to_pandas() for d in (run_dir, again))
+    first, second = (pq.read_table(d / "tasks/default/filter" / "selection.parquet").to_pandas() for d in (run_dir, again))
     assert first["id"][first["keep"]].tolist() == second["id"][second["keep"]].tolist()
     score = _score_column(first)
     np.testing.assert_array_equal(first[score].to_numpy(), second[score].to_numpy())
@@ -76,7 +76,7 @@ def test_same_seed_same_selection(run_dir: Path, small_wiki: SmallWiki, tiny_enc
 def test_gradalign_runs_on_the_lm_surrogate(small_wiki: SmallWiki, tiny_encoder: str, tiny_lm: Path,
                                             tmp_path: Path) -> None:
     work = _run(tmp_path, small_wiki, tiny_encoder, tiny_lm, method="gradalign")
-    selection = pq.read_table(work / "filter" / "selection.parquet").to_pandas()
+    selection = pq.read_table(work / "tasks/default/filter" / "selection.parquet").to_pandas()
     assert selection["keep"].sum() == BUDGET
     assert np.abs(selection.loc[selection["keep"], "grad_cosine"]).max() > 0
 
@@ -87,7 +87,7 @@ def test_lm_without_a_model_is_a_one_line_error(small_wiki: SmallWiki, tiny_enco
     assert albat("run", "--config", config, "--quiet", "--method", "albat", "--surrogate", "lm") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model=DIR" in err[0]
-    assert not (tmp_path / "work" / "filter" / "selection.parquet").exists()
+    assert not (tmp_path / "work" / "tasks/default/filter" / "selection.parquet").exists()
 
 
 def test_train_lora_on_the_emitted_shards(run_dir: Path, tiny_lm: Path, tmp_path: Path) -> None:
@@ -97,10 +97,10 @@ def test_train_lora_on_the_emitted_shards(run_dir: Path, tiny_lm: Path, tmp_path
 
     pq.write_table(pa.table({"text": SENTENCES}), held)
     out = tmp_path / "adapter"
-    assert train_lora.main(["--shards", str(run_dir / "output"), "--model", str(tiny_lm), "--out", str(out),
+    assert train_lora.main(["--shards", str(run_dir / "tasks/default/output"), "--model", str(tiny_lm), "--out", str(out),
                             "--eval", str(held), "--steps", "5", "--batch-size", "4", "--max-length", "32"]) == 0
     record = json.loads((out / "train_record.json").read_text())
-    texts, weights = train_lora.load_shard_set(run_dir / "output")
+    texts, weights = train_lora.load_shard_set(run_dir / "tasks/default/output")
     assert record["rows"] == len(texts) > BUDGET and np.isfinite(record["eval_perplexity"])
     assert (out / "adapter_config.json").exists() and not (tmp_path / "adapter.tmp").exists()
     assert sorted(set(np.round(weights, 6))) != [1.0]  # backbone rows carry λ·n_A/m·w_b
@@ -121,3 +121,39 @@ def test_albat_weight_is_the_loss_weight(tiny_lm: Path) -> None:
     np.testing.assert_allclose(delta, train_lora.lora_delta(alone), atol=1e-6)
     np.testing.assert_allclose(delta, train_lora.lora_delta(scaled), atol=1e-6)
     assert not np.allclose(delta, train_lora.lora_delta(other), atol=1e-4)
+
+
+def test_reducible_objective_keeps_the_top_scores_and_explains_them(small_wiki: SmallWiki, tiny_encoder: str,
+                                                                    tiny_lm: Path, tmp_path: Path) -> None:
+    config = small_run_config(tmp_path, small_wiki, tiny_encoder)
+    assert albat("run", "--config", config, "--quiet", "--method", "albat", "--budget", BUDGET, "--surrogate", "lm",
+                 "--surrogate-model", tiny_lm, "--method-option", "steps=10", "--method-option", "batch_size=8",
+                 "--method-option", "max_length=32", "--method-option", "objective=reducible",
+                 "--method-option", "holdout_fraction=0") == 0
+    selection = pq.read_table(tmp_path / "work" / "tasks/default/filter" / "selection.parquet").to_pandas()
+    open_rows = selection[np.isfinite(selection["reducible_score"])]
+    np.testing.assert_allclose(open_rows["reducible_loss"], open_rows["loss_initial"] - open_rows["loss_adapted"])
+    np.testing.assert_allclose(open_rows["reducible_score"], open_rows["z_reducible"] + open_rows["z_relevance"])
+    kept = selection[selection["keep"]]
+    assert len(kept) == BUDGET and kept["reason"].str.startswith("kept: score").all()
+    assert kept["reducible_score"].min() >= open_rows.loc[~open_rows["keep"], "reducible_score"].max()
+    assert np.abs(open_rows["reducible_loss"]).max() > 0  # 10 steps on all adaptation texts moved the adapter
+    report = json.loads((tmp_path / "work" / "tasks/default/output" / "manifest.json").read_text())["selection"]
+    assert report["objective"] == "reducible" and report["relevance_weight"] == 1.0
+
+
+def test_train_lora_curve_is_the_perplexity_of_shorter_runs(tiny_lm: Path) -> None:
+    train_lora = _train_lora_module()
+    texts = SENTENCES[:6]
+    kw = dict(batch_size=2, lr=1e-2, rank=2, alpha=4.0, max_length=32, seed=3)
+    held = SENTENCES[6:9]
+    evaluate = lambda m, tok: train_lora.perplexity(m, tok, held, 32)  # noqa: E731
+    model, tok, report = train_lora.train_lora(tiny_lm, texts, np.ones(6), steps=4, eval_at=(0, 2, 4),
+                                               evaluate=evaluate, **kw)
+    assert sorted(report["curve"]) == [0, 2, 4] and report["eval_seconds"] >= 0
+    short = train_lora.train_lora(tiny_lm, texts, np.ones(6), steps=2, **kw)[0]
+    backbone = train_lora.load_causal_lm(tiny_lm)
+    assert report["curve"][2] == pytest.approx(evaluate(short, tok), rel=1e-5)
+    assert report["curve"][4] == pytest.approx(evaluate(model, tok), rel=1e-5)
+    assert report["curve"][0] == pytest.approx(evaluate(*backbone), rel=1e-5)  # LoRA starts at ΔW = 0
+    assert report["curve"][4] != report["curve"][0]

@@ -5,12 +5,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.methods.base import SelectionRequest, get_method
-from pipeline.methods.knn import KnnMethod, round_robin_order
-from pipeline.methods.random_method import RandomMethod, uniform_draw
-from pipeline.query import aggregate_candidates, merge_blocked
-from stores.embedding_store import ID, EmbeddingStore
-from stores.errors import AlbatError
+from albat.pipeline.methods.base import SelectionRequest, get_method
+from albat.pipeline.methods.knn import KnnMethod, round_robin_order
+from albat.pipeline.methods.random_method import RandomMethod, uniform_draw
+from albat.pipeline.query import aggregate_candidates, merge_blocked
+from albat.stores.embedding_store import ID, EmbeddingStore
+from albat.stores.errors import AlbatError
 
 
 # ----- round_robin_order -----------------------------------------------------------------------

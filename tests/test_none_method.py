@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from method_fixtures import make_request
 
-from pipeline.methods.base import get_method
-from pipeline.methods.none_method import NoneMethod
+from albat.pipeline.methods.base import get_method
+from albat.pipeline.methods.none_method import NoneMethod
 
 REASON = "rejected: method none selects no backbone data"
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from conftest import albat
 
-from pipeline.config import DEFAULTS, cli_flags, load_config
-from pipeline.methods.base import REGISTRY, get_method, method_class
-from pipeline.options import BOOL, BYTES, FLOAT, INT, LIST, SECTIONS, STR, Option, OptionError, section_defaults
-from pipeline.surrogates.options import SURROGATE_OPTIONS
-from stores.errors import AlbatError
+from albat.pipeline.config import DEFAULTS, cli_flags, load_config
+from albat.pipeline.methods.base import REGISTRY, get_method, method_class
+from albat.pipeline.options import BOOL, BYTES, FLOAT, INT, LIST, SECTIONS, STR, Option, OptionError, section_defaults
+from albat.pipeline.surrogates.options import SURROGATE_OPTIONS
+from albat.stores.errors import AlbatError
 
 ALL_OPTIONS = [o for options in SECTIONS.values() for o in options] + [
     o for name in REGISTRY for o in method_class(name).OPTIONS]
@@ -32,7 +32,8 @@ def test_every_option_is_declared_soundly(option: Option) -> None:
 
 def test_config_defaults_come_from_the_schema() -> None:
     assert DEFAULTS == section_defaults()
-    assert set(DEFAULTS) == {"work", "seed", "embed", "index", "query", "filter", "emit"}
+    assert set(DEFAULTS) == {"work", "seed", "task", "executor", "ray_address", "ray_cpus", "embed", "index", "query",
+                             "filter", "mix", "emit"}
 
 
 def test_the_encoder_options_are_declared_as_agreed() -> None:
@@ -45,7 +46,7 @@ def test_the_encoder_options_are_declared_as_agreed() -> None:
 
 
 def test_flags_are_unique_and_every_flag_has_an_option() -> None:
-    from pipeline.cli import build_parser
+    from albat.pipeline.cli import build_parser
 
     flags = list(cli_flags().values())
     assert len(flags) == len(set(flags))
@@ -149,8 +150,8 @@ def test_bad_config_values_are_one_line_and_change_nothing(text: str, names: lis
                                                            capsys: pytest.CaptureFixture) -> None:
     config, work = tmp_path / "bad.toml", tmp_path / "w"
     config.write_text(text)
-    (work / "_stages").mkdir(parents=True)
-    (work / "_stages" / "query.json").write_text('{"fingerprint": "x", "summary": {}}')
+    (work / "tasks/default/_stages").mkdir(parents=True)
+    (work / "tasks/default/_stages" / "query.json").write_text('{"fingerprint": "x", "summary": {}}')
     before = _tree(work)
     capsys.readouterr()
     assert albat("run", "--config", config, "--work", work, "--quiet") == 2
@@ -203,7 +204,7 @@ def test_valid_values_are_accepted_and_converted(tmp_path: Path) -> None:
     config.write_text('[filter]\nmethod = "albat"\ntau = inf\nepsilon = inf\nlora_alpha = 16\nsteps = 10\n'
                       '[embed]\nskip_empty = true\nkeep_columns = "title"\n[index]\nmemory_budget = 1000\n')
     filters = load_config(config)["filter"]
-    assert filters == {"method": "albat", "budget": 64, "tau": math.inf, "epsilon": math.inf, "lora_alpha": 16.0,
+    assert filters == {"method": "albat", "budget": 64, "threads": None, "tau": math.inf, "epsilon": math.inf, "lora_alpha": 16.0,
                        "steps": 10}
     overrides = {"filter": {"method": "albat", "tau": "-inf", "curvature": "adaptation", "budget": "7"},
                  "query": {"k": "4", "dedup_threshold": "0.99999"}, "seed": "3"}
@@ -213,7 +214,7 @@ def test_valid_values_are_accepted_and_converted(tmp_path: Path) -> None:
 
 
 def test_method_options_reach_the_method_through_its_constructor_only() -> None:
-    from pipeline.methods.base import SelectionRequest
+    from albat.pipeline.methods.base import SelectionRequest
 
     assert "options" not in SelectionRequest.__dataclass_fields__
     method = get_method("dsir", buckets="50")
@@ -222,9 +223,9 @@ def test_method_options_reach_the_method_through_its_constructor_only() -> None:
 
 # ----- the README's tables are the schema's ---------------------------------------------------------------
 def test_the_readme_option_tables_match_the_schema() -> None:
-    from pipeline.option_tables import README, with_tables
+    from albat.pipeline.option_tables import README, with_tables
 
     text = README.read_text()
-    assert with_tables(text) == text, "README.md's option tables are stale: run `python -m pipeline.option_tables`"
+    assert with_tables(text) == text, "README.md's option tables are stale: run `python -m albat.pipeline.option_tables`"
     for option in ALL_OPTIONS:
         assert f"| `{option.name}` |" in text, option.name

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from pipeline.prefetch import WriteBehind, prefetched
-from pipeline.threads import filter_threads, torch_threads
+from albat.pipeline.prefetch import WriteBehind, prefetched
+from albat.pipeline.threads import filter_threads, torch_threads
 
 
 def test_prefetched_keeps_order_and_reads_at_most_depth_ahead() -> None:
@@ -60,6 +60,9 @@ def test_filter_threads_and_restore() -> None:
     assert filter_threads({"method": "knn"}) is None
     assert filter_threads({"method": "albat"}) == 1
     assert filter_threads({"method": "albat", "surrogate": "lm"}) == 0
+    assert filter_threads({"method": "albat", "surrogate": "lm", "threads": 1}) == 1  # filter.threads wins
+    assert filter_threads({"method": "albat", "threads": 0}) == 0
+    assert filter_threads({"method": "knn", "threads": 2}) is None  # no torch, nothing to set
     before = torch.get_num_threads()
     with torch_threads(1):
         assert torch.get_num_threads() == 1

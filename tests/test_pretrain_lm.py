@@ -27,7 +27,7 @@ def test_pretrain_caches_by_content_and_loads(tmp_path) -> None:
     assert pretrain.pretrain_backbone(texts, "text", tmp_path / "cache", **{**kw, "steps": 4}) != first
     assert sorted(p.name for p in (tmp_path / "cache").iterdir() if ".tmp-" in p.name) == []
 
-    from pipeline.surrogates.lm import LmSurrogate
+    from albat.pipeline.surrogates.lm import LmSurrogate
 
     surrogate = LmSurrogate(first, steps=2, batch_size=4, projection_dim=16, max_length=16)
     examples = surrogate.examples(SENTENCES[:3])

@@ -28,7 +28,7 @@ def _embed(config: Path, *flags: str, kill_at: str | None = None) -> subprocess.
     env = {k: v for k, v in os.environ.items() if k != "ALBAT_KILL_AT"} | {"HF_HUB_OFFLINE": "1"}
     if kill_at:
         env["ALBAT_KILL_AT"] = kill_at
-    process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "embed", "--config", str(config), *SHAPE, *flags,
+    process = subprocess.Popen([sys.executable, "-m", "albat.pipeline.cli", "embed", "--config", str(config), *SHAPE, *flags,
                                 "--quiet"],
                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from conftest import REPO, SmallWiki, albat, small_run_config
 
-from stores import atomic
-from stores.errors import AlbatError
-from stores.workdir import Workdir
+from albat.stores import atomic
+from albat.stores.errors import AlbatError
+from albat.stores.workdir import Workdir
 
-HOLD = "import sys, time; from stores.workdir import Workdir; Workdir(sys.argv[1]).lock(); print('held', flush=True); time.sleep(600)"
+HOLD = "import sys, time; from albat.stores.workdir import Workdir; Workdir(sys.argv[1]).lock(); print('held', flush=True); time.sleep(600)"
 
 
 def test_a_killed_writer_never_blocks_the_next_one(tmp_path: Path) -> None:
@@ -48,7 +48,7 @@ def test_a_directory_the_lock_created_goes_when_nothing_was_written(tmp_path: Pa
 def test_the_lock_follows_a_directory_replaced_while_locking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A writer that opened a directory another run then removed must not lock the deleted inode
     (a third run would lock the new directory and write beside it)."""
-    from stores import workdir
+    from albat.stores import workdir
 
     work = tmp_path / "work"
     opened = []
@@ -89,7 +89,8 @@ def test_emit_output_inside_the_work_directory(small_wiki: SmallWiki, tiny_encod
     config = small_run_config(tmp_path, small_wiki, tiny_encoder)
     assert albat("run", "--config", config, "--output", "sets/knn-20", "--quiet") == 0
     work = tmp_path / "work"
-    assert (work / "sets" / "knn-20" / "manifest.json").exists() and not (work / "output").exists()
+    task = work / "tasks" / "default"
+    assert (task / "sets" / "knn-20" / "manifest.json").exists() and not (task / "output").exists()
     capsys.readouterr()
     assert albat("verify", work) == 0  # verify and sql find the set where the last emit put it
     assert "sets/knn-20: 6 shards, 28 rows" in capsys.readouterr().out

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, SmallWiki, small_run_config
 
-from stores.embedding_store import EmbeddingStore
+from albat.stores.embedding_store import EmbeddingStore
 
 
 def _albat(*args: object, kill_at: str | None = None) -> subprocess.CompletedProcess:
@@ -22,7 +22,7 @@ def _albat(*args: object, kill_at: str | None = None) -> subprocess.CompletedPro
     env.pop("ALBAT_KILL_AT", None)
     if kill_at:
         env["ALBAT_KILL_AT"] = kill_at
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args), "--quiet"], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "albat.pipeline.cli", *map(str, args), "--quiet"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -71,17 +71,18 @@ def test_emit_killed_mid_way_publishes_nothing_partial(kill_at: str, small_wiki:
     config = small_run_config(tmp_path, small_wiki, tiny_encoder)
     killed = _albat("run", "--config", config, kill_at=kill_at)
     assert killed.returncode == -signal.SIGKILL
-    output = tmp_path / "work" / "output"
+    output = tmp_path / "work" / "tasks/default/output"
     assert not output.exists()  # a reader sees no shard set rather than part of one
     resumed = _albat("run", "--config", config)
     assert resumed.returncode == 0, resumed.stderr
     for stage in ("embed", "index", "query", "filter"):
         assert f"{stage}: skipped" in resumed.stdout
     manifest = json.loads((output / "manifest.json").read_text())
-    ref = json.loads((reference / "output" / "manifest.json").read_text())
+    ref = json.loads((reference / "tasks/default/output" / "manifest.json").read_text())
     assert [(s["path"], s["rows"], s["sha256"]) for s in manifest["shards"]] == \
            [(s["path"], s["rows"], s["sha256"]) for s in ref["shards"]]
-    assert sorted(p.name for p in output.iterdir()) == sorted([s["path"] for s in ref["shards"]] + ["manifest.json"])
+    assert sorted(p.name for p in output.iterdir()) == ["README.md", "_SUCCESS", "data", "manifest.json"]
+    assert sorted(f"data/{p.name}" for p in (output / "data").iterdir()) == sorted(s["path"] for s in ref["shards"])
     assert not list(output.parent.glob(".output.staging-*"))
 
 
@@ -91,16 +92,16 @@ def test_rerun_after_a_config_change_replaces_the_set_whole(small_wiki: SmallWik
     assert _albat("run", "--config", config).returncode == 0
     result = _albat("run", "--config", config, "--budget", "7")
     assert result.returncode == 0, result.stderr
-    output = tmp_path / "work" / "output"
+    output = tmp_path / "work" / "tasks/default/output"
     manifest = json.loads((output / "manifest.json").read_text())
     assert manifest["counts"]["selected"] == 7
-    names = sorted(p.name for p in output.glob("part-*.parquet"))
+    names = sorted(f"data/{p.name}" for p in output.glob("data/part-*.parquet"))
     assert names == [s["path"] for s in manifest["shards"]]  # no stale shard from the larger set
     assert sum(pq.read_metadata(output / n).num_rows for n in names) == 7 + 8
 
 
 def test_a_second_writer_is_refused(small_wiki: SmallWiki, tiny_encoder: str, tmp_path: Path) -> None:
-    from stores.workdir import Workdir
+    from albat.stores.workdir import Workdir
 
     config = small_run_config(tmp_path, small_wiki, tiny_encoder)
     holder = Workdir(tmp_path / "work")
@@ -117,7 +118,7 @@ def test_query_killed_before_publishing_keeps_the_previous_tables(small_wiki: Sm
                                                                    tmp_path: Path) -> None:
     config = small_run_config(tmp_path, small_wiki, tiny_encoder)
     assert _albat("run", "--config", config).returncode == 0
-    query_dir = tmp_path / "work" / "query"
+    query_dir = tmp_path / "work" / "tasks/default/query"
     before = {p.name: p.read_bytes() for p in query_dir.iterdir()}
     killed = _albat("query", "--config", config, "--k", "4", kill_at="query.before_swap:1")
     assert killed.returncode == -signal.SIGKILL

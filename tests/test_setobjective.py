@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from pipeline.methods.setobjective import greedy, objective, set_risk, whiten
+from albat.pipeline.methods.setobjective import greedy, objective, set_risk, whiten
 
 
 def test_risk_by_hand_one_dimension() -> None:

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.shards import FileRange, ShardTask, plan_shards
-from stores.corpus import CorpusSpec, FileCount, iter_batches, iter_file, scan_corpus
+from albat.pipeline.shards import FileRange, ShardTask, plan_shards
+from albat.stores.corpus import CorpusSpec, FileCount, iter_batches, iter_file, scan_corpus
 
 
 def test_plan_shards_by_hand():
@@ -53,8 +53,8 @@ def test_scan_counts_valid_rows_per_file_and_ranges_read_alone(tmp_path):
 def test_the_ray_executor_without_ray_is_one_clear_error(monkeypatch):
     import sys
 
-    from pipeline.ray_executor import start_ray
-    from stores.errors import AlbatError
+    from albat.pipeline.ray_executor import start_ray
+    from albat.stores.errors import AlbatError
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     with pytest.raises(AlbatError, match=r"--executor ray needs Ray: pip install .*'\.\[ray\]'.*or use --executor local"):

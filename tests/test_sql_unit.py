@@ -1,14 +1,14 @@
-"""pipeline.sql.check_read_only, stores.views.sql_literal, stores.atomic (atomic_path, write_json)."""
+"""albat.pipeline.sql.check_read_only, stores.views.sql_literal, stores.atomic (atomic_path, write_json)."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from pipeline.sql import check_read_only
-from stores.atomic import atomic_path, read_json, remove_stale_temps, temp_name, write_json
-from stores.errors import AlbatError
-from stores.views import sql_literal
+from albat.pipeline.sql import check_read_only
+from albat.stores.atomic import atomic_path, read_json, remove_stale_temps, temp_name, write_json
+from albat.stores.errors import AlbatError
+from albat.stores.views import sql_literal
 
 duckdb = pytest.importorskip("duckdb")
 

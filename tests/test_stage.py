@@ -1,4 +1,4 @@
-"""pipeline.stage on its own: a toy stage shows the protocol's order, the skip of a finished stage,
+"""albat.pipeline.stage on its own: a toy stage shows the protocol's order, the skip of a finished stage,
 the rebuild when its output is missing or its inputs changed, `force`, and that a failure or a kill
 between the steps never leaves a record claiming work that is not there."""
 from __future__ import annotations
@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from stores.atomic import sha256_file
-from pipeline.stage import Plan, Stage, run_stage, stage_class
-from stores.errors import AlbatError
-from stores.workdir import Workdir, fingerprint
+from albat.stores.atomic import sha256_file
+from albat.pipeline.stage import Plan, Stage, run_stage, stage_class
+from albat.stores.errors import AlbatError
+from albat.stores.workdir import Workdir, fingerprint
 
 
 class Toy(Stage):
@@ -139,7 +139,7 @@ def test_a_record_with_another_fingerprint_is_not_complete(tmp_path: Path) -> No
 
 
 def test_every_pipeline_stage_is_a_stage_class() -> None:
-    from pipeline.cli import STAGES
+    from albat.pipeline.cli import STAGES
 
     for name in STAGES:
         cls = stage_class(name)
@@ -156,7 +156,7 @@ def test_a_deleted_output_of_a_real_stage_makes_that_stage_rebuild(small_wiki, t
     config = small_run_config(tmp_path, small_wiki, tiny_encoder)
     assert albat("run", "--config", config, "--quiet") == 0
     work = tmp_path / "work"
-    for path in (work / "index" / "knn.index", work / "query" / "blocked.parquet"):
+    for path in (work / "index" / "knn.index", work / "tasks/default/query" / "blocked.parquet"):
         before = path.read_bytes()
         path.unlink()
         capsys.readouterr()

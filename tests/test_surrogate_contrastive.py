@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.surrogates.contrastive import ContrastiveSurrogate, Pairs, adapt, batch_losses, train_adapter, two_views
+from albat.pipeline.surrogates.contrastive import ContrastiveSurrogate, Pairs, adapt, batch_losses, train_adapter, two_views
 
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -180,7 +180,7 @@ def test_patience_stops_early_and_keeps_the_same_best() -> None:
     import numpy as np
     import torch
 
-    from pipeline.surrogates.contrastive import Pairs, train_adapter
+    from albat.pipeline.surrogates.contrastive import Pairs, train_adapter
 
     rng = np.random.default_rng(0)
 

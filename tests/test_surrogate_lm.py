@@ -7,8 +7,8 @@ import pytest
 import torch
 from lm_fixtures import SENTENCES, make_tiny_lm
 
-from pipeline.surrogates.lm import LmSurrogate, load_causal_lm, token_nll, tokenize
-from stores.errors import AlbatError
+from albat.pipeline.surrogates.lm import LmSurrogate, load_causal_lm, token_nll, tokenize
+from albat.stores.errors import AlbatError
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +138,14 @@ def test_fisher_along_a_direction_is_the_squared_projection(tiny_lm) -> None:
 def test_a_missing_checkpoint_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(AlbatError, match="not a local Hugging Face checkpoint"):
         LmSurrogate(tmp_path / "nowhere")
+
+
+def test_unit_log_likelihoods_are_the_per_token_terms_of_the_loss(tiny_lm) -> None:
+    """`albat mix` mixes experts token by token: the units, averaged per example, give back the loss."""
+    s = surrogate(tiny_lm)
+    examples = s.examples(SENTENCES)
+    units = s.unit_log_likelihoods(examples, "initial")
+    counts = examples.mask[:, 1:].sum(1).numpy().astype(int)  # predicted tokens of each example
+    assert len(units) == counts.sum() and np.all(units <= 0)
+    per_example = -np.array([chunk.mean() for chunk in np.split(units, np.cumsum(counts)[:-1])])
+    np.testing.assert_allclose(per_example, s.losses(examples, "initial"), rtol=1e-5)

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, SmallWiki, albat, finished_small_run, small_run_config
 
-import stores.atomic as atomic
+import albat.stores.atomic as atomic
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_damaged_store_json_is_not_complete_and_embed_rebuilds(built, tmp_path, 
 @pytest.mark.parametrize("damage", ["truncate", "edit"])
 def test_a_damaged_completion_record_is_not_complete(built, tmp_path, capsys, stage, damage) -> None:
     work, common = _copy(built, tmp_path)
-    record = work / "_stages" / f"{stage}.json"
+    record = work / ("_stages" if stage == "index" else "tasks/default/_stages") / f"{stage}.json"
     if damage == "truncate":
         record.write_text(record.read_text()[: len(record.read_text()) // 2])
     else:
@@ -144,7 +144,7 @@ def test_a_damaged_index_file_is_rebuilt_by_index(built, tmp_path, capsys, damag
 def test_a_damaged_query_table_is_rebuilt_by_query(built, tmp_path, capsys, name) -> None:
     work, common = _copy(built, tmp_path)
     before = _files(work)
-    path = work / "query" / name
+    path = work / "tasks/default/query" / name
     _flip(path, len(path.read_bytes()) // 2)
     capsys.readouterr()
     assert albat("verify", work) == 1
@@ -158,7 +158,7 @@ def test_a_damaged_query_table_is_rebuilt_by_query(built, tmp_path, capsys, name
 def test_a_damaged_output_shard_is_rebuilt_by_emit(built, tmp_path, capsys) -> None:
     work, common = _copy(built, tmp_path)
     before = _files(work)
-    (work / "output/part-00001.parquet").unlink()
+    (work / "tasks/default/output/data/part-00001.parquet").unlink()
     capsys.readouterr()
     assert albat("run", *common) == 0
     assert "emit: done" in capsys.readouterr().out
@@ -183,10 +183,10 @@ VERIFY_DAMAGE = {
     "store.json without encoder name": lambda w: _drop_key(w / "store/store.json", "encoder", "name"),
     "done record without rows": lambda w: _drop_key(w / "store/shards/part-00000.done.json", "rows"),
     "index infos without key": lambda w: _drop_key(w / "index/index_infos.json", "index_key"),
-    "manifest without counts": lambda w: _drop_key(w / "output/manifest.json", "counts"),
-    "manifest shards not a list": lambda w: (w / "output/manifest.json").write_text('{"shards": 3}'),
-    "candidates replaced by another table": lambda w: pq.write_table(pa.table({"x": [1]}), w / "query/candidates.parquet"),
-    "selection without keep": lambda w: pq.write_table(pa.table({"id": [1, 2]}), w / "filter/selection.parquet"),
+    "manifest without counts": lambda w: _drop_key(w / "tasks/default/output/manifest.json", "counts"),
+    "manifest shards not a list": lambda w: (w / "tasks/default/output/manifest.json").write_text('{"shards": 3}'),
+    "candidates replaced by another table": lambda w: pq.write_table(pa.table({"x": [1]}), w / "tasks/default/query/candidates.parquet"),
+    "selection without keep": lambda w: pq.write_table(pa.table({"id": [1, 2]}), w / "tasks/default/filter/selection.parquet"),
     "store shard replaced by a directory": lambda w: ((w / "store/shards/part-00000.emb.npy").unlink(),
                                                       (w / "store/shards/part-00000.emb.npy").mkdir()),
 }
@@ -211,8 +211,10 @@ def test_verify_on_a_directory_that_is_not_a_work_directory(tmp_path, capsys) ->
 
 
 # ----- sql --out ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("target", ["store/x.parquet", "store/shards/part-00000.meta.parquet", "query/candidates.parquet",
-                                    "index/x.csv", "_stages/x.csv", "output/part-00000.parquet", "filter/selection.parquet"])
+@pytest.mark.parametrize("target", ["store/x.parquet", "store/shards/part-00000.meta.parquet", "tasks/default/query/candidates.parquet",
+                                    "index/x.csv", "_stages/x.csv", "tasks/default/output/data/part-00000.parquet",
+                                    "tasks/default/filter/selection.parquet", "tasks/default/_stages/x.csv",
+                                    "tasks/other/x.parquet"])
 def test_sql_out_refuses_albat_own_folders(built, tmp_path, capsys, target) -> None:
     work, _ = _copy(built, tmp_path)
     before = {p: p.read_bytes() for p in work.rglob("*") if p.is_file()}
@@ -249,10 +251,10 @@ def test_negative_and_extreme_ids_work_end_to_end(small_wiki, tiny_encoder, tmp_
     work = tmp_path / "work"
     infos = json.loads((work / "index/index_infos.json").read_text())
     assert infos["recall_at_k"] == pytest.approx(1.0)
-    candidates = pq.read_table(work / "query/candidates.parquet").column("candidate_id").to_pylist()
+    candidates = pq.read_table(work / "tasks/default/query/candidates.parquet").column("candidate_id").to_pylist()
     assert len(candidates) >= 8 and set(candidates) <= {r["id"] for r in rows}
     assert min(candidates) < 0
-    shards = pa.concat_tables([pq.read_table(p) for p in sorted((work / "output").glob("part-*.parquet"))])
+    shards = pa.concat_tables([pq.read_table(p) for p in sorted((work / "tasks/default/output").glob("data/part-*.parquet"))])
     shards = shards.column("albat_id").to_pylist()
     assert any(i is not None and i < 0 for i in shards)
     capsys.readouterr()
@@ -294,7 +296,7 @@ def test_a_closed_pipe_is_quiet_with_the_sigpipe_status(built, tmp_path) -> None
     os.close(read)  # the reader is gone before albat writes (`albat sql ... | head -1`)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     try:
-        result = subprocess.run([sys.executable, "-m", "pipeline.cli", "sql", built[0], "SELECT * FROM candidates"],
+        result = subprocess.run([sys.executable, "-m", "albat.pipeline.cli", "sql", built[0], "SELECT * FROM candidates"],
                                 stdout=write, stderr=subprocess.PIPE, env=env, cwd=REPO, timeout=120)
     finally:
         os.close(write)

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, SmallWiki, albat, small_run_config
 
-from stores.workdir import Workdir
+from albat.stores.workdir import Workdir
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +69,11 @@ def _shift_ids(table: pa.Table, column: str) -> pa.Table:
 
 
 def _keep_a_blocked_id(work: Path) -> None:
-    blocked = pq.read_table(work / "query" / "blocked.parquet").column("id").to_pylist()
-    selection = pq.read_table(work / "filter" / "selection.parquet").to_pydict()
+    blocked = pq.read_table(work / "tasks/default/query" / "blocked.parquet").column("id").to_pylist()
+    selection = pq.read_table(work / "tasks/default/filter" / "selection.parquet").to_pydict()
     first_kept = selection["keep"].index(True)
     selection["id"][first_kept] = next(b for b in blocked if b not in selection["id"])
-    pq.write_table(pa.table(selection), work / "filter" / "selection.parquet")
+    pq.write_table(pa.table(selection), work / "tasks/default/filter" / "selection.parquet")
 
 
 # name -> (tamper(work, other), file the DRIFT line names, words of the message and fix)
@@ -97,21 +97,24 @@ DRIFT: dict[str, tuple[Callable[[Path, Path], object], str, str]] = {
                                                         _store_ids(w) + 1), "knn.index", "ids differ from the store"),
     "index of another dimension": (lambda w, o: _write_index(w, np.eye(len(_store_ids(w)), 16, dtype=np.float32),
                                                              _store_ids(w)), "knn.index", "dimension 16"),
-    "query vectors from another encoder": (lambda w, o: np.save(w / "query/adaptation.npy", np.zeros((8, 48), np.float32)),
+    "query vectors from another encoder": (lambda w, o: np.save(w / "tasks/default/query/adaptation.npy", np.zeros((8, 48), np.float32)),
                                            "adaptation.npy", "not the store's encoder"),
-    "candidates from another store": (lambda w, o: _rewrite(w / "query/candidates.parquet",
+    "candidates from another store": (lambda w, o: _rewrite(w / "tasks/default/query/candidates.parquet",
                                                             lambda t: _shift_ids(t, "candidate_id")),
                                       "candidates.parquet", "is not in the store"),
     "selection keeps a blocked id": (lambda w, o: _keep_a_blocked_id(w), "selection.parquet", "blocked (a leak)"),
-    "selection deleted": (lambda w, o: (w / "filter/selection.parquet").unlink(), "selection.parquet",
+    "selection deleted": (lambda w, o: (w / "tasks/default/filter/selection.parquet").unlink(), "selection.parquet",
                           "records the stage as done; rerun `albat filter`"),
-    "output shard changed": (lambda w, o: _rewrite(w / "output/part-00002.parquet", lambda t: t.slice(1)),
+    "output shard changed": (lambda w, o: _rewrite(w / "tasks/default/output/data/part-00002.parquet", lambda t: t.slice(1)),
                              "part-00002.parquet", "SHA-256 differs"),
-    "output shard missing": (lambda w, o: (w / "output/part-00001.parquet").unlink(), "part-00001.parquet", "missing"),
-    "output extra shard": (lambda w, o: shutil.copy(w / "output/part-00000.parquet", w / "output/part-00099.parquet"),
+    "output shard missing": (lambda w, o: (w / "tasks/default/output/data/part-00001.parquet").unlink(), "part-00001.parquet", "missing"),
+    "output extra shard": (lambda w, o: shutil.copy(w / "tasks/default/output/data/part-00000.parquet", w / "tasks/default/output/data/part-00099.parquet"),
                            "part-00099.parquet", "not in the manifest"),
     "output emitted from an earlier filter": (lambda w, o: albat("filter", "--work", w, "--budget", 7, "--quiet"),
                                               "output", "stale: emitted from an earlier `albat filter` run"),
+    "selection made from an earlier query": (lambda w, o: albat("query", "--config", o.parent / "run.toml", "--work", w,
+                                                                "--k", 5, "--quiet"),
+                                             "selection.parquet", "stale: selected from an earlier `albat query` run"),
 }
 
 
@@ -157,7 +160,7 @@ def test_a_killed_run_is_incomplete_not_drift(small_wiki: SmallWiki, tiny_encode
                                               capsys: pytest.CaptureFixture) -> None:
     config = small_run_config(tmp_path, small_wiki, tiny_encoder)
     env = {**os.environ, "ALBAT_KILL_AT": "write:part-00002.meta.parquet:2"}
-    killed = subprocess.run([sys.executable, "-m", "pipeline.cli", "embed", "--config", config, "--quiet"], cwd=REPO,
+    killed = subprocess.run([sys.executable, "-m", "albat.pipeline.cli", "embed", "--config", config, "--quiet"], cwd=REPO,
                             env=env, capture_output=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL
     rc, out = _verify(capsys, tmp_path / "work")

@@ -3,7 +3,9 @@
 `objective=v2` replaces steps 2-4 below with one set objective: relevance plus the surrogate's
 bias-variance risk in the adaptation's curvature subspace, maximised greedily
 (`pipeline.methods.setobjective`, docs/albat-design.md). `objective=v1` (the default: it measured
-better, see docs/albat-design.md) is the filter below.
+better, see docs/albat-design.md) is the filter below. `objective=reducible` re-ranks the retrieved pool
+by the loss adaptation removes, z(ℓ(φ_0;b) − ℓ(φ_s;b)) + relevance_weight·z(relevance)
+(`pipeline.methods.reducible`; GOT-D / RHO-loss style, forward passes only).
 
 1. Train the surrogate φ_s on the adaptation set (φ_0: the untouched backbone).
 2. Validity (Proposition 1), per example: adaptation must not hurt it, Δℓ_b = ℓ(φ_s;b) − ℓ(φ_0;b) ≤ τ.
@@ -21,12 +23,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.methods.base import SelectionRequest, SelectionResult
-from pipeline.methods.ranked import ranked_result
-from pipeline.methods.surrogate_inputs import SurrogateMethod, prepare_pool
-from pipeline.options import FLOAT, INT, STR, Option
-from pipeline.surrogates.options import SURROGATE_OPTIONS
-from stores.errors import AlbatError
+from albat.pipeline.methods.base import SelectionRequest, SelectionResult
+from albat.pipeline.methods.ranked import ranked_result
+from albat.pipeline.methods.surrogate_inputs import SurrogateMethod, prepare_pool
+from albat.pipeline.options import FLOAT, INT, STR, Option
+from albat.pipeline.surrogates.options import SURROGATE_OPTIONS
+from albat.stores.errors import AlbatError
 
 # The options (declared on AlbatMethod.OPTIONS), why their defaults:
 # curvature: "trace" (tr F at φ_s) or "adaptation" (uᵀ F u along u, the unit mean adaptation
@@ -140,8 +142,11 @@ class AlbatMethod(SurrogateMethod):
         # v2: J(S) = Σ rel_b − β·m·(b·B(S) + v·V(S))/R_0 in the top-`rank` whitened H_A subspace
         # (docs/albat-design.md). v1 stays the default: on the reduced selection benchmark v1 was at or
         # above the best baseline within the seed spread in 9 of 12 cells, v2 in 6 of 12.
-        Option("objective", STR, "v1", "v1 (proposition filter) or v2 (one set objective: relevance − bias-variance risk)",
-               choices=("v1", "v2")),
+        Option("objective", STR, "v1", "v1 (proposition filter), v2 (one set objective: relevance − bias-variance "
+               "risk) or reducible (re-rank the pool by z(ℓ(φ_0) − ℓ(φ_s)) + relevance_weight·z(relevance))",
+               choices=("v1", "v2", "reducible")),
+        Option("relevance_weight", FLOAT, 1.0, "reducible: weight of the standardised relevance (0: reducible loss alone)",
+               min=0),
         Option("beta", FLOAT, 1.0, "v2: weight of the risk against relevance", min=0),
         Option("bias", FLOAT, 1.0, "v2: weight of the bias term B(S)", min=0),
         Option("variance", FLOAT, 1.0, "v2: weight of the variance term V(S)", min=0),
@@ -154,6 +159,8 @@ class AlbatMethod(SurrogateMethod):
         opts = self.options
         if opts["objective"] == "v2":
             return self._select_v2(request, opts)
+        if opts["objective"] == "reducible":
+            return self._select_reducible(request, opts)
         pool, fit, fit_seconds, loss0, loss_s, clock = fitted_pool(request, opts)
         surrogate, pairs = pool.surrogate, pool.pairs
         grads = surrogate.gradients(pairs, "adapted")
@@ -176,19 +183,44 @@ class AlbatMethod(SurrogateMethod):
                                   columns["curvature"][row], opts["tau"], bound)
         report = {"surrogate": opts["surrogate"], "objective": "v1", "tau": opts["tau"] if np.isfinite(opts["tau"]) else "inf",
                   "epsilon": opts["epsilon"], "set_norm": set_norm,
-                  "gradient_bound": round(bound, 6), "valid_by_loss": int(np.sum(delta <= opts["tau"])),
-                  "fit_seconds": round(fit_seconds, 3), "score_seconds": round(score_seconds, 3),
-                  "ms_per_candidate": round(1000 * score_seconds / max(len(pool.rows), 1), 4), "surrogate_fit": fit}
-        result = ranked_result(pool.ids, columns["curvature"], pool.rows[decision.order], pool.query_idx, pool.blocked,
-                               pool.block_reason, kept_reason=lambda row, _: why(row), rejected_reason=why, extra=columns)
-        result.report = report
-        return result
+                  "gradient_bound": round(bound, 6), "valid_by_loss": int(np.sum(delta <= opts["tau"]))}
+        return _explained_result(pool, columns["curvature"], pool.rows[decision.order], why, columns, report,
+                                 fit, fit_seconds, score_seconds)
+
+    def _select_reducible(self, request: SelectionRequest, opts: dict) -> SelectionResult:
+        """Top-m of z(reducible loss) + w·z(relevance) over the retrieved pool (`pipeline.methods.reducible`)."""
+        from albat.pipeline.methods.ranked import check_budget, top_scores
+        from albat.pipeline.methods.reducible import explain_reducible, reducible_scores, zscore
+
+        pool, fit, fit_seconds, loss0, loss_s, clock = fitted_pool(request, opts)
+        check_budget(request.budget, len(pool.rows), "the candidate pool (raise query.k)")
+        rel = request.candidates.column("similarity").to_numpy().astype(np.float64)[pool.rows]
+        weight = opts["relevance_weight"]
+        score, red = reducible_scores(loss0, loss_s, rel, weight)
+        order = top_scores(score, pool.ids[pool.rows], request.budget)
+        score_seconds = time.perf_counter() - clock
+        columns = {"loss_initial": pool.spread(loss0), "loss_adapted": pool.spread(loss_s),
+                   "delta_loss": pool.spread(loss_s - loss0), "reducible_loss": pool.spread(red),
+                   "relevance": pool.spread(rel), "z_reducible": pool.spread(zscore(red)),
+                   "z_relevance": pool.spread(zscore(rel)), "reducible_score": pool.spread(score)}
+        cut = float(score[order[-1]]) if len(order) else np.inf
+        kept_rows = pool.rows[order]
+        keep = np.zeros(len(pool.ids), bool)
+        keep[kept_rows] = True
+        why = lambda row: explain_reducible(bool(keep[row]), columns["reducible_score"][row],  # noqa: E731
+                                            columns["reducible_loss"][row], columns["z_reducible"][row],
+                                            columns["z_relevance"][row], weight, cut)
+        report = {"surrogate": opts["surrogate"], "objective": "reducible", "relevance_weight": weight,
+                  "mean_reducible_kept": round(float(red[order].mean()), 6) if len(order) else None,
+                  "mean_reducible_pool": round(float(red.mean()), 6) if len(red) else None}
+        return _explained_result(pool, columns["reducible_score"], kept_rows, why, columns, report,
+                                 fit, fit_seconds, score_seconds)
 
     def _select_v2(self, request: SelectionRequest, opts: dict) -> SelectionResult:
         from threadpoolctl import threadpool_limits
 
-        from pipeline.methods.ranked import check_budget
-        from pipeline.methods.setobjective import greedy, whiten
+        from albat.pipeline.methods.ranked import check_budget
+        from albat.pipeline.methods.setobjective import greedy, whiten
 
         if opts["rank"] < 0 or opts["beta"] < 0 or opts["sample"] < 0 or opts["backbone_weight"] <= 0:
             raise AlbatError("method albat: rank, beta and sample must be >= 0 and backbone_weight > 0")
@@ -226,10 +258,18 @@ class AlbatMethod(SurrogateMethod):
                   "variance": opts["variance"], "rank": int(len(sigma2)), "backbone_weight": opts["backbone_weight"],
                   "tau": opts["tau"] if np.isfinite(opts["tau"]) else "inf", "valid_by_loss": int(valid.sum()),
                   "final_bias": round(trace.risk[0], 6), "final_variance": round(trace.risk[1], 6),
-                  "risk_at_empty": round(len(sigma2) / (2 * n_a), 6),
-                  "fit_seconds": round(fit_seconds, 3), "score_seconds": round(score_seconds, 3),
-                  "ms_per_candidate": round(1000 * score_seconds / max(len(pool.rows), 1), 4), "surrogate_fit": fit}
-        result = ranked_result(pool.ids, columns["marginal_gain"], kept_rows, pool.query_idx, pool.blocked,
-                               pool.block_reason, kept_reason=lambda row, _: why(row), rejected_reason=why, extra=columns)
-        result.report = report
-        return result
+                  "risk_at_empty": round(len(sigma2) / (2 * n_a), 6)}
+        return _explained_result(pool, columns["marginal_gain"], kept_rows, why, columns, report,
+                                 fit, fit_seconds, score_seconds)
+
+
+
+def _explained_result(pool, score: np.ndarray, kept_rows: np.ndarray, why, columns: dict, report: dict, fit: dict,
+                      fit_seconds: float, score_seconds: float) -> SelectionResult:
+    """The ranked result of an objective: every row's reason from `why(row)`, its score columns, and its
+    report followed by the timing keys every objective shares."""
+    result = ranked_result(pool.ids, score, kept_rows, pool.query_idx, pool.blocked, pool.block_reason,
+                           kept_reason=lambda row, _: why(row), rejected_reason=why, extra=columns)
+    result.report = {**report, "fit_seconds": round(fit_seconds, 3), "score_seconds": round(score_seconds, 3),
+                     "ms_per_candidate": round(1000 * score_seconds / max(len(pool.rows), 1), 4), "surrogate_fit": fit}
+    return result

@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.methods.base import SelectionMethod, SelectionRequest, SelectionResult, get_method
-from pipeline.options import FLOAT, INT, STR, Option, resolve
-from stores.errors import AlbatError
+from albat.pipeline.methods.base import SelectionMethod, SelectionRequest, SelectionResult, get_method
+from albat.pipeline.options import FLOAT, INT, STR, Option, resolve
+from albat.stores.errors import AlbatError
 
 AUTO_OPTIONS = (
     Option("methods", STR, "albat,knn,dsir,classifier,random", "comma-separated candidate methods"),
@@ -132,7 +132,7 @@ def augmentation_verdict(table: list[MethodScores]) -> dict[str, Any]:
 def fold_request(request: SelectionRequest, train: np.ndarray, budget: int, options: dict[str, Any]) -> SelectionRequest:
     """The request as if the adaptation set were only rows `train`: their pairs (query_idx renumbered),
     the candidates those pairs retrieve, the same blocked ids."""
-    from pipeline.query import aggregate_candidates
+    from albat.pipeline.query import aggregate_candidates
 
     train = np.sort(np.asarray(train, np.int64))
     q = request.pairs.column("query_idx").to_numpy()
@@ -157,7 +157,7 @@ def heldout_scores(W, held, distractors) -> tuple[float, float]:
     documents and the distractor documents; the loss uses the same candidates."""
     import torch
 
-    from pipeline.surrogates.contrastive import SCALE, adapt
+    from albat.pipeline.surrogates.contrastive import SCALE, adapt
 
     with torch.no_grad():
         q = adapt(torch.from_numpy(held.query), W)
@@ -188,8 +188,8 @@ class Judge:
     disjoint from the candidates and blocked rows."""
 
     def __init__(self, request: SelectionRequest, opts: dict[str, Any]):
-        from pipeline.methods.ranked import candidate_columns
-        from pipeline.methods.surrogate_inputs import adaptation_pairs, bank_ids, store_pairs
+        from albat.pipeline.methods.ranked import candidate_columns
+        from albat.pipeline.methods.surrogate_inputs import adaptation_pairs, bank_ids, store_pairs
 
         ids, _, _ = candidate_columns(request.candidates)
         drawn = bank_ids(request.store, opts["bank_size"] + opts["distractors"],
@@ -203,7 +203,7 @@ class Judge:
 
     def score(self, train: np.ndarray, held: np.ndarray, kept: np.ndarray, lam: float) -> tuple[float, float]:
         """(MRR, −loss) on `held` of the judge trained on `train` plus the kept backbone ids."""
-        from pipeline.surrogates.contrastive import train_adapter
+        from albat.pipeline.surrogates.contrastive import train_adapter
 
         extra = self.store_pairs(kept) if len(kept) else None
         W, _ = train_adapter(self.adaptation.take(train), self.bank, steps=self.opts["judge_steps"],
@@ -271,7 +271,7 @@ def auto_options(options: dict[str, Any]) -> tuple[list[str], dict[str, Any], di
 
 
 def parse_methods(text: str) -> list[str]:
-    from pipeline.methods.base import REGISTRY
+    from albat.pipeline.methods.base import REGISTRY
 
     methods = [m.strip() for m in str(text).split(",") if m.strip()]
     bad = [m for m in methods if m not in REGISTRY or m == "auto"]

@@ -17,9 +17,9 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from pipeline.options import Option, resolve
-from stores.embedding_store import EmbeddingStore
-from stores.errors import AlbatError
+from albat.pipeline.options import Option, resolve
+from albat.stores.embedding_store import EmbeddingStore
+from albat.stores.errors import AlbatError
 
 
 @dataclass
@@ -33,6 +33,7 @@ class SelectionRequest:
     budget: int
     seed: int
     adaptation_pair_vectors: np.ndarray | None = None  # query side of the adaptation pairs, if any
+    executor: dict[str, Any] | None = None  # where corpus passes run (pipeline.shard_map); None: here
 
 
 @dataclass
@@ -79,14 +80,14 @@ class SelectionMethod(ABC):
 
 # name -> "module:Class"; modules are imported only when their method is used.
 REGISTRY: dict[str, str] = {
-    "none": "pipeline.methods.none_method:NoneMethod",
-    "random": "pipeline.methods.random_method:RandomMethod",
-    "knn": "pipeline.methods.knn:KnnMethod",
-    "dsir": "pipeline.methods.dsir:DsirMethod",
-    "classifier": "pipeline.methods.classifier:ClassifierMethod",
-    "gradalign": "pipeline.methods.gradalign:GradAlignMethod",
-    "albat": "pipeline.methods.albat:AlbatMethod",
-    "auto": "pipeline.methods.auto:AutoMethod",
+    "none": "albat.pipeline.methods.none_method:NoneMethod",
+    "random": "albat.pipeline.methods.random_method:RandomMethod",
+    "knn": "albat.pipeline.methods.knn:KnnMethod",
+    "dsir": "albat.pipeline.methods.dsir:DsirMethod",
+    "classifier": "albat.pipeline.methods.classifier:ClassifierMethod",
+    "gradalign": "albat.pipeline.methods.gradalign:GradAlignMethod",
+    "albat": "albat.pipeline.methods.albat:AlbatMethod",
+    "auto": "albat.pipeline.methods.auto:AutoMethod",
 }
 
 

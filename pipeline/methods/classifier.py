@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.methods.base import SelectionMethod, SelectionRequest, SelectionResult
-from pipeline.methods.random_method import uniform_draw
-from pipeline.methods.ranked import candidate_columns, check_budget, ranked_result, top_scores
-from pipeline.options import FLOAT, INT, Option
-from stores.embedding_store import EmbeddingStore
-from stores.errors import AlbatError
+from albat.pipeline.methods.base import SelectionMethod, SelectionRequest, SelectionResult
+from albat.pipeline.methods.random_method import uniform_draw
+from albat.pipeline.methods.ranked import candidate_columns, check_budget, ranked_result, top_scores
+from albat.pipeline.options import FLOAT, INT, Option
+from albat.stores.embedding_store import EmbeddingStore
+from albat.stores.errors import AlbatError
 
 if TYPE_CHECKING:  # scikit-learn loads when the method runs, not when its options are checked
     from sklearn.linear_model import LogisticRegression

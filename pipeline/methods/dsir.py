@@ -14,7 +14,8 @@ the weight, by Gumbel top-k. The Gumbel noise of store shard s comes from its ow
 a row's key does not depend on the order shards are processed in (nor on the pool).
 
 Options: `pool` = "corpus" (default: the whole store, read shard by shard in two passes, p_R first,
-then the weights with a running top-`budget`, so memory stays one shard deep) or "candidates" (the
+then the weights with a running top-`budget`, so memory stays one shard deep; each pass maps one
+function over the shards, here or on Ray Data with `--executor ray`, same draw either way) or "candidates" (the
 stage-1 pool only); `buckets` (10,000); `alpha` (1.0). Blocked ids are never drawn. The result holds
 the kept rows plus every candidate; `score` is the log weight and `dsir_key` the Gumbel-perturbed key
 that decided the draw (the kept rows have the `budget` largest keys).
@@ -23,15 +24,17 @@ from __future__ import annotations
 
 import re
 import zlib
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 from scipy import sparse
 
-from pipeline.methods.base import SelectionMethod, SelectionRequest, SelectionResult
-from pipeline.methods.ranked import candidate_columns, check_budget, ranked_result
-from pipeline.options import FLOAT, INT, STR, Option
-from stores.embedding_store import ID, EmbeddingStore
+from albat.pipeline.methods.base import SelectionMethod, SelectionRequest, SelectionResult
+from albat.pipeline.methods.ranked import candidate_columns, check_budget, ranked_result
+from albat.pipeline.options import FLOAT, INT, STR, Option
+from albat.pipeline.shard_map import map_shards
+from albat.stores.chat import as_texts
+from albat.stores.embedding_store import ID, EmbeddingStore
 
 _WORD = re.compile(r"\w+")
 
@@ -94,10 +97,35 @@ def candidate_keys(store: EmbeddingStore, ids: np.ndarray, seed: int) -> np.ndar
     return noise
 
 
-def _shards(store: EmbeddingStore, column: str) -> Iterator[tuple[int, np.ndarray, list[str]]]:
-    for index in store.shard_indices():
-        meta = store.metadata(index, [ID, column])
-        yield index, meta.column(ID).to_numpy(), meta.column(column).to_pylist()
+def shard_raw_counts(store: EmbeddingStore, shard: int, column: str, buckets: int,
+                     blocked: np.ndarray) -> dict[str, np.ndarray]:
+    """Pass 1 over one shard: its summed n-gram counts (integers, so any summation order gives the
+    same total) and how many of its rows are not blocked."""
+    meta = store.metadata(shard, [ID, column])
+    counts = hashed_ngram_counts(as_texts(meta.column(column), store.chat_template), buckets)
+    return {"counts": np.asarray(counts.sum(axis=0)).ravel(),
+            "selectable": np.int64((~np.isin(meta.column(ID).to_numpy(), blocked)).sum())}
+
+
+def shard_draw(store: EmbeddingStore, shard: int, column: str, buckets: int, ratio: np.ndarray, seed: int,
+               budget: int, blocked: np.ndarray, candidate_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Pass 2 over one shard: the weights and keys (noise from `[seed, shard]`) of its `budget`
+    best rows, largest key first (ties by position), and of its candidate rows. No row outside a
+    shard's own top `budget` can be among the corpus's top `budget`, so merging these in shard
+    order (`_Draw.merge`) draws exactly what a pass over every row does."""
+    meta = store.metadata(shard, [ID, column])
+    ids = meta.column(ID).to_numpy().astype(np.int64)
+    log_w = log_importance(hashed_ngram_counts(as_texts(meta.column(column), store.chat_template), buckets), ratio)
+    key = _keys(ids, log_w, gumbel_keys(seed, shard, len(ids)), blocked)
+    best, cand = top_k(key, budget), np.isin(ids, candidate_ids)
+    return {"ids": ids[best], "log_w": log_w[best], "key": key[best],
+            "cand_ids": ids[cand], "cand_log_w": log_w[cand], "cand_key": key[cand]}
+
+
+def _keys(ids: np.ndarray, log_w: np.ndarray, noise: np.ndarray, blocked: np.ndarray) -> np.ndarray:
+    key = log_w + noise
+    key[np.isin(ids, blocked)] = -np.inf
+    return key
 
 
 class _Draw:
@@ -113,13 +141,17 @@ class _Draw:
         self.cand_key = np.full(len(candidate_ids), -np.inf)
 
     def add(self, ids: np.ndarray, log_w: np.ndarray, noise: np.ndarray, blocked: np.ndarray) -> None:
-        key = log_w + noise
-        key[np.isin(ids, blocked)] = -np.inf
-        where = np.isin(self.cand_ids, ids)
+        key = _keys(ids, log_w, noise, blocked)
+        self.merge(ids, log_w, key, ids, log_w, key)
+
+    def merge(self, ids: np.ndarray, log_w: np.ndarray, key: np.ndarray, cand_ids: np.ndarray,
+              cand_log_w: np.ndarray, cand_key: np.ndarray) -> None:
+        """Rows (in arrival order) competing for the draw, and the candidate rows among those seen."""
+        where = np.isin(self.cand_ids, cand_ids)
         if where.any():
-            sorter = np.argsort(ids)
-            rows = sorter[np.searchsorted(ids, self.cand_ids[where], sorter=sorter)]
-            self.cand_log_w[where], self.cand_key[where] = log_w[rows], key[rows]
+            sorter = np.argsort(cand_ids)
+            rows = sorter[np.searchsorted(cand_ids, self.cand_ids[where], sorter=sorter)]
+            self.cand_log_w[where], self.cand_key[where] = cand_log_w[rows], cand_key[rows]
         ids, log_w, key = (np.concatenate([a, b]) for a, b in ((self.ids, ids), (self.log_w, log_w), (self.key, key)))
         best = top_k(key, self.budget)
         self.ids, self.log_w, self.key = ids[best], log_w[best], key[best]
@@ -148,15 +180,17 @@ class DsirMethod(SelectionMethod):
             draw.add(cand_ids, log_importance(counts, log_ratio(target, counts.sum(axis=0), alpha)),
                      candidate_keys(store, cand_ids, request.seed), blocked)
         else:
+            scan = {"column": column, "buckets": buckets, "blocked": blocked}
             raw, selectable = np.zeros(buckets), 0
-            for _, ids, texts in _shards(store, column):  # pass 1: the raw distribution
-                raw += np.asarray(hashed_ngram_counts(texts, buckets).sum(axis=0)).ravel()
-                selectable += int((~np.isin(ids, blocked)).sum())
+            for _, part in map_shards(shard_raw_counts, store, scan, request.executor, "dsir: n-grams"):  # pass 1: p_R
+                raw += part["counts"]
+                selectable += int(part["selectable"])
             check_budget(request.budget, selectable, "the corpus")
-            ratio = log_ratio(target, raw, alpha)
-            for index, ids, texts in _shards(store, column):  # pass 2: weights and the draw, per-shard noise
-                draw.add(ids, log_importance(hashed_ngram_counts(texts, buckets), ratio),
-                         gumbel_keys(request.seed, index, len(ids)), blocked)
+            scan.update(ratio=log_ratio(target, raw, alpha), seed=request.seed, budget=request.budget,
+                        candidate_ids=cand_ids)
+            for _, part in map_shards(shard_draw, store, scan, request.executor, "dsir: draw"):  # pass 2: the draw
+                draw.merge(part["ids"], part["log_w"], part["key"], part["cand_ids"], part["cand_log_w"],
+                           part["cand_key"])
         return self._result(request, draw, cand_ids, cand_query, block_reason, opts["pool"])
 
     @staticmethod

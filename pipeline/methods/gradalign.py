@@ -10,9 +10,9 @@ import time
 
 import numpy as np
 
-from pipeline.methods.base import SelectionRequest, SelectionResult
-from pipeline.methods.ranked import check_budget, ranked_result, top_scores
-from pipeline.methods.surrogate_inputs import SurrogateMethod, prepare_pool
+from albat.pipeline.methods.base import SelectionRequest, SelectionResult
+from albat.pipeline.methods.ranked import check_budget, ranked_result, top_scores
+from albat.pipeline.methods.surrogate_inputs import SurrogateMethod, prepare_pool
 
 
 def gradient_alignment(grads: np.ndarray, target: np.ndarray) -> np.ndarray:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.methods.base import SelectionMethod, SelectionRequest, SelectionResult
-from stores.errors import AlbatError
+from albat.pipeline.methods.base import SelectionMethod, SelectionRequest, SelectionResult
+from albat.stores.errors import AlbatError
 
 
 def round_robin_order(query_idx: np.ndarray, rank: np.ndarray, ids: np.ndarray, allowed: np.ndarray) -> np.ndarray:

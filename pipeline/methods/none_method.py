@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.methods.base import SelectionMethod, SelectionRequest, SelectionResult
-from pipeline.methods.ranked import candidate_columns
+from albat.pipeline.methods.base import SelectionMethod, SelectionRequest, SelectionResult
+from albat.pipeline.methods.ranked import candidate_columns
 
 REASON = "rejected: method none selects no backbone data"
 

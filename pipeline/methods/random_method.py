@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.methods.base import SelectionMethod, SelectionRequest, SelectionResult
-from stores.errors import AlbatError
+from albat.pipeline.methods.base import SelectionMethod, SelectionRequest, SelectionResult
+from albat.stores.errors import AlbatError
 
 
 def uniform_draw(n_rows: int, budget: int, blocked_positions: np.ndarray, seed: int) -> np.ndarray:

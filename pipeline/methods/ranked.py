@@ -13,8 +13,8 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from pipeline.methods.base import SelectionResult
-from stores.errors import AlbatError
+from albat.pipeline.methods.base import SelectionResult
+from albat.stores.errors import AlbatError
 
 BLOCKED = "blocked (a duplicate of adaptation or evaluation data)"
 

@@ -14,15 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.methods.base import SelectionMethod, SelectionRequest
-from pipeline.methods.ranked import candidate_columns
-from pipeline.surrogates.base import surrogate_class
-from pipeline.surrogates.options import SURROGATE_OPTIONS
-from stores.embedding_store import EmbeddingStore
-from stores.errors import AlbatError
+from albat.pipeline.methods.base import SelectionMethod, SelectionRequest
+from albat.pipeline.methods.ranked import candidate_columns
+from albat.pipeline.surrogates.base import surrogate_class
+from albat.pipeline.surrogates.options import SURROGATE_OPTIONS
+from albat.stores.embedding_store import EmbeddingStore
+from albat.stores.errors import AlbatError
 
 def store_pairs(store: EmbeddingStore, ids: np.ndarray, view_sigma: float, seed: int):
-    from pipeline.surrogates.contrastive import Pairs, two_views
+    from albat.pipeline.surrogates.contrastive import Pairs, two_views
 
     doc = store.vectors_for_ids(ids)
     query = store.vectors_for_ids(ids, side="pair") if store.pair_column else two_views(doc, view_sigma, seed)
@@ -30,7 +30,7 @@ def store_pairs(store: EmbeddingStore, ids: np.ndarray, view_sigma: float, seed:
 
 
 def adaptation_pairs(request: SelectionRequest, view_sigma: float):
-    from pipeline.surrogates.contrastive import Pairs, two_views
+    from albat.pipeline.surrogates.contrastive import Pairs, two_views
 
     doc = request.adaptation_vectors.astype(np.float32)
     query = request.adaptation_pair_vectors

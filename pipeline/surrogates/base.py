@@ -15,7 +15,7 @@ from typing import Any, Iterator, Literal
 
 import numpy as np
 
-from stores.errors import AlbatError
+from albat.stores.errors import AlbatError
 
 State = Literal["initial", "adapted"]  # φ_0 or φ_s
 
@@ -30,6 +30,11 @@ class Surrogate(ABC):
     @abstractmethod
     def losses(self, examples: Any, state: State) -> np.ndarray:
         """Per-example loss ℓ(φ; z), shape (n,)."""
+
+    def unit_log_likelihoods(self, examples: Any, state: State) -> np.ndarray:
+        """log p_φ(y | x) of each predicted unit of the examples, flat (`albat mix` mixes the experts'
+        predictive distributions unit by unit). By default one unit per example: -ℓ(φ; z)."""
+        return -self.losses(examples, state)
 
     @abstractmethod
     def gradients(self, examples: Any, state: State) -> np.ndarray:
@@ -60,8 +65,8 @@ def row_slices(n: int, size: int, per_row: int = 1) -> Iterator[slice]:
 
 
 SURROGATES: dict[str, str] = {
-    "contrastive": "pipeline.surrogates.contrastive:ContrastiveSurrogate",
-    "lm": "pipeline.surrogates.lm:LmSurrogate",
+    "contrastive": "albat.pipeline.surrogates.contrastive:ContrastiveSurrogate",
+    "lm": "albat.pipeline.surrogates.lm:LmSurrogate",
 }
 
 

@@ -33,9 +33,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.options import defaults
-from pipeline.surrogates.base import State, Surrogate, holdout_split, row_slices
-from pipeline.surrogates.options import SURROGATE_OPTIONS
+from albat.pipeline.options import defaults
+from albat.pipeline.progress import tracked_range, tracked_slices
+from albat.pipeline.surrogates.base import State, Surrogate, holdout_split, row_slices
+from albat.pipeline.surrogates.options import SURROGATE_OPTIONS
 
 DEFAULT = defaults(SURROGATE_OPTIONS)  # the options' defaults are declared once, in pipeline.surrogates.options
 
@@ -157,7 +158,7 @@ def train_adapter(train: Pairs, bank: Pairs, *, steps: int, lr: float, batch_siz
         extra = None
     best = (math.inf, W.detach().clone(), 0)
     history = []
-    for step in range(steps + 1):
+    for step in tracked_range(steps + 1, "contrastive surrogate: fit"):
         if holdout is not None and step % eval_every == 0:
             with torch.no_grad():
                 h = batch_losses(adapt(torch.from_numpy(holdout.query), W), adapt(torch.from_numpy(holdout.doc), W),
@@ -247,7 +248,8 @@ class ContrastiveSurrogate(Surrogate):
         W = self._W(state)
         bq, bd = adapt(self._t(self.bank.query), W), adapt(self._t(self.bank.doc), W)
         out = [batch_losses(adapt(self._t(examples.query[s]), W), adapt(self._t(examples.doc[s]), W),
-                            bq, bd, in_batch=False, scale=self.scale) for s in row_slices(len(examples), self.chunk)]
+                            bq, bd, in_batch=False, scale=self.scale)
+               for s in tracked_slices(row_slices(len(examples), self.chunk), len(examples), "contrastive surrogate: losses")]
         return torch.cat(out).numpy().astype(np.float64) if out else np.empty(0)
 
     def _bank_terms(self, W: torch.Tensor) -> _BankTerms:
@@ -285,7 +287,9 @@ class ContrastiveSurrogate(Surrogate):
         gen = torch.Generator().manual_seed(seed)
         u = None if direction is None else torch.from_numpy(np.asarray(direction, dtype=np.float32))
         out = []
-        for s in row_slices(len(examples), self.chunk, max(1, samples)):
+        what = "curvature" if samples else "gradients"
+        for s in tracked_slices(row_slices(len(examples), self.chunk, max(1, samples)), len(examples),
+                                f"contrastive surrogate: {what}"):
             xq, xd = self._t(examples.query[s]), self._t(examples.doc[s])
             (qh, nq), (dh, nd) = _unit(xq, W), _unit(xd, W)
             banks = (bank.hat_q, bank.norm_q, bank.hat_d, bank.norm_d)

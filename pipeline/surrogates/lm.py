@@ -35,10 +35,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pipeline.options import defaults
-from pipeline.surrogates.base import State, Surrogate, holdout_split, row_slices
-from pipeline.surrogates.options import SURROGATE_OPTIONS
-from stores.errors import AlbatError
+from albat.pipeline.options import defaults
+from albat.pipeline.progress import tracked_range, tracked_slices
+from albat.pipeline.surrogates.base import State, Surrogate, holdout_split, row_slices
+from albat.pipeline.surrogates.options import SURROGATE_OPTIONS
+from albat.stores.errors import AlbatError
 
 DEFAULT = defaults(SURROGATE_OPTIONS)  # the options' defaults are declared once, in pipeline.surrogates.options
 
@@ -226,7 +227,7 @@ class LmSurrogate(Surrogate):
         opt = torch.optim.AdamW(self.params.values(), lr=self.lr, weight_decay=0.0)
         best = (math.inf, self.state["initial"], 0)
         first = None
-        for step in range(self.steps + 1):
+        for step in tracked_range(self.steps + 1, "lm surrogate: fit"):
             if n_hold and step % EVAL_EVERY == 0:
                 held = float(self._loss_rows(holdout).mean())
                 first = held if first is None else first
@@ -254,13 +255,28 @@ class LmSurrogate(Surrogate):
 
         out = []
         with torch.no_grad():
-            for rows in row_slices(len(examples), self.batch_size):
+            for rows in tracked_slices(row_slices(len(examples), self.batch_size), len(examples), "lm surrogate: losses"):
                 out.append(token_nll(self.model, *examples.batch(rows, self.device)).double().cpu())
         return torch.cat(out).numpy() if out else np.empty(0)
 
     def losses(self, examples: Tokens, state: State) -> np.ndarray:
         self._use(state)
         return self._loss_rows(examples)
+
+    def unit_log_likelihoods(self, examples: Tokens, state: State) -> np.ndarray:
+        """log p(token | prefix) of every predicted token of every example, flat: the MDE units."""
+        import torch
+        import torch.nn.functional as F
+
+        self._use(state)
+        out = []
+        with torch.no_grad():
+            for rows in row_slices(len(examples), self.batch_size):
+                ids, mask = examples.batch(rows, self.device)
+                logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+                nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+                out.append((-nll)[mask[:, 1:].bool()].double().cpu())
+        return torch.cat(out).numpy() if out else np.empty(0)
 
     def _per_example_grads(self, ids, mask, labels: Callable[[Any], Any] | None = None) -> list[Any]:
         """Exact per-example gradients of ℓ, one (b, out, in) tensor per LoRA factor, in `params` order.
@@ -312,7 +328,8 @@ class LmSurrogate(Surrogate):
 
         self._use(state)
         out = [self._flatten(self._per_example_grads(*examples.batch(rows, self.device))).detach().float().cpu()
-               for rows in row_slices(len(examples), self.batch_size)]
+               for rows in tracked_slices(row_slices(len(examples), self.batch_size), len(examples),
+                                          "lm surrogate: gradients")]
         return torch.cat(out).numpy() if out else np.empty((0, self.grad_dim), np.float32)
 
     def fisher_trace(self, examples: Tokens, state: State, samples: int = 2, seed: int = 0,
@@ -324,7 +341,8 @@ class LmSurrogate(Surrogate):
         gen = torch.Generator(device=self.device).manual_seed(seed)
         u = None if direction is None else torch.as_tensor(direction, dtype=torch.float32, device=self.device)
         out = []
-        for rows in row_slices(len(examples), self.batch_size, samples):
+        for rows in tracked_slices(row_slices(len(examples), self.batch_size, samples), len(examples),
+                                   "lm surrogate: curvature"):
             ids, mask = examples.batch(rows, self.device)
             ids, mask = ids.repeat_interleave(samples, 0), mask.repeat_interleave(samples, 0)
 

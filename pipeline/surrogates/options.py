@@ -3,7 +3,7 @@
 (albat, gradalign) take all of them: `SHARED`, then `CONTRASTIVE`'s and `LM`'s own."""
 from __future__ import annotations
 
-from pipeline.options import FLOAT, INT, STR, Option
+from albat.pipeline.options import FLOAT, INT, STR, Option
 
 SHARED = (
     Option("surrogate", STR, "contrastive", "contrastive (store embeddings) or lm (causal LM + LoRA)",

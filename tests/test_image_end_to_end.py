@@ -1,0 +1,148 @@
+"""`albat run --modality image --method albat` end to end on tiny real images and a tiny random-weight
+open_clip model: shards read back as PIL images, exact duplicates blocked by pixels, the imagefolder
+export, and the store's encoder identity enforced."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import albat
+from image_fixtures import encoded, image_folder, picture, tiny_clip_config
+
+if importlib.util.find_spec("open_clip") is None:
+    pytest.skip("image extra not installed", allow_module_level=True)
+
+
+def _adaptation(root: Path, corpus: Path) -> Path:
+    root.mkdir()
+    records = []
+    for i in range(3):
+        (root / f"a{i}.png").write_bytes(encoded(picture(50 + i, 0)))
+        records.append({"file_name": f"a{i}.png", "text": f"my red picture {i}"})
+    shutil.copy(corpus / "red" / "r3.png", root / "copy.png")  # the same pixels as a corpus image
+    records.append({"file_name": "copy.png", "text": "a copy"})
+    (root / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return root
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("image_run")
+    corpus = image_folder(tmp / "corpus")
+    adaptation = _adaptation(tmp / "adaptation", corpus)
+    config = tmp / "run.toml"
+    config.write_text(f"""work = "{tmp / 'work'}"
+seed = 0
+[embed]
+modality = "image"
+input = ["{corpus}"]
+image_model = "{tiny_clip_config(tmp)}"
+shard_rows = 5
+image_workers = 1
+[query]
+adaptation = ["{adaptation}"]
+k = 8
+dedup_threshold = 1.0
+[filter]
+method = "albat"
+budget = 4
+[emit]
+emit_format = "imagefolder"
+""")
+    assert albat("run", "--config", config, "--quiet") == 0
+    return tmp
+
+
+def test_shards_load_as_pil_images(image_run: Path) -> None:
+    import datasets
+    from PIL import Image
+
+    shards = sorted((image_run / "work" / "tasks/default/output/data").glob("*.parquet"))
+    data = datasets.load_dataset("parquet", data_files=[str(p) for p in shards], split="train")
+    assert isinstance(data.features["image"], datasets.Image)
+    rows = list(data)
+    manifest = json.loads((image_run / "work" / "tasks/default/output" / "manifest.json").read_text())
+    assert manifest["method"] == "albat" and manifest["encoder"]["modality"] == "image"
+    assert sum(r["albat_is_adaptation"] for r in rows) == 4
+    assert sum(not r["albat_is_adaptation"] for r in rows) == manifest["counts"]["selected"] <= 4
+    for row in rows:
+        assert isinstance(row["image"], Image.Image) and row["image"].size == (24, 20)
+        assert row["text"]
+
+
+def test_exact_copy_is_blocked_and_never_selected(image_run: Path) -> None:
+    import pyarrow.parquet as pq
+
+    work = image_run / "work"
+    blocked = pq.read_table(work / "tasks/default/query" / "blocked.parquet").to_pylist()
+    exact = [b for b in blocked if b["reason"].startswith("exact duplicate of adaptation example 3")]
+    meta = [r for path in sorted((work / "store" / "shards").glob("*.meta.parquet")) for r in pq.read_table(path).to_pylist()]
+    copy_id = next(r["albat_id"] for r in meta if r["image"]["path"] == "red/r3.png")
+    assert [b["id"] for b in exact] == [copy_id]
+    selected = pq.read_table(work / "tasks/default/filter" / "selection.parquet").to_pylist()
+    assert copy_id not in {s["id"] for s in selected if s["keep"]}
+
+
+def test_imagefolder_export_feeds_datasets_imagefolder(image_run: Path) -> None:
+    import datasets
+
+    folder = image_run / "work" / "tasks/default/output-imagefolder"
+    lines = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    rows = json.loads((image_run / "work" / "tasks/default/output" / "manifest.json").read_text())["rows"]
+    assert len(lines) == rows and all((folder / line["file_name"]).is_file() for line in lines)
+    data = datasets.load_dataset("imagefolder", data_dir=str(folder), split="train")
+    assert len(data) == rows and data[0]["image"].size == (24, 20) and "albat_weight" in data.column_names
+    assert sorted(data["text"]) == sorted(line["text"] for line in lines)
+    # DreamBooth reads every file of a folder as an image: images/ holds nothing else
+    assert sorted(p.suffix for p in (folder / "images").iterdir()) == [".jpg"] * sum(
+        line["original_name"].endswith(".jpg") for line in lines) + [".png"] * sum(
+        line["original_name"].endswith(".png") for line in lines)
+
+
+def test_rerun_skips_and_query_refuses_another_model(image_run: Path, tmp_path: Path) -> None:
+    config = image_run / "run.toml"
+    assert albat("run", "--config", config, "--quiet") == 0
+    other = tmp_path / "other.json"
+    cfg = json.loads(tiny_clip_config(tmp_path).read_text())
+    cfg["vision_cfg"]["width"] = 48
+    other.write_text(json.dumps(cfg))
+    assert albat("query", "--config", config, "--query-encoder", other, "--force", "--quiet") != 0
+
+
+def test_decoding_workers_do_not_change_the_store(image_run: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    from albat.stores.embedding_store import EmbeddingStore
+
+    assert albat("embed", "--work", tmp_path / "w", "--modality", "image", "--input", image_run / "corpus",
+                 "--image-model", tiny_clip_config(image_run), "--shard-rows", "5", "--image-workers", "0",
+                 "--quiet") == 0
+    ours, theirs = EmbeddingStore(tmp_path / "w" / "store"), EmbeddingStore(image_run / "work" / "store")
+    assert ours.shard_indices() == theirs.shard_indices()
+    for i in ours.shard_indices():
+        np.testing.assert_allclose(ours.vectors(i), theirs.vectors(i), atol=1e-6)
+        assert ours.metadata(i).equals(theirs.metadata(i))
+
+
+def test_selected_backbone_images_come_back_whole(image_run: Path) -> None:
+    """knn fills the budget: every selected row's image equals the corpus file it came from (runs last:
+    it replaces the run's selection)."""
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    config = image_run / "run.toml"
+    assert albat("filter", "--config", config, "--method", "knn", "--budget", "4", "--quiet") == 0
+    assert albat("emit", "--config", config, "--output", "knn", "--no-adaptation", "--quiet") == 0
+    data = datasets.load_dataset("parquet", data_files=str(image_run / "work" / "tasks/default/knn/data" / "*.parquet"), split="train")
+    assert len(data) == 4
+    raw = data.cast_column("image", datasets.Image(decode=False))
+    for row, undecoded in zip(data, raw):
+        original = Image.open(image_run / "corpus" / undecoded["image"]["path"])
+        assert np.array_equal(np.asarray(original.convert("RGB")), np.asarray(row["image"].convert("RGB")))
+        assert undecoded["image"]["bytes"] == (image_run / "corpus" / undecoded["image"]["path"]).read_bytes()
+        assert row["albat_weight"] > 0 and row["albat_method"] == "knn"
