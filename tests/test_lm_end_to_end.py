@@ -142,6 +142,37 @@ def test_reducible_objective_keeps_the_top_scores_and_explains_them(small_wiki: 
     assert report["objective"] == "reducible" and report["relevance_weight"] == 1.0
 
 
+def test_reducible_with_coverage_walks_knns_round_robin(small_wiki: SmallWiki, tiny_encoder: str,
+                                                        tiny_lm: Path, tmp_path: Path) -> None:
+    """coverage=round_robin: every adaptation example gets its turn, and inside one example's list
+    the kept neighbours are the best-scored ones, whatever their retrieval rank."""
+    config = small_run_config(tmp_path, small_wiki, tiny_encoder)
+    assert albat("run", "--config", config, "--quiet", "--method", "albat", "--budget", BUDGET, "--surrogate", "lm",
+                 "--surrogate-model", tiny_lm, "--method-option", "steps=10", "--method-option", "batch_size=8",
+                 "--method-option", "max_length=32", "--method-option", "objective=reducible",
+                 "--method-option", "holdout_fraction=0", "--method-option", "coverage=round_robin") == 0
+    work = tmp_path / "work" / "tasks/default"
+    selection = pq.read_table(work / "filter" / "selection.parquet").to_pandas()
+    kept = selection[selection["keep"]].sort_values("selection_rank")
+    assert len(kept) == BUDGET and kept["reason"].str.contains("round-robin position").all()
+    # round-robin: the turns never go down along the selection order
+    assert (np.diff(kept["coverage_turn"].to_numpy()) >= 0).all()
+    pairs = pq.read_table(work / "query" / "candidate_pairs.parquet").to_pandas()
+    n_examples = pairs["query_idx"].nunique()
+    # one pick per example per round; the examples share the picks (an example whose best neighbours
+    # were all taken by earlier examples can miss a round, as in knn)
+    assert kept["coverage_query"].value_counts().max() <= int(kept["coverage_turn"].max()) + 1
+    assert kept["coverage_query"].nunique() >= min(n_examples, BUDGET) - 2
+    # inside one example's list, a kept row's score beats every unkept row that example retrieved
+    # first (turn before it) -- i.e. the turn is the score order, not the retrieval rank
+    scored = selection[np.isfinite(selection["reducible_score"])]
+    for q, group in scored[scored["coverage_query"] >= 0].groupby("coverage_query"):
+        by_turn = group.sort_values("coverage_turn")["reducible_score"].to_numpy()
+        assert (np.diff(by_turn) <= 1e-12).all(), q
+    report = json.loads((work / "output" / "manifest.json").read_text())["selection"]
+    assert report["coverage"] == "round_robin"
+
+
 def test_train_lora_curve_is_the_perplexity_of_shorter_runs(tiny_lm: Path) -> None:
     train_lora = _train_lora_module()
     texts = SENTENCES[:6]

@@ -65,17 +65,23 @@ def set_drift(total: np.ndarray, squares: float, k: int, pairwise: bool) -> floa
 
 
 def proposition_filter(delta_loss: np.ndarray, grads: np.ndarray, curvature: np.ndarray, bound: float,
-                       tau: float, budget: int, pairwise: bool = False) -> FilterDecision:
+                       tau: float, budget: int, pairwise: bool = False, walk: np.ndarray | None = None) -> FilterDecision:
     """The pure filter: validity by Δℓ ≤ τ, then curvature order with the greedy set-gradient bound
     `set_drift(S ∪ {b}) ≤ bound` (see `set_drift` for the two norms).
 
-    `bound` is ε·‖mean adaptation gradient at φ_0‖. Ties in curvature go to the lower row index."""
+    `bound` is ε·‖mean adaptation gradient at φ_0‖. Ties in curvature go to the lower row index.
+    `walk` (row indices) replaces the curvature order, e.g. the coverage order of
+    `pipeline.methods.coverage`; rows missing from it are never tried."""
     n = len(delta_loss)
     status = np.full(n, BUDGET, dtype=np.int8)
     status[delta_loss > tau] = INVALID_LOSS
     tried = np.full(n, np.nan)
     valid = np.nonzero(status != INVALID_LOSS)[0]
-    candidates = valid[np.lexsort((valid, -curvature[valid]))]
+    if walk is None:
+        candidates = valid[np.lexsort((valid, -curvature[valid]))]
+    else:
+        walk = np.asarray(walk, np.int64)
+        candidates = walk[status[walk] != INVALID_LOSS]
     total, squares = np.zeros(grads.shape[1], dtype=np.float64), 0.0
     kept: list[int] = []
     for row in candidates:
@@ -145,6 +151,9 @@ class AlbatMethod(SurrogateMethod):
         Option("objective", STR, "v1", "v1 (proposition filter), v2 (one set objective: relevance − bias-variance "
                "risk) or reducible (re-rank the pool by z(ℓ(φ_0) − ℓ(φ_s)) + relevance_weight·z(relevance))",
                choices=("v1", "v2", "reducible")),
+        Option("coverage", STR, "none", "v1 and reducible: none (one global order) or round_robin (knn's round-robin "
+               "over adaptation examples, each example's neighbours ordered by the objective's score)",
+               choices=("none", "round_robin")),
         Option("relevance_weight", FLOAT, 1.0, "reducible: weight of the standardised relevance (0: reducible loss alone)",
                min=0),
         Option("beta", FLOAT, 1.0, "v2: weight of the risk against relevance", min=0),
@@ -171,9 +180,10 @@ class AlbatMethod(SurrogateMethod):
         score_seconds = time.perf_counter() - clock
 
         delta = loss_s - loss0
+        walked = _walk(request, pool, curvature, opts)
         set_norm = opts["set_norm"] if opts["set_norm"] != "auto" else ("pairwise" if opts["surrogate"] == "lm" else "mean")
         decision = proposition_filter(delta, grads, curvature, bound, opts["tau"], request.budget,
-                                      pairwise=set_norm == "pairwise")
+                                      pairwise=set_norm == "pairwise", walk=None if walked is None else walked[0])
         status = np.full(len(pool.ids), BUDGET, dtype=np.int8)
         status[pool.rows] = decision.status
         columns = {"loss_initial": pool.spread(loss0), "loss_adapted": pool.spread(loss_s),
@@ -181,8 +191,9 @@ class AlbatMethod(SurrogateMethod):
                    "curvature": pool.spread(curvature), "set_grad_norm": pool.spread(decision.mean_grad_norm)}
         why = lambda row: explain(status[row], columns["delta_loss"][row], columns["set_grad_norm"][row],  # noqa: E731
                                   columns["curvature"][row], opts["tau"], bound)
+        why = _with_turns(why, pool, walked, pool.rows[decision.order], columns)
         report = {"surrogate": opts["surrogate"], "objective": "v1", "tau": opts["tau"] if np.isfinite(opts["tau"]) else "inf",
-                  "epsilon": opts["epsilon"], "set_norm": set_norm,
+                  "epsilon": opts["epsilon"], "set_norm": set_norm, "coverage": opts["coverage"],
                   "gradient_bound": round(bound, 6), "valid_by_loss": int(np.sum(delta <= opts["tau"]))}
         return _explained_result(pool, columns["curvature"], pool.rows[decision.order], why, columns, report,
                                  fit, fit_seconds, score_seconds)
@@ -197,7 +208,9 @@ class AlbatMethod(SurrogateMethod):
         rel = request.candidates.column("similarity").to_numpy().astype(np.float64)[pool.rows]
         weight = opts["relevance_weight"]
         score, red = reducible_scores(loss0, loss_s, rel, weight)
-        order = top_scores(score, pool.ids[pool.rows], request.budget)
+        walked = _walk(request, pool, score, opts)
+        order = top_scores(score, pool.ids[pool.rows], request.budget) if walked is None else walked[0][: request.budget]
+        check_budget(request.budget, len(order), "the candidate pool (raise query.k)")
         score_seconds = time.perf_counter() - clock
         columns = {"loss_initial": pool.spread(loss0), "loss_adapted": pool.spread(loss_s),
                    "delta_loss": pool.spread(loss_s - loss0), "reducible_loss": pool.spread(red),
@@ -209,8 +222,10 @@ class AlbatMethod(SurrogateMethod):
         keep[kept_rows] = True
         why = lambda row: explain_reducible(bool(keep[row]), columns["reducible_score"][row],  # noqa: E731
                                             columns["reducible_loss"][row], columns["z_reducible"][row],
-                                            columns["z_relevance"][row], weight, cut)
+                                            columns["z_relevance"][row], weight, None if walked else cut)
+        why = _with_turns(why, pool, walked, kept_rows, columns)
         report = {"surrogate": opts["surrogate"], "objective": "reducible", "relevance_weight": weight,
+                  "coverage": opts["coverage"],
                   "mean_reducible_kept": round(float(red[order].mean()), 6) if len(order) else None,
                   "mean_reducible_pool": round(float(red.mean()), 6) if len(red) else None}
         return _explained_result(pool, columns["reducible_score"], kept_rows, why, columns, report,
@@ -222,6 +237,9 @@ class AlbatMethod(SurrogateMethod):
         from albat.pipeline.methods.ranked import check_budget
         from albat.pipeline.methods.setobjective import greedy, whiten
 
+        if opts["coverage"] != "none":
+            raise AlbatError("method albat: coverage=round_robin applies to objective=v1 or reducible; "
+                             "v2 is one set objective (drop coverage, or pick another objective)")
         if opts["rank"] < 0 or opts["beta"] < 0 or opts["sample"] < 0 or opts["backbone_weight"] <= 0:
             raise AlbatError("method albat: rank, beta and sample must be >= 0 and backbone_weight > 0")
         pool, fit, fit_seconds, loss0, loss_s, clock = fitted_pool(request, opts)
@@ -262,6 +280,35 @@ class AlbatMethod(SurrogateMethod):
         return _explained_result(pool, columns["marginal_gain"], kept_rows, why, columns, report,
                                  fit, fit_seconds, score_seconds)
 
+
+def _walk(request: SelectionRequest, pool, row_score: np.ndarray, opts: dict):
+    """With coverage=round_robin: (walk, turn, query) from `pipeline.methods.coverage.covered_rows`,
+    walk indexing pool.rows in knn's round-robin over adaptation examples with each example's
+    neighbours ordered by `row_score`; None otherwise."""
+    if opts["coverage"] == "none":
+        return None
+    from albat.pipeline.methods.coverage import covered_rows
+
+    pairs = request.pairs
+    return covered_rows(pairs.column("query_idx").to_numpy(), pairs.column("rank").to_numpy(),
+                        pairs.column("candidate_id").to_numpy().astype(np.int64), pool.ids[pool.rows], row_score)
+
+
+def _with_turns(why, pool, walked, kept_rows: np.ndarray, columns: dict):
+    """Wrap a reason function so each line also says where coverage put the row (and add the
+    `coverage_turn` / `coverage_query` columns); `why` unchanged without coverage."""
+    if walked is None:
+        return why
+    from albat.pipeline.methods.coverage import explain_turn
+
+    _, turn, query = walked
+    columns["coverage_turn"] = pool.spread(turn.astype(np.float64), fill=-1)
+    columns["coverage_query"] = pool.spread(query.astype(np.float64), fill=-1)
+    position = np.full(len(pool.ids), -1, np.int64)
+    position[kept_rows] = np.arange(len(kept_rows))
+    cut_turn = int(columns["coverage_turn"][kept_rows[-1]]) if len(kept_rows) else 0
+    return lambda row: (f"{why(row)}; " + explain_turn(int(position[row]), int(columns["coverage_turn"][row]),  # noqa: E731
+                                                       int(columns["coverage_query"][row]), cut_turn))
 
 
 def _explained_result(pool, score: np.ndarray, kept_rows: np.ndarray, why, columns: dict, report: dict, fit: dict,

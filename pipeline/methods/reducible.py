@@ -41,10 +41,13 @@ def reducible_scores(loss_initial: np.ndarray, loss_adapted: np.ndarray, relevan
 
 
 def explain_reducible(kept: bool, score: float, red: float, z_red: float, z_rel: float, weight: float,
-                      cut: float) -> str:
-    """One line per decision: the score, its two terms, and which one decided."""
+                      cut: float | None) -> str:
+    """One line per decision: the score, its two terms, and which one decided. cut=None: the order
+    was not by score alone (coverage), so a rejection names the budget only."""
     terms = f"z(reducible loss {red:+.4f}) {z_red:+.3f} + {weight:g}·z(relevance) {weight * z_rel:+.3f}"
     if kept:
         top = "reducible loss" if abs(z_red) >= abs(weight * z_rel) else "relevance"
         return f"kept: score {score:+.4f} = {terms}; decided by {top}"
+    if cut is None:
+        return f"rejected: budget filled; score {score:+.4f} = {terms}"
     return f"rejected: budget filled; score {score:+.4f} = {terms} < the last kept score {cut:+.4f}"
