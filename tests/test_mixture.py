@@ -94,3 +94,18 @@ def test_calibration_mixtures_are_seeded() -> None:
     assert np.array_equal(dirichlet_mixtures(4, 3, seed=5), dirichlet_mixtures(4, 3, seed=5))
     assert not np.array_equal(dirichlet_mixtures(4, 3, seed=5), dirichlet_mixtures(4, 3, seed=6))
     assert dirichlet_mixtures(4, 3, seed=5).sum(axis=1) == pytest.approx(np.ones(3))
+
+
+def test_bench_mix_lm_reweights_backbone_rows_only() -> None:
+    """The LM-track mix benchmark's random mixtures: adaptation rows keep weight 1, the backbone rows'
+    total is unchanged, and each group holds its share w_g of it."""
+    from benchmarks.bench_mix_lm import mixed_weights
+
+    weights = np.array([1.0, 1.0, 0.25, 0.25, 0.25, 0.25])
+    ids = np.array([-1, -2, 10, 11, 12, 13])
+    is_adapt = np.array([True, True, False, False, False, False])
+    group_of = {10: 0, 11: 0, 12: 0, 13: 1}
+    out = mixed_weights(weights, ids, is_adapt, group_of, np.array([0.25, 0.75]))
+    np.testing.assert_allclose(out[:2], [1.0, 1.0])
+    assert out[2:].sum() == pytest.approx(1.0)
+    np.testing.assert_allclose([out[2:5].sum(), out[5]], [0.25, 0.75])
