@@ -154,7 +154,7 @@ def run_stages(stages: Sequence[str], config: dict[str, Any], show_progress: boo
     from albat.pipeline.stage import run_stage, stage_class
 
     work = workdir(config)
-    work.lock()
+    work.lock(read_links=not {"embed", "index"} & set(stages))  # a linked store is only read by the others
     results: dict[str, StageResult] = {}
     try:
         for stage in stages:

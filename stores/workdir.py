@@ -211,7 +211,7 @@ class Workdir:
         os.replace(staging, self.tasks / DEFAULT_TASK)
         self._place_task()
 
-    def lock(self, shared: bool = False) -> None:
+    def lock(self, shared: bool = False, read_links: bool = False) -> None:
         """Take the work directory's lock: exclusive for a writer, shared for a reader (`verify`).
 
         It is an `flock` on the directory itself, so nothing is written for it, and the kernel drops
@@ -223,7 +223,10 @@ class Workdir:
         (a store shared between work directories), the directory holding its real location is
         locked as well, so a run in another work directory using the same store (or the one that
         owns it) is refused while this one holds it. A writer then moves a work directory of the
-        earlier single-task layout into task `default` (`migrate_legacy`)."""
+        earlier single-task layout into task `default` (`migrate_legacy`). `read_links=True` (stages
+        that only read the store and index: query, filter, mix, emit) takes the linked folders'
+        lock shared, so many work directories over one store run side by side, while `embed` and
+        `index` (exclusive) wait for all of them."""
         while True:
             self._created = _make_dirs(self.root)
             fd = _open_lockable(self.root)
@@ -238,14 +241,14 @@ class Workdir:
                 break
             os.close(fd)  # the directory was removed or replaced while we waited: lock the new one
         try:
-            self._lock_shared_folders(shared)
+            self._lock_shared_folders(shared or read_links, verifying=shared)
             if not shared:
                 self.migrate_legacy()
         except BaseException:
             self.unlock()
             raise
 
-    def _lock_shared_folders(self, shared: bool) -> None:
+    def _lock_shared_folders(self, shared: bool, verifying: bool) -> None:
         """flock the directory holding the real location of `store` and `index` where that is not
         this work directory (they are links into another one, or to a shared folder)."""
         own = os.path.realpath(self.root)
@@ -258,7 +261,7 @@ class Workdir:
             except BlockingIOError:
                 holder = _lock_holder(fd)
                 os.close(fd)
-                raise _busy(Path(folder), holder, shared, f" (it holds the store or index {self.root} links to)") \
+                raise _busy(Path(folder), holder, verifying, f" (it holds the store or index {self.root} links to)") \
                     from None
             self._shared_fds.append(fd)
 

@@ -31,6 +31,28 @@ def test_reducible_is_the_loss_adaptation_removes() -> None:
     assert np.argmax(score) == 0  # relevant and reducible beats the most reducible but irrelevant
 
 
+def test_summed_units_rank_the_whole_texts_likelihood_ratio() -> None:
+    loss0, loss_s = np.array([3.0, 3.0]), np.array([2.0, 2.5])  # per token: row 0 more reducible
+    units = np.array([4.0, 20.0])  # row 1 has five times the tokens
+    score, red = reducible_scores(loss0, loss_s, np.zeros(2), 0.0, units)
+    np.testing.assert_allclose(red, [4.0, 10.0])  # 4 x 1.0 and 20 x 0.5
+    assert np.argmax(score) == 1
+    assert np.argmax(reducible_scores(loss0, loss_s, np.zeros(2), 0.0)[0]) == 0
+
+
+def test_lm_unit_counts_are_the_predicted_tokens() -> None:
+    import torch
+
+    from albat.pipeline.surrogates.base import Surrogate
+    from albat.pipeline.surrogates.lm import LmSurrogate, Tokens
+
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+    tokens = Tokens(torch.zeros_like(mask), mask)
+    # BOS + 2, BOS + 3, and a lone BOS (counted as 1, as token_nll's clamp does)
+    np.testing.assert_array_equal(LmSurrogate.unit_counts(None, tokens), [2.0, 3.0, 1.0])
+    np.testing.assert_array_equal(Surrogate.unit_counts(None, tokens), [1.0, 1.0, 1.0])
+
+
 def test_relevance_weight_moves_the_choice_to_relevance() -> None:
     loss0, loss_s = np.array([2.0, 2.0]), np.array([1.0, 1.9])  # row 0 more reducible
     rel = np.array([0.2, 0.8])  # row 1 more relevant

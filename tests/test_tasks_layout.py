@@ -18,8 +18,8 @@ from albat.stores.atomic import sha256_file
 from albat.stores.dataset_card import features
 from albat.stores.workdir import _record_checksum
 
-HOLD = ("import sys, time; from albat.stores.workdir import Workdir; Workdir(sys.argv[1]).lock(); "
-        "print('held', flush=True); time.sleep(600)")
+HOLD = ("import sys, time; from albat.stores.workdir import Workdir; "
+        "Workdir(sys.argv[1]).lock(read_links=len(sys.argv) > 2); print('held', flush=True); time.sleep(600)")
 
 
 @pytest.fixture(scope="module")
@@ -231,8 +231,11 @@ def test_emit_output_stays_inside_the_task_folder(finished, tmp_path: Path, caps
 
 
 # ----- the lock over shared files ---------------------------------------------------------------
-def _hold(work: Path) -> subprocess.Popen:
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(work)], stdout=subprocess.PIPE, text=True)
+def _hold(work: Path, read_links: bool = False) -> subprocess.Popen:
+    """A process holding `work`'s writer lock (and its linked store's: shared with read_links, as
+    query, filter, mix and emit hold it)."""
+    argv = [sys.executable, "-c", HOLD, str(work)] + (["read-links"] if read_links else [])
+    holder = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     return holder
 
@@ -256,6 +259,32 @@ def test_a_store_linked_into_another_work_directory_is_locked_with_it(finished, 
             holder.wait()
     assert albat("query", "--config", config, "--work", second, "--quiet") == 0  # free again: the shared store serves
     assert (second / "tasks" / "default" / "query" / "candidates.parquet").exists()
+
+
+def test_readers_of_a_linked_store_run_side_by_side_and_its_writers_wait(finished, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    """Two work directories over one linked store: while one runs a reading stage (its link lock
+    shared), the other's query and filter run; `index` there (a writer of the shared index) waits."""
+    owner, config = _copy(finished, tmp_path)
+    links = []
+    for name in ("a", "b"):
+        link = tmp_path / name
+        link.mkdir()
+        for part in ("store", "index"):
+            (link / part).symlink_to(owner / part)
+        links.append(link)
+    holder = _hold(links[0], read_links=True)
+    try:
+        assert albat("query", "--config", config, "--work", links[1], "--quiet") == 0
+        assert albat("filter", "--config", config, "--work", links[1], "--quiet") == 0
+        capsys.readouterr()
+        assert albat("index", "--config", config, "--work", links[1], "--force", "--quiet") == 2
+        err = capsys.readouterr().err
+        assert f"in use by pid {holder.pid}" in err and "links to" in err and len(err.strip().splitlines()) == 1, err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (links[1] / "tasks" / "default" / "filter" / "selection.parquet").exists()
 
 
 # ----- the earlier single-task layout ---------------------------------------------------------------

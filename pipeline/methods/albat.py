@@ -154,6 +154,8 @@ class AlbatMethod(SurrogateMethod):
         Option("coverage", STR, "none", "v1 and reducible: none (one global order) or round_robin (knn's round-robin "
                "over adaptation examples, each example's neighbours ordered by the objective's score)",
                choices=("none", "round_robin")),
+        Option("reducible_units", STR, "mean", "reducible: mean (per-token reducible loss) or sum (times the "
+               "candidate's tokens: the whole text's log-likelihood ratio; lm only differs)", choices=("mean", "sum")),
         Option("relevance_weight", FLOAT, 1.0, "reducible: weight of the standardised relevance (0: reducible loss alone)",
                min=0),
         Option("beta", FLOAT, 1.0, "v2: weight of the risk against relevance", min=0),
@@ -207,7 +209,8 @@ class AlbatMethod(SurrogateMethod):
         check_budget(request.budget, len(pool.rows), "the candidate pool (raise query.k)")
         rel = request.candidates.column("similarity").to_numpy().astype(np.float64)[pool.rows]
         weight = opts["relevance_weight"]
-        score, red = reducible_scores(loss0, loss_s, rel, weight)
+        units = pool.surrogate.unit_counts(pool.pairs) if opts["reducible_units"] == "sum" else None
+        score, red = reducible_scores(loss0, loss_s, rel, weight, units)
         walked = _walk(request, pool, score, opts)
         order = top_scores(score, pool.ids[pool.rows], request.budget) if walked is None else walked[0][: request.budget]
         check_budget(request.budget, len(order), "the candidate pool (raise query.k)")
@@ -216,6 +219,8 @@ class AlbatMethod(SurrogateMethod):
                    "delta_loss": pool.spread(loss_s - loss0), "reducible_loss": pool.spread(red),
                    "relevance": pool.spread(rel), "z_reducible": pool.spread(zscore(red)),
                    "z_relevance": pool.spread(zscore(rel)), "reducible_score": pool.spread(score)}
+        if units is not None:
+            columns["units"] = pool.spread(units)
         cut = float(score[order[-1]]) if len(order) else np.inf
         kept_rows = pool.rows[order]
         keep = np.zeros(len(pool.ids), bool)
@@ -225,7 +230,7 @@ class AlbatMethod(SurrogateMethod):
                                             columns["z_relevance"][row], weight, None if walked else cut)
         why = _with_turns(why, pool, walked, kept_rows, columns)
         report = {"surrogate": opts["surrogate"], "objective": "reducible", "relevance_weight": weight,
-                  "coverage": opts["coverage"],
+                  "coverage": opts["coverage"], "reducible_units": opts["reducible_units"],
                   "mean_reducible_kept": round(float(red[order].mean()), 6) if len(order) else None,
                   "mean_reducible_pool": round(float(red.mean()), 6) if len(red) else None}
         return _explained_result(pool, columns["reducible_score"], kept_rows, why, columns, report,

@@ -14,6 +14,8 @@ in the score:
 
     score_b = z(red)_b + w · z(rel)_b
 
+(`reducible_units=sum`: red_b times b's token count, the whole text's log-likelihood ratio.)
+
 with z the standardisation over the selectable pool (so the two terms are on one scale whatever the
 losses' units) and rel_b the query stage's cosine of b to its nearest adaptation example; w is the
 option `relevance_weight` (0: reducible loss alone). The top `budget` scores are kept, ties to the
@@ -34,9 +36,13 @@ def zscore(values: np.ndarray) -> np.ndarray:
 
 
 def reducible_scores(loss_initial: np.ndarray, loss_adapted: np.ndarray, relevance: np.ndarray,
-                     relevance_weight: float) -> tuple[np.ndarray, np.ndarray]:
-    """(score, red): red = ℓ(φ_0) − ℓ(φ_s) per candidate, score = z(red) + w·z(rel)."""
+                     relevance_weight: float, units: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(score, red): red = ℓ(φ_0) − ℓ(φ_s) per candidate, score = z(red) + w·z(rel). With `units`
+    (the tokens each mean loss averages over), red = units·(ℓ(φ_0) − ℓ(φ_s)): the log-likelihood
+    ratio log p_φs(b) − log p_φ0(b) of the whole candidate rather than per token."""
     red = np.asarray(loss_initial, np.float64) - np.asarray(loss_adapted, np.float64)
+    if units is not None:
+        red = red * np.asarray(units, np.float64)
     return zscore(red) + relevance_weight * zscore(relevance), red
 
 

@@ -36,6 +36,12 @@ class Surrogate(ABC):
         predictive distributions unit by unit). By default one unit per example: -ℓ(φ; z)."""
         return -self.losses(examples, state)
 
+    def unit_counts(self, examples: Any) -> np.ndarray:
+        """How many predicted units each example's loss averages over, shape (n,): its tokens for
+        `lm`, 1 by default. `objective=reducible` with `reducible_units=sum` sums the reducible loss
+        over them (the log-likelihood ratio of the whole example, as DSIR sums over n-grams)."""
+        return np.ones(len(examples))
+
     @abstractmethod
     def gradients(self, examples: Any, state: State) -> np.ndarray:
         """Per-example ∇_φ ℓ(φ; z), projected to the surrogate's `projection_dim` when it has one: (n, p)."""

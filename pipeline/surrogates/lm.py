@@ -263,6 +263,10 @@ class LmSurrogate(Surrogate):
         self._use(state)
         return self._loss_rows(examples)
 
+    def unit_counts(self, examples: Tokens) -> np.ndarray:
+        """Predicted tokens per example (every token after the leading BOS): what `token_nll` averages over."""
+        return np.maximum(examples.mask.sum(1).numpy() - 1, 1).astype(np.float64) if len(examples) else np.empty(0)
+
     def unit_log_likelihoods(self, examples: Tokens, state: State) -> np.ndarray:
         """log p(token | prefix) of every predicted token of every example, flat: the MDE units."""
         import torch
