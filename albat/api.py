@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from albat.pipeline.options import RUNTIME, SECTIONS, check_given
+from albat.pipeline.options import RUNTIME, check_given
 
 STAGES = ("embed", "index", "query", "filter", "mix", "emit")
 
