@@ -250,7 +250,9 @@ def test_negative_and_extreme_ids_work_end_to_end(small_wiki, tiny_encoder, tmp_
     assert albat("run", "--config", config, "--quiet") == 0
     work = tmp_path / "work"
     infos = json.loads((work / "index/index_infos.json").read_text())
-    assert infos["recall_at_k"] == pytest.approx(1.0)
+    # lost ids read recall 0.0; a flat index is exact up to the order of equal distances, which the
+    # CPU's BLAS kernels decide (an AVX2-only machine measured 0.9996 here)
+    assert infos["recall_at_k"] >= 0.99
     candidates = pq.read_table(work / "tasks/default/query/candidates.parquet").column("candidate_id").to_pylist()
     assert len(candidates) >= 8 and set(candidates) <= {r["id"] for r in rows}
     assert min(candidates) < 0
