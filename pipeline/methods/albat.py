@@ -213,7 +213,6 @@ class AlbatMethod(SurrogateMethod):
         score, red = reducible_scores(loss0, loss_s, rel, weight, units)
         walked = _walk(request, pool, score, opts)
         order = top_scores(score, pool.ids[pool.rows], request.budget) if walked is None else walked[0][: request.budget]
-        check_budget(request.budget, len(order), "the candidate pool (raise query.k)")
         score_seconds = time.perf_counter() - clock
         columns = {"loss_initial": pool.spread(loss0), "loss_adapted": pool.spread(loss_s),
                    "delta_loss": pool.spread(loss_s - loss0), "reducible_loss": pool.spread(red),
