@@ -128,3 +128,37 @@ def test_verify_checks_the_pair_vectors(run_dir: Path, capsys: pytest.CaptureFix
     capsys.readouterr()
     assert albat("verify", run_dir) == 1
     assert shard.name in capsys.readouterr().out
+
+
+def test_facility_objective_covers_the_pool_and_explains_every_decision(run_dir: Path, tmp_path: Path) -> None:
+    """objective=facility on the same query tables: the greedy's gains fall, nobody rejected could add
+    more than the last kept row, τ = 0 still holds, and the manifest says how the set was found."""
+    if _objective(run_dir) != "v1" or not json.loads((run_dir / "store" / "store.json").read_text()).get("pair_column"):
+        pytest.skip("one run is enough")
+    import shutil
+
+    copy = tmp_path / "work"
+    shutil.copytree(run_dir, copy, symlinks=True)
+    config = tmp_path / "run.toml"
+    config.write_text((run_dir.parent / "run.toml").read_text().replace('work = "work"', f'work = "{copy}"'))
+    assert albat("filter", "--config", config, "--method-option", "objective=facility", "--quiet") == 0
+    assert albat("emit", "--config", config, "--quiet") == 0
+    selection = pq.read_table(copy / "tasks/default/filter" / "selection.parquet").to_pandas()
+    kept = selection[selection["keep"]].sort_values("selection_rank")
+    assert len(kept) == BUDGET and (kept["delta_loss"] <= 0).all()  # τ = 0 from the config
+    assert kept["reason"].str.startswith("kept: facility gain").all()
+    assert kept["facility_gain"].is_monotonic_decreasing  # submodular: each pick adds less
+    cut = kept["facility_gain"].iloc[-1]
+    valid = selection[~selection["keep"] & (selection["delta_loss"] <= 0)]
+    assert (valid["facility_gain"] <= cut + 1e-9).all()
+    assert valid["reason"].str.startswith("rejected: budget filled").all()
+    invalid = selection[selection["delta_loss"] > 0]
+    assert invalid["reason"].str.startswith("rejected: validity").all()
+    report = json.loads((copy / "tasks/default/output" / "manifest.json").read_text())["selection"]
+    assert report["objective"] == "facility" and report["target_weight"] == "per_example"
+    assert 0 < report["covered_weight_share"] <= 1
+    before = selection
+    (copy / "tasks/default/_stages" / "filter.json").unlink()
+    assert albat("filter", "--config", config, "--method-option", "objective=facility", "--quiet") == 0
+    again = pq.read_table(copy / "tasks/default/filter" / "selection.parquet").to_pandas()
+    assert again.equals(before)

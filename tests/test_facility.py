@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from albat.pipeline.methods.facility import (facility_location, facility_value, neighbour_graph,
+from albat.pipeline.methods.facility import (example_mass_weights, facility_location, facility_value, neighbour_graph,
                                              target_weights)
 
 
@@ -97,3 +97,13 @@ def test_budget_beyond_the_allowed_rows_stops_there():
     idx, sim = neighbour_graph(unit(rng, 6, 3), 6)
     allowed = np.array([True, False, True, False, False, False])
     assert sorted(facility_location(idx, sim, np.ones(6), 5, allowed).order.tolist()) == [0, 2]
+
+
+def test_every_adaptation_example_spreads_one_unit_of_mass():
+    cos = np.array([[0.9, 0.1], [0.5, 0.2], [0.1, 0.3]])
+    w = example_mass_weights(cos, 0.1)
+    col0 = np.exp((cos[:, 0] - 0.9) / 0.1) / np.exp((cos[:, 0] - 0.9) / 0.1).sum()
+    col1 = np.exp((cos[:, 1] - 0.3) / 0.1) / np.exp((cos[:, 1] - 0.3) / 0.1).sum()
+    assert w == pytest.approx(col0 + col1)
+    assert w.sum() == pytest.approx(2.0)
+    assert example_mass_weights(cos, float("inf")) == pytest.approx([2 / 3] * 3)

@@ -5,7 +5,9 @@ bias-variance risk in the adaptation's curvature subspace, maximised greedily
 (`pipeline.methods.setobjective`, docs/albat-design.md). `objective=v1` (the default: it measured
 better, see docs/albat-design.md) is the filter below. `objective=reducible` re-ranks the retrieved pool
 by the loss adaptation removes, z(ℓ(φ_0;b) − ℓ(φ_s;b)) + relevance_weight·z(relevance)
-(`pipeline.methods.reducible`; GOT-D / RHO-loss style, forward passes only).
+(`pipeline.methods.reducible`; GOT-D / RHO-loss style, forward passes only). `objective=facility`
+chooses the set that best covers the pool where the target puts its mass, max Σ_c w_c max_{b∈S} s(c, b)
+(`pipeline.methods.facility`; in the retrieval embedding or the surrogate's gradient space).
 
 1. Train the surrogate φ_s on the adaptation set (φ_0: the untouched backbone).
 2. Validity (Proposition 1), per example: adaptation must not hurt it, Δℓ_b = ℓ(φ_s;b) − ℓ(φ_0;b) ≤ τ.
@@ -24,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from albat.pipeline.methods.base import SelectionRequest, SelectionResult
-from albat.pipeline.methods.ranked import ranked_result
-from albat.pipeline.methods.surrogate_inputs import SurrogateMethod, prepare_pool
+from albat.pipeline.methods.ranked import candidate_columns, ranked_result
+from albat.pipeline.methods.surrogate_inputs import SurrogateMethod, SurrogatePool, prepare_pool
 from albat.pipeline.options import FLOAT, INT, STR, Option
 from albat.pipeline.surrogates.options import SURROGATE_OPTIONS
 from albat.stores.errors import AlbatError
@@ -149,8 +151,19 @@ class AlbatMethod(SurrogateMethod):
         # (docs/albat-design.md). v1 stays the default: on the reduced selection benchmark v1 was at or
         # above the best baseline within the seed spread in 9 of 12 cells, v2 in 6 of 12.
         Option("objective", STR, "v1", "v1 (proposition filter), v2 (one set objective: relevance − bias-variance "
-               "risk) or reducible (re-rank the pool by z(ℓ(φ_0) − ℓ(φ_s)) + relevance_weight·z(relevance))",
-               choices=("v1", "v2", "reducible")),
+               "risk), reducible (re-rank the pool by z(ℓ(φ_0) − ℓ(φ_s)) + relevance_weight·z(relevance)) or "
+               "facility (target-weighted facility location over the pool)",
+               choices=("v1", "v2", "reducible", "facility")),
+        Option("temperature", FLOAT, 0.05, "facility: T of the target weights exp(cos/T) (inf: every pool row "
+               "weighs the same)", above=0, inf=True),
+        Option("target_weight", STR, "per_example", "facility: per_example (each adaptation example spreads unit "
+               "mass over the pool by softmax(cos/T)) or nearest (exp((rel − max rel)/T) of the nearest example's cosine)",
+               choices=("per_example", "nearest")),
+        Option("neighbours", INT, 64, "facility: most similar pool rows each row can be covered by (the sparse "
+               "graph's degree)", min=1),
+        Option("facility_space", STR, "embedding", "facility: embedding (the store's vectors) or gradient (the "
+               "surrogate's per-example gradients at φ_s, normalised; fits the surrogate)",
+               choices=("embedding", "gradient")),
         Option("coverage", STR, "none", "v1 and reducible: none (one global order) or round_robin (knn's round-robin "
                "over adaptation examples, each example's neighbours ordered by the objective's score)",
                choices=("none", "round_robin")),
@@ -172,6 +185,8 @@ class AlbatMethod(SurrogateMethod):
             return self._select_v2(request, opts)
         if opts["objective"] == "reducible":
             return self._select_reducible(request, opts)
+        if opts["objective"] == "facility":
+            return self._select_facility(request, opts)
         pool, fit, fit_seconds, loss0, loss_s, clock = fitted_pool(request, opts)
         surrogate, pairs = pool.surrogate, pool.pairs
         grads = surrogate.gradients(pairs, "adapted")
@@ -233,6 +248,67 @@ class AlbatMethod(SurrogateMethod):
                   "mean_reducible_kept": round(float(red[order].mean()), 6) if len(order) else None,
                   "mean_reducible_pool": round(float(red.mean()), 6) if len(red) else None}
         return _explained_result(pool, columns["reducible_score"], kept_rows, why, columns, report,
+                                 fit, fit_seconds, score_seconds)
+
+    def _select_facility(self, request: SelectionRequest, opts: dict) -> SelectionResult:
+        """Greedy target-weighted facility location over the retrieved pool (`pipeline.methods.facility`)."""
+        from albat.pipeline.methods.facility import (example_mass_weights, explain_facility, facility_location,
+                                                     neighbour_graph, target_weights)
+        from albat.pipeline.methods.ranked import check_budget
+
+        if opts["coverage"] != "none":
+            raise AlbatError("method albat: coverage=round_robin applies to objective=v1 or reducible; "
+                             "facility covers the pool itself (drop coverage, or pick another objective)")
+        clock = time.perf_counter()
+        validity = np.isfinite(opts["tau"])  # the per-example test needs the surrogate's losses
+        if opts["facility_space"] == "gradient" or validity:
+            pool, fit, fit_seconds, loss0, loss_s, clock = fitted_pool(request, opts)
+        else:
+            ids, query_idx, block_reason = candidate_columns(request.candidates)
+            rows = np.nonzero(~np.isin(ids, request.blocked_ids))[0]
+            pool = SurrogatePool(ids=ids, query_idx=query_idx, block_reason=block_reason, rows=rows, pairs=None,
+                                 surrogate=None, adaptation=None)
+            fit, fit_seconds = {"skipped": "facility_space=embedding uses no surrogate"}, 0.0
+        check_budget(request.budget, len(pool.rows), "the candidate pool (raise query.k)")
+        rel = request.candidates.column("similarity").to_numpy().astype(np.float64)[pool.rows]
+        vectors = request.store.vectors_for_ids(pool.ids[pool.rows]).astype(np.float32)
+        if opts["target_weight"] == "per_example":
+            weight = example_mass_weights(vectors @ request.adaptation_vectors.astype(np.float32).T, opts["temperature"])
+        else:
+            weight = target_weights(rel, opts["temperature"])
+        if opts["facility_space"] == "gradient":
+            grads = pool.surrogate.gradients(pool.pairs, "adapted")
+            vectors = grads / np.maximum(np.linalg.norm(grads, axis=1, keepdims=True), 1e-12)
+        allowed = (loss_s - loss0 <= opts["tau"]) if validity else np.ones(len(pool.rows), bool)
+        check_budget(request.budget, int(allowed.sum()), "the candidate pool after the Δℓ ≤ τ test (raise query.k)")
+        idx, sim = neighbour_graph(vectors, opts["neighbours"])
+        trace = facility_location(idx, sim, weight, request.budget, allowed)
+        score_seconds = time.perf_counter() - clock
+
+        gain = np.where(np.isnan(trace.gain), trace.last_gain, trace.gain)
+        columns = {"relevance": pool.spread(rel), "target_weight": pool.spread(weight),
+                   "facility_gain": pool.spread(gain)}
+        if validity:
+            columns.update(loss_initial=pool.spread(loss0), loss_adapted=pool.spread(loss_s),
+                           delta_loss=pool.spread(loss_s - loss0))
+        kept_rows = pool.rows[trace.order]
+        keep = np.zeros(len(pool.ids), bool)
+        keep[kept_rows] = True
+        cut = float(trace.gain[trace.order[-1]]) if len(trace.order) else np.inf
+        delta = columns.get("delta_loss")
+        why = lambda row: (  # noqa: E731
+            f"rejected: validity, Δℓ={delta[row]:+.4f} > τ={opts['tau']:g} (adaptation makes this example worse)"
+            if delta is not None and not keep[row] and delta[row] > opts["tau"] else
+            explain_facility(bool(keep[row]), columns["facility_gain"][row], cut, columns["relevance"][row],
+                             columns["target_weight"][row]))
+        report = {"surrogate": opts["surrogate"] if opts["facility_space"] == "gradient" else None,
+                  "objective": "facility", "facility_space": opts["facility_space"],
+                  "temperature": opts["temperature"] if np.isfinite(opts["temperature"]) else "inf",
+                  "target_weight": opts["target_weight"], "neighbours": opts["neighbours"],
+                  "tau": opts["tau"] if validity else "inf", "valid_by_loss": int(allowed.sum()),
+                  "facility_value": round(trace.value, 6),
+                  "covered_weight_share": round(trace.value / max(float(weight.sum()), 1e-12), 6)}
+        return _explained_result(pool, columns["facility_gain"], kept_rows, why, columns, report,
                                  fit, fit_seconds, score_seconds)
 
     def _select_v2(self, request: SelectionRequest, opts: dict) -> SelectionResult:

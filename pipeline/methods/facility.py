@@ -5,11 +5,12 @@ concentrates on a few dense neighbourhoods or, with knn's round-robin, keeps knn
 (docs/albat-design.md). Facility location chooses the set that best *represents* the pool where the
 target puts its mass:
 
-    F(S) = Σ_{c∈P} w_c · max_{b∈S} s(c, b),      w_c = exp((rel_c − max_P rel) / T)
+    F(S) = Σ_{c∈P} w_c · max_{b∈S} s(c, b),      w_c = Σ_a softmax_{c∈P}(cos(c, a) / T)
 
 P is the retrieved pool, s(c, b) = max(0, cos(c, b)) restricted to each c's `neighbours` most similar
-pool rows (a sparse graph, so memory is O(|P|·k), not |P|²), rel_c the query stage's cosine of c to
-its nearest adaptation example and T the `temperature`. Read through the propositions: w is a
+pool rows (a sparse graph, so memory is O(|P|·k), not |P|²), and T the `temperature`: every adaptation
+example a spreads one unit of mass over the pool, most on its nearest rows (`target_weight=nearest`
+uses exp((rel_c − max rel)/T) of c's nearest example's cosine instead). Read through the propositions: w is a
 kernel estimate of the target's density over the pool, so a set that covers w-heavy regions matches
 the target's distribution and does not move the adaptation optimum (validity); the max gives
 diminishing returns, so a near-duplicate of a chosen row adds almost nothing while a row covering a
@@ -35,6 +36,20 @@ def target_weights(relevance: np.ndarray, temperature: float) -> np.ndarray:
     if not len(rel) or not np.isfinite(temperature):
         return np.ones(len(rel))
     return np.exp((rel - rel.max()) / temperature)
+
+
+def example_mass_weights(cos: np.ndarray, temperature: float) -> np.ndarray:
+    """w_c = Σ_a softmax_c(cos[c, a] / T): each adaptation example a (a column of the pool × examples
+    cosine matrix) spreads one unit of mass over the pool, most on its nearest rows, so every example
+    gets its share of the weight (knn's round-robin, as a distribution) and Σ_c w_c = n_A. T = inf
+    spreads every example's mass evenly."""
+    cos = np.asarray(cos, np.float64)
+    if not cos.size:
+        return np.zeros(len(cos))
+    if not np.isfinite(temperature):
+        return np.full(len(cos), cos.shape[1] / len(cos))
+    k = np.exp((cos - cos.max(axis=0, keepdims=True)) / temperature)
+    return (k / k.sum(axis=0, keepdims=True)).sum(axis=1)
 
 
 def neighbour_graph(vectors: np.ndarray, k: int, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
@@ -119,11 +134,11 @@ def facility_value(idx: np.ndarray, sim: np.ndarray, weight: np.ndarray, chosen:
     return total
 
 
-def explain_facility(kept: bool, gain: float, last: float, cut: float, rel: float, weight: float) -> str:
-    """One line per decision: the coverage it added (or last could add) against the cut."""
+def explain_facility(kept: bool, gain: float, cut: float, rel: float, weight: float) -> str:
+    """One line per decision: the coverage it added (or could add at the end) against the cut."""
     if kept:
         return (f"kept: facility gain {gain:.4g} (target-weighted coverage of the pool it adds); "
                 f"relevance {rel:.4f}, target weight {weight:.3g}")
-    return (f"rejected: budget filled; its last facility gain {last:.4g} < the last kept gain {cut:.4g} "
+    return (f"rejected: budget filled; its last facility gain {gain:.4g} ≤ the last kept gain {cut:.4g} "
             f"(what it would cover is already covered, or lies where the target puts little weight); "
             f"relevance {rel:.4f}")
