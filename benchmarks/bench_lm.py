@@ -41,8 +41,8 @@ from benchmarks import bench_select
 from benchmarks.bench_select import EMBED_ARGS, finished_keys, load_domains, run, verdict
 from benchmarks.report import markdown_table, save_figure, write_section
 
-METHODS = ["none", "random", "knn", "dsir", "gradalign", "albat", "oracle"]
-BASELINES = ("none", "random", "knn", "dsir", "gradalign")  # what a product method must beat
+METHODS = ["none", "random", "knn", "dsir", "classifier", "gradalign", "albat", "oracle"]
+BASELINES = ("none", "random", "knn", "dsir", "classifier", "gradalign")  # what a product method must beat
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -130,9 +130,9 @@ def test_verify_checks_the_pair_vectors(run_dir: Path, capsys: pytest.CaptureFix
     assert shard.name in capsys.readouterr().out
 
 
-def test_facility_objective_covers_the_pool_and_explains_every_decision(run_dir: Path, tmp_path: Path) -> None:
-    """objective=facility on the same query tables: the greedy's gains fall, nobody rejected could add
-    more than the last kept row, τ = 0 still holds, and the manifest says how the set was found."""
+def _objective_on_a_copy(run_dir: Path, tmp_path: Path, objective: str) -> tuple[Path, Path]:
+    """(work, config) of a copy of the pairs-v1 run with `albat filter` and `emit` rerun under another
+    objective (the other parameters' runs skip: one is enough)."""
     if _objective(run_dir) != "v1" or not json.loads((run_dir / "store" / "store.json").read_text()).get("pair_column"):
         pytest.skip("one run is enough")
     import shutil
@@ -141,8 +141,15 @@ def test_facility_objective_covers_the_pool_and_explains_every_decision(run_dir:
     shutil.copytree(run_dir, copy, symlinks=True)
     config = tmp_path / "run.toml"
     config.write_text((run_dir.parent / "run.toml").read_text().replace('work = "work"', f'work = "{copy}"'))
-    assert albat("filter", "--config", config, "--method-option", "objective=facility", "--quiet") == 0
+    assert albat("filter", "--config", config, "--method-option", f"objective={objective}", "--quiet") == 0
     assert albat("emit", "--config", config, "--quiet") == 0
+    return copy, config
+
+
+def test_facility_objective_covers_the_pool_and_explains_every_decision(run_dir: Path, tmp_path: Path) -> None:
+    """objective=facility on the same query tables: the greedy's gains fall, nobody rejected could add
+    more than the last kept row, τ = 0 still holds, and the manifest says how the set was found."""
+    copy, config = _objective_on_a_copy(run_dir, tmp_path, "facility")
     selection = pq.read_table(copy / "tasks/default/filter" / "selection.parquet").to_pandas()
     kept = selection[selection["keep"]].sort_values("selection_rank")
     assert len(kept) == BUDGET and (kept["delta_loss"] <= 0).all()  # τ = 0 from the config
@@ -162,3 +169,26 @@ def test_facility_objective_covers_the_pool_and_explains_every_decision(run_dir:
     assert albat("filter", "--config", config, "--method-option", "objective=facility", "--quiet") == 0
     again = pq.read_table(copy / "tasks/default/filter" / "selection.parquet").to_pandas()
     assert again.equals(before)
+
+
+def test_match_objective_draws_from_the_transport_and_explains_every_decision(run_dir: Path, tmp_path: Path) -> None:
+    """objective=match on the same query tables: the kept rows are drawn from rows with transported mass,
+    the probabilities sum to one, and the same seed draws the same set."""
+    copy, config = _objective_on_a_copy(run_dir, tmp_path, "match")
+    selection = pq.read_table(copy / "tasks/default/filter" / "selection.parquet").to_pandas()
+    open_rows = selection[selection["match_probability"].notna()]
+    assert open_rows["match_probability"].sum() == pytest.approx(1.0)
+    kept = selection[selection["keep"]]
+    assert len(kept) == BUDGET and (kept["match_probability"] > 0).all()
+    assert kept["reason"].str.startswith("kept: drawn with probability").all()
+    rejected = selection[~selection["keep"]]["reason"]
+    assert rejected.str.match(r"rejected: (not drawn|no transported mass|exact|near)").all(), rejected.unique()[:5]
+    report = json.loads((copy / "tasks/default/output" / "manifest.json").read_text())["selection"]
+    assert report["objective"] == "match" and report["alpha"] == 0.5 and report["rows_with_mass"] >= BUDGET
+    (copy / "tasks/default/_stages" / "filter.json").unlink()
+    assert albat("filter", "--config", config, "--method-option", "objective=match", "--quiet") == 0
+    assert pq.read_table(copy / "tasks/default/filter" / "selection.parquet").to_pandas().equals(selection)
+    (copy / "tasks/default/_stages" / "filter.json").unlink()
+    assert albat("filter", "--config", config, "--method-option", "objective=match", "--seed", "4", "--quiet") == 0
+    other = pq.read_table(copy / "tasks/default/filter" / "selection.parquet").to_pandas()
+    assert set(other.loc[other["keep"], "id"]) != set(kept["id"])  # another seed, another draw

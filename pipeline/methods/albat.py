@@ -8,6 +8,8 @@ by the loss adaptation removes, z(ℓ(φ_0;b) − ℓ(φ_s;b)) + relevance_weigh
 (`pipeline.methods.reducible`; GOT-D / RHO-loss style, forward passes only). `objective=facility`
 chooses the set that best covers the pool where the target puts its mass, max Σ_c w_c max_{b∈S} s(c, b)
 (`pipeline.methods.facility`; in the retrieval embedding or the surrogate's gradient space).
+`objective=match` draws the set from an optimal transport of the adaptation examples onto their
+retrieved neighbours with a cap on near-duplicates (`pipeline.methods.matching`; TSDS).
 
 1. Train the surrogate φ_s on the adaptation set (φ_0: the untouched backbone).
 2. Validity (Proposition 1), per example: adaptation must not hurt it, Δℓ_b = ℓ(φ_s;b) − ℓ(φ_0;b) ≤ τ.
@@ -152,8 +154,13 @@ class AlbatMethod(SurrogateMethod):
         # above the best baseline within the seed spread in 9 of 12 cells, v2 in 6 of 12.
         Option("objective", STR, "v1", "v1 (proposition filter), v2 (one set objective: relevance − bias-variance "
                "risk), reducible (re-rank the pool by z(ℓ(φ_0) − ℓ(φ_s)) + relevance_weight·z(relevance)) or "
-               "facility (target-weighted facility location over the pool)",
-               choices=("v1", "v2", "reducible", "facility")),
+               "facility (target-weighted facility location over the pool) or match (a draw from the optimal "
+               "transport of the adaptation examples onto the pool, near-duplicates capped: TSDS)",
+               choices=("v1", "v2", "reducible", "facility", "match")),
+        Option("alpha", FLOAT, 0.5, "match: weight of the transport cost against the near-duplicate cap (1: every "
+               "example's nearest neighbour; 0: spread as far as the retrieved lists go)", min=0, max=1),
+        Option("sigma", FLOAT, 0.75, "match: kernel radius of the near-duplicate density, in distance between unit "
+               "vectors (0: no penalty)", min=0),
         Option("temperature", FLOAT, 0.05, "facility: T of the target weights exp(cos/T) (inf: every pool row "
                "weighs the same)", above=0, inf=True),
         Option("target_weight", STR, "per_example", "facility: per_example (each adaptation example spreads unit "
@@ -187,6 +194,8 @@ class AlbatMethod(SurrogateMethod):
             return self._select_reducible(request, opts)
         if opts["objective"] == "facility":
             return self._select_facility(request, opts)
+        if opts["objective"] == "match":
+            return self._select_match(request, opts)
         pool, fit, fit_seconds, loss0, loss_s, clock = fitted_pool(request, opts)
         surrogate, pairs = pool.surrogate, pool.pairs
         grads = surrogate.gradients(pairs, "adapted")
@@ -310,6 +319,58 @@ class AlbatMethod(SurrogateMethod):
                   "covered_weight_share": round(trace.value / max(float(weight.sum()), 1e-12), 6)}
         return _explained_result(pool, columns["facility_gain"], kept_rows, why, columns, report,
                                  fit, fit_seconds, score_seconds)
+
+    def _select_match(self, request: SelectionRequest, opts: dict) -> SelectionResult:
+        """A seeded draw from the transport of the adaptation examples onto their neighbours
+        (`pipeline.methods.matching`)."""
+        from albat.pipeline.methods.matching import draw, kde_counts, row_probabilities, transport_plan
+        from albat.pipeline.methods.ranked import check_budget
+
+        if opts["coverage"] != "none":
+            raise AlbatError("method albat: coverage=round_robin applies to objective=v1 or reducible; "
+                             "match spreads every adaptation example's mass itself (drop coverage)")
+        clock = time.perf_counter()
+        ids, query_idx, block_reason = candidate_columns(request.candidates)
+        rows = np.nonzero(~np.isin(ids, request.blocked_ids))[0]
+        pool = SurrogatePool(ids=ids, query_idx=query_idx, block_reason=block_reason, rows=rows, pairs=None,
+                             surrogate=None, adaptation=None)
+        check_budget(request.budget, len(rows), "the candidate pool (raise query.k)")
+        pairs = request.pairs
+        pair_ids = pairs.column("candidate_id").to_numpy().astype(np.int64)
+        selectable = pool.ids[rows]
+        sorter = np.argsort(selectable)
+        pos = np.clip(np.searchsorted(selectable, pair_ids, sorter=sorter), 0, max(len(selectable) - 1, 0))
+        found = selectable[sorter[pos]] == pair_ids if len(selectable) else np.zeros(len(pair_ids), bool)
+        pair_row = sorter[pos][found]
+        cos = pairs.column("similarity").to_numpy().astype(np.float64)[found]
+        distance = np.sqrt(np.maximum(2.0 - 2.0 * cos, 0.0))
+        kde = kde_counts(request.store.vectors_for_ids(selectable), opts["sigma"])
+        plan = transport_plan(pairs.column("query_idx").to_numpy()[found], pair_row, distance, kde, opts["alpha"])
+        probability = row_probabilities(plan, len(rows))
+        order = draw(probability, request.budget, request.seed)
+        score_seconds = time.perf_counter() - clock
+
+        kept_rows = rows[order]
+        keep = np.zeros(len(ids), bool)
+        keep[kept_rows] = True
+        columns = {"match_probability": pool.spread(probability), "kde": pool.spread(kde)}
+        mass_rows = int((probability > 0).sum())
+
+        def why(row: int) -> str:
+            p, k = columns["match_probability"][row], columns["kde"][row]
+            if keep[row] and p > 0:
+                return (f"kept: drawn with probability {p:.4g} (its share of the adaptation examples' transported "
+                        f"mass; near-duplicate density {k:.3g})")
+            if keep[row]:
+                return "kept: no transported mass; drawn to fill the budget after every row with mass"
+            if p > 0:
+                return f"rejected: not drawn (probability {p:.4g}; near-duplicate density {k:.3g})"
+            return "rejected: no transported mass (no adaptation example reaches it at the optimal level)"
+        report = {"surrogate": None, "objective": "match", "alpha": opts["alpha"], "sigma": opts["sigma"],
+                  "level": round(float(plan.level), 6), "rows_with_mass": mass_rows,
+                  "mean_depth": round(float(plan.depth.mean()), 3) if len(plan.depth) else 0.0}
+        return _explained_result(pool, columns["match_probability"], kept_rows, why, columns, report,
+                                 {"skipped": "objective=match uses no surrogate"}, 0.0, score_seconds)
 
     def _select_v2(self, request: SelectionRequest, opts: dict) -> SelectionResult:
         from threadpoolctl import threadpool_limits
