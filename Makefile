@@ -9,7 +9,7 @@ WORK ?= work/demo
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup data data-images demo-image test test-faults demo embed index query filter mix emit run bench bench-embed bench-filter bench-index bench-scale bench-select bench-lm clean
+.PHONY: setup data data-images demo-image test test-faults demo embed index query filter mix emit run bench bench-embed bench-filter bench-index bench-scale bench-select bench-lm bench-image clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -70,7 +70,7 @@ demo-image: setup data-images
 embed index query filter mix emit run: setup data
 	$(ALBAT) $@ --config $(CONFIG)
 
-bench: bench-embed bench-filter bench-index bench-scale bench-select bench-lm
+bench: bench-embed bench-filter bench-index bench-scale bench-select bench-lm bench-image
 
 bench-embed: setup data
 	$(PY) -m benchmarks.bench_embed --out BENCHMARKS.md
@@ -106,6 +106,13 @@ bench-select: setup data-select $(VENV)/.bench
 MODEL ?=
 bench-lm: setup data-select $(VENV)/.bench
 	$(PY) -m benchmarks.bench_lm --out BENCHMARKS.md $(if $(MODEL),--model $(MODEL))
+
+# The image track: held-out categories of the real image pool as targets, the benchmark's own small CLIP
+# (pre-trained without the held-out images; CLIP_MODEL=CONFIG.json CLIP_PRETRAINED=FILE use a real one),
+# image -> caption retrieval and zero-shot classification after the contrastive adapter, and the embed
+# stage's images/s against open_clip's own loop.
+bench-image: setup data-images
+	$(PY) -m benchmarks.bench_image --out BENCHMARKS.md $(if $(CLIP_MODEL),--clip-model $(CLIP_MODEL) --clip-pretrained $(CLIP_PRETRAINED))
 
 clean:
 	rm -rf work

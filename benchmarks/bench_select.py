@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +45,16 @@ def run(*args: Any) -> None:
         torch.set_num_threads(THREADS[0])
 
 
-def build_stores(data: Path, work: Path, domains: list[dict]) -> tuple[EmbeddingStore, EmbeddingStore]:
+def build_stores(data: Path, work: Path, domains: list[dict],
+                 embed_args: list[str] = EMBED_ARGS) -> tuple[EmbeddingStore, EmbeddingStore]:
     """The backbone store + index, and one store holding every domain's adaptation and test pairs."""
-    run("embed", "--work", work / "backbone", "--input", data / "pool.parquet", *EMBED_ARGS)
+    run("embed", "--work", work / "backbone", "--input", data / "pool.parquet", *embed_args)
     run("index", "--work", work / "backbone", "--quiet")
     heldout = work / "heldout_input.parquet"
     if not heldout.exists():
         tables = [pq.read_table(data / d[split]) for d in domains for split in ("adapt", "test")]
         pq.write_table(pa.concat_tables(tables), heldout)
-    run("embed", "--work", work / "heldout", "--input", heldout, *EMBED_ARGS)
+    run("embed", "--work", work / "heldout", "--input", heldout, *embed_args)
     return EmbeddingStore(work / "backbone" / "store"), EmbeddingStore(work / "heldout" / "store")
 
 
@@ -81,12 +83,39 @@ def retrieval(W, queries: np.ndarray, docs: np.ndarray, distractors: np.ndarray)
     return float((rank == 0).float().mean()), float((1.0 / (rank + 1).float()).mean())
 
 
-def judge(train, extra, bank, test, distractors, args, seed: int) -> tuple[float, float]:
+def judge_adapter(train, extra, bank, args, seed: int):
+    """The judge's residual adapter W, trained on the adaptation pairs plus the selection (weight λ)."""
     from albat.pipeline.surrogates.contrastive import train_adapter
 
     W, _ = train_adapter(train, bank, steps=args.judge_steps, lr=args.judge_lr, batch_size=64, seed=seed,
                          extra=extra, backbone_weight=args.lam)
-    return retrieval(W, test.query, test.doc, distractors)
+    return W
+
+
+@dataclass
+class Track:
+    """What differs between the text and the image selection benchmarks: how stores are embedded, how
+    the query stage reads the adaptation set, and what the judge's adapter W is scored on
+    (`metrics(W, test) -> {"recall1", "mrr", ...}`; None: the text track's query → document retrieval
+    among the test documents and the distractors)."""
+    embed_args: list[str] = field(default_factory=lambda: list(EMBED_ARGS))
+    query_args: list[str] = field(default_factory=lambda: ["--adaptation-pair-column", "query"])
+    make_metrics: Any = None  # (args, backbone store) -> metrics(W, test, domain); None: `text_metrics`
+    describe: str = ("Held-out target retrieval MRR (test queries against their 600 test documents plus "
+                     "{distractors} backbone distractors)")
+    title: str = "Selection quality (`make bench-select`)"
+    section: str = "select"
+
+
+def text_metrics(args, backbone: EmbeddingStore):
+    """The text track's score of an adapter: query → document retrieval among the test documents and a
+    fixed sample of backbone distractors."""
+    distractors = backbone.vectors_for_ids(fixed_sample(backbone, args.distractors, seed=1234))
+
+    def metrics(W, test, domain: dict) -> dict[str, float]:
+        r1, mrr = retrieval(W, test.query, test.doc, distractors)
+        return {"recall1": r1, "mrr": mrr}
+    return metrics
 
 
 def select(method: str, exp: Path, budget: int, seed: int, oracle_pool: np.ndarray, blocked: np.ndarray,
@@ -130,8 +159,8 @@ def experiment_dir(work: Path, name: str) -> Path:
     return exp
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser(description: str = __doc__.splitlines()[0]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", type=Path, default=Path("data/select"))
     parser.add_argument("--work", type=Path, default=Path("work/bench_select"))
     parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
@@ -155,8 +184,11 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--ablation", default="", help="comma-separated tags: write one table comparing their albat "
                         "runs with the untagged run's methods, instead of the main report")
-    args = parser.parse_args()
+    return parser
 
+
+def main(args: argparse.Namespace | None = None, track: Track | None = None) -> None:
+    args = args or build_parser().parse_args()
     domains = load_domains(args.data, args.domains, outside_pool=False)  # the contrastive judge needs an oracle
     results_path = args.work / "results.jsonl"
     if args.threads:
@@ -165,18 +197,20 @@ def main() -> None:
         THREADS[0] = args.threads
     if not args.report_only:
         args.work.mkdir(parents=True, exist_ok=True)
-        run_all(args, domains, results_path)
+        run_all(args, domains, results_path, track)
     if args.ablation:
         report_ablation(args, results_path, args.ablation.split(","))
     else:
-        report(args, results_path)
+        report(args, results_path, track)
 
 
-def run_all(args, domains: list[dict], results_path: Path) -> None:
-    backbone, heldout = build_stores(args.data, args.work, load_domains(args.data, "", outside_pool=False))
+def run_all(args, domains: list[dict], results_path: Path, track: Track | None = None) -> None:
+    track = track or Track()
+    backbone, heldout = build_stores(args.data, args.work, load_domains(args.data, "", outside_pool=False),
+                                     track.embed_args)
+    metrics = (track.make_metrics or text_metrics)(args, backbone)
     done = finished_keys(results_path)
     bank = pairs_for(backbone, fixed_sample(backbone, 256, seed=4321))
-    distractors = backbone.vectors_for_ids(fixed_sample(backbone, args.distractors, seed=1234))
     pool_labels = pq.read_table(args.data / "pool.parquet", columns=["id", "source", "label"])
     sizes, ratios = [int(x) for x in args.sizes.split(",")], [int(x) for x in args.ratios.split(",")]
     methods = args.methods.split(",")
@@ -194,8 +228,7 @@ def run_all(args, domains: list[dict], results_path: Path) -> None:
             key = {"domain": domain["slug"], "method": "frozen", "tag": args.tag}
             if json.dumps(key) not in done:
                 import torch
-                r1, mrr = retrieval(torch.zeros(backbone.dim, backbone.dim), test.query, test.doc, distractors)
-                out.write(json.dumps({"key": key, "recall1": r1, "mrr": mrr}) + "\n")
+                out.write(json.dumps({"key": key, **metrics(torch.zeros(backbone.dim, backbone.dim), test, domain)}) + "\n")
                 out.flush()
         for n_a in sizes:  # smallest adaptation sets first: a partial run still covers every domain
             for domain in domains:
@@ -213,8 +246,8 @@ def run_all(args, domains: list[dict], results_path: Path) -> None:
                     pq.write_table(adaptation, exp / "adaptation.parquet")
                     pq.write_table(test_table, exp / "test.parquet")
                     k = max(32, math.ceil(args.pool_factor * max(ratios)))
-                    run("query", "--work", exp, "--adaptation", exp / "adaptation.parquet",
-                        "--adaptation-pair-column", "query", "--exclude", exp / "test.parquet", "--k", k, "--quiet")
+                    run("query", "--work", exp, "--adaptation", exp / "adaptation.parquet", *track.query_args,
+                        "--exclude", exp / "test.parquet", "--k", k, "--quiet")
                     blocked = pq.read_table(exp / "tasks/default/query" / "blocked.parquet").column("id").to_numpy()
                     n_candidates = pq.read_metadata(exp / "tasks/default/query" / "candidates.parquet").num_rows
                     for method, ratio in pending:
@@ -223,11 +256,12 @@ def run_all(args, domains: list[dict], results_path: Path) -> None:
                                                {"albat": args.albat_option, "auto": args.auto_option})
                         extra = pairs_for(backbone, kept) if len(kept) else None
                         started = time.perf_counter()
-                        r1, mrr = judge(train, extra, bank, test, distractors, args, seed)
+                        scores = metrics(judge_adapter(train, extra, bank, args, seed), test, domain)
+                        r1, mrr = scores["recall1"], scores["mrr"]
                         in_domain = float(np.isin(kept, oracle_pool).mean()) if len(kept) else float("nan")
                         record = {"key": {"domain": domain["slug"], "n_a": n_a, "m": m, "seed": seed, "method": method,
                                           "tag": args.tag},
-                                  "recall1": r1, "mrr": mrr, "kept": int(len(kept)), "in_domain": in_domain,
+                                  **scores, "kept": int(len(kept)), "in_domain": in_domain,
                                   "select_seconds": seconds, "judge_seconds": time.perf_counter() - started,
                                   "candidates": n_candidates, "k": k, "albat_options": args.albat_option,
                                   **({"auto_options": args.auto_option} if args.auto_option else {})}
@@ -237,7 +271,7 @@ def run_all(args, domains: list[dict], results_path: Path) -> None:
                               f"kept={len(kept)} in-domain={in_domain:.2f} select={seconds:.1f}s", flush=True)
 
 
-def report(args, results_path: Path) -> None:
+def report(args, results_path: Path, track: Track | None = None) -> None:
     """Mean ± std over seeds per (domain, n_A, m, method); the table and a plot into BENCHMARKS.md."""
     records = [r for r in map(json.loads, results_path.read_text().splitlines()) if r["key"].get("tag", "") == args.tag]
     frozen = {r["key"]["domain"]: r for r in records if r["key"]["method"] == "frozen"}
@@ -279,8 +313,8 @@ def report(args, results_path: Path) -> None:
     in_domain = {}
     for (_, _, _, method), runs in groups.items():
         in_domain.setdefault(method, []).extend(r["in_domain"] for r in runs if not math.isnan(r["in_domain"]))
-    body = ["Held-out target retrieval MRR (test queries against their 600 test documents plus "
-            f"{args.distractors} backbone distractors), mean ± std over seeds {args.seeds}; judge: `contrastive` "
+    body = [(track or Track()).describe.format(distractors=args.distractors)
+            + f", mean ± std over seeds {args.seeds}; judge: `contrastive` "
             f"adapter, {args.judge_steps} steps, lr {args.judge_lr}, λ = {args.lam}. "
             f"albat options: {' '.join(args.albat_option) or 'defaults'}. {len(records)} records"
             + (f" from {results_path}, tabulated again by --report-only (the runs were `python -m "
@@ -318,7 +352,7 @@ def report(args, results_path: Path) -> None:
     plot = plot_results(groups, frozen, methods, args.out.parent / "benchmarks" / f"{args.section}{args.tag or ''}.png")
     if plot:
         body += ["", f"![MRR per method]({plot.relative_to(args.out.parent)})"]
-    title = "Selection quality (`make bench-select`)" + ("" if args.section == "select" else f", reduced: {args.section}")
+    title = (track or Track()).title + ("" if args.section == (track or Track()).section else f", reduced: {args.section}")
     write_section(args.out, f"{args.section}{args.tag}", title + (f" {args.tag}" if args.tag else ""),
                   "\n".join(body))
 
