@@ -222,3 +222,12 @@ def test_the_default_work_directory_lies_beside_the_config_file(tmp_path, monkey
     path = _write(tmp_path / "exp" / "c.toml", "seed = 1\n")
     assert load_config(path)["work"] == str(tmp_path / "exp" / "work")
     assert load_config(None)["work"] == "work"
+
+
+@pytest.mark.parametrize("objective", ["v2", "facility", "match"])
+def test_coverage_with_an_objective_that_spreads_the_budget_itself_is_refused_when_the_config_loads(objective):
+    with pytest.raises(AlbatError) as info:
+        load_config(None, {"filter": {"method": "albat", "objective": objective, "coverage": "round_robin"}})
+    message = str(info.value)
+    assert "\n" not in message and f"not {objective}" in message and "drop coverage" in message
+    assert load_config(None, {"filter": {"method": "albat", "objective": "reducible", "coverage": "round_robin"}})

@@ -186,6 +186,14 @@ class AlbatMethod(SurrogateMethod):
         Option("sample", FLOAT, 0.0, "v2: Gumbel noise on relevance in units of its std (0: top-k; >0: draw)", min=0),
     )
 
+    def __init__(self, **options):
+        super().__init__(**options)
+        objective = self.options["objective"]
+        if self.options["coverage"] != "none" and objective not in ("v1", "reducible"):
+            raise AlbatError(f"method albat: coverage=round_robin applies to objective=v1 or reducible, not "
+                             f"{objective} ({'v2 is one set objective' if objective == 'v2' else 'it spreads the budget over the adaptation examples itself'}); "
+                             "drop coverage or pick another objective")
+
     def select(self, request: SelectionRequest) -> SelectionResult:
         opts = self.options
         if opts["objective"] == "v2":
@@ -265,9 +273,6 @@ class AlbatMethod(SurrogateMethod):
                                                      neighbour_graph, target_weights)
         from albat.pipeline.methods.ranked import check_budget
 
-        if opts["coverage"] != "none":
-            raise AlbatError("method albat: coverage=round_robin applies to objective=v1 or reducible; "
-                             "facility covers the pool itself (drop coverage, or pick another objective)")
         clock = time.perf_counter()
         validity = np.isfinite(opts["tau"])  # the per-example test needs the surrogate's losses
         if opts["facility_space"] == "gradient" or validity:
@@ -326,9 +331,6 @@ class AlbatMethod(SurrogateMethod):
         from albat.pipeline.methods.matching import draw, kde_counts, row_probabilities, transport_plan
         from albat.pipeline.methods.ranked import check_budget
 
-        if opts["coverage"] != "none":
-            raise AlbatError("method albat: coverage=round_robin applies to objective=v1 or reducible; "
-                             "match spreads every adaptation example's mass itself (drop coverage)")
         clock = time.perf_counter()
         ids, query_idx, block_reason = candidate_columns(request.candidates)
         rows = np.nonzero(~np.isin(ids, request.blocked_ids))[0]
@@ -378,11 +380,6 @@ class AlbatMethod(SurrogateMethod):
         from albat.pipeline.methods.ranked import check_budget
         from albat.pipeline.methods.setobjective import greedy, whiten
 
-        if opts["coverage"] != "none":
-            raise AlbatError("method albat: coverage=round_robin applies to objective=v1 or reducible; "
-                             "v2 is one set objective (drop coverage, or pick another objective)")
-        if opts["rank"] < 0 or opts["beta"] < 0 or opts["sample"] < 0 or opts["backbone_weight"] <= 0:
-            raise AlbatError("method albat: rank, beta and sample must be >= 0 and backbone_weight > 0")
         pool, fit, fit_seconds, loss0, loss_s, clock = fitted_pool(request, opts)
         surrogate, pairs = pool.surrogate, pool.pairs
         delta = loss_s - loss0
