@@ -192,3 +192,15 @@ def test_match_objective_draws_from_the_transport_and_explains_every_decision(ru
     assert albat("filter", "--config", config, "--method-option", "objective=match", "--seed", "4", "--quiet") == 0
     other = pq.read_table(copy / "tasks/default/filter" / "selection.parquet").to_pandas()
     assert set(other.loc[other["keep"], "id"]) != set(kept["id"])  # another seed, another draw
+
+
+def test_dpp_objective_explains_every_decision_by_its_log_det_gain(run_dir: Path, tmp_path: Path) -> None:
+    copy, config = _objective_on_a_copy(run_dir, tmp_path, "dpp")
+    selection = pq.read_table(copy / "tasks/default/filter" / "selection.parquet").to_pandas()
+    kept = selection[selection["keep"]].sort_values("selection_rank")
+    assert len(kept) == BUDGET and kept["reason"].str.startswith("kept: log-det gain").all()
+    open_rows = selection[~selection["keep"] & selection["logdet_gain"].notna()]
+    assert (open_rows["logdet_gain"] <= kept["logdet_gain"].iloc[-1] + 1e-9).all()
+    assert open_rows["reason"].str.startswith("rejected: budget filled").all()
+    report = json.loads((copy / "tasks/default/output" / "manifest.json").read_text())["selection"]
+    assert report["objective"] == "dpp" and report["surrogate_fit"] == {"skipped": "objective=dpp uses no surrogate"}

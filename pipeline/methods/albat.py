@@ -155,14 +155,15 @@ class AlbatMethod(SurrogateMethod):
         Option("objective", STR, "v1", "v1 (proposition filter), v2 (one set objective: relevance − bias-variance "
                "risk), reducible (re-rank the pool by z(ℓ(φ_0) − ℓ(φ_s)) + relevance_weight·z(relevance)) or "
                "facility (target-weighted facility location over the pool) or match (a draw from the optimal "
-               "transport of the adaptation examples onto the pool, near-duplicates capped: TSDS)",
-               choices=("v1", "v2", "reducible", "facility", "match")),
+               "transport of the adaptation examples onto the pool, near-duplicates capped: TSDS) or dpp (greedy "
+               "MAP of a k-DPP: relevance as quality, the volume the rows' vectors span as diversity)",
+               choices=("v1", "v2", "reducible", "facility", "match", "dpp")),
         Option("alpha", FLOAT, 0.5, "match: weight of the transport cost against the near-duplicate cap (1: every "
                "example's nearest neighbour; 0: spread as far as the retrieved lists go)", min=0, max=1),
         Option("sigma", FLOAT, 0.75, "match: kernel radius of the near-duplicate density, in distance between unit "
                "vectors (0: no penalty)", min=0),
         Option("temperature", FLOAT, 0.05, "facility: T of the target weights exp(cos/T) (inf: every pool row "
-               "weighs the same)", above=0, inf=True),
+               "weighs the same); dpp: T of the quality exp(rel/2T), relevance against diversity", above=0, inf=True),
         Option("target_weight", STR, "per_example", "facility: per_example (each adaptation example spreads unit "
                "mass over the pool by softmax(cos/T)) or nearest (exp((rel − max rel)/T) of the nearest example's cosine)",
                choices=("per_example", "nearest")),
@@ -204,6 +205,8 @@ class AlbatMethod(SurrogateMethod):
             return self._select_facility(request, opts)
         if opts["objective"] == "match":
             return self._select_match(request, opts)
+        if opts["objective"] == "dpp":
+            return self._select_dpp(request, opts)
         pool, fit, fit_seconds, loss0, loss_s, clock = fitted_pool(request, opts)
         surrogate, pairs = pool.surrogate, pool.pairs
         grads = surrogate.gradients(pairs, "adapted")
@@ -278,10 +281,7 @@ class AlbatMethod(SurrogateMethod):
         if opts["facility_space"] == "gradient" or validity:
             pool, fit, fit_seconds, loss0, loss_s, clock = fitted_pool(request, opts)
         else:
-            ids, query_idx, block_reason = candidate_columns(request.candidates)
-            rows = np.nonzero(~np.isin(ids, request.blocked_ids))[0]
-            pool = SurrogatePool(ids=ids, query_idx=query_idx, block_reason=block_reason, rows=rows, pairs=None,
-                                 surrogate=None, adaptation=None)
+            pool = _embedding_pool(request)
             fit, fit_seconds = {"skipped": "facility_space=embedding uses no surrogate"}, 0.0
         check_budget(request.budget, len(pool.rows), "the candidate pool (raise query.k)")
         rel = request.candidates.column("similarity").to_numpy().astype(np.float64)[pool.rows]
@@ -332,10 +332,8 @@ class AlbatMethod(SurrogateMethod):
         from albat.pipeline.methods.ranked import check_budget
 
         clock = time.perf_counter()
-        ids, query_idx, block_reason = candidate_columns(request.candidates)
-        rows = np.nonzero(~np.isin(ids, request.blocked_ids))[0]
-        pool = SurrogatePool(ids=ids, query_idx=query_idx, block_reason=block_reason, rows=rows, pairs=None,
-                             surrogate=None, adaptation=None)
+        pool = _embedding_pool(request)
+        ids, rows = pool.ids, pool.rows
         check_budget(request.budget, len(rows), "the candidate pool (raise query.k)")
         pairs = request.pairs
         pair_ids = pairs.column("candidate_id").to_numpy().astype(np.int64)
@@ -373,6 +371,31 @@ class AlbatMethod(SurrogateMethod):
                   "mean_depth": round(float(plan.depth.mean()), 3) if len(plan.depth) else 0.0}
         return _explained_result(pool, columns["match_probability"], kept_rows, why, columns, report,
                                  {"skipped": "objective=match uses no surrogate"}, 0.0, score_seconds)
+
+    def _select_dpp(self, request: SelectionRequest, opts: dict) -> SelectionResult:
+        """Greedy MAP of the k-DPP over the retrieved pool (`pipeline.methods.dpp`)."""
+        from albat.pipeline.methods.dpp import explain_dpp, greedy_map, quality
+        from albat.pipeline.methods.ranked import check_budget
+
+        clock = time.perf_counter()
+        pool = _embedding_pool(request)
+        check_budget(request.budget, len(pool.rows), "the candidate pool (raise query.k)")
+        rel = request.candidates.column("similarity").to_numpy().astype(np.float64)[pool.rows]
+        q = quality(rel, opts["temperature"]) if np.isfinite(opts["temperature"]) else np.ones(len(rel))
+        trace = greedy_map(request.store.vectors_for_ids(pool.ids[pool.rows]), q, request.budget)
+        score_seconds = time.perf_counter() - clock
+        gain = np.where(np.isnan(trace.gain), trace.last_gain, trace.gain)
+        columns = {"relevance": pool.spread(rel), "dpp_quality": pool.spread(q), "logdet_gain": pool.spread(gain)}
+        kept_rows = pool.rows[trace.order]
+        keep = np.zeros(len(pool.ids), bool)
+        keep[kept_rows] = True
+        cut = float(trace.gain[trace.order[-1]]) if len(trace.order) else np.inf
+        why = lambda row: explain_dpp(bool(keep[row]), columns["logdet_gain"][row], cut,  # noqa: E731
+                                      columns["relevance"][row])
+        report = {"surrogate": None, "objective": "dpp",
+                  "temperature": opts["temperature"] if np.isfinite(opts["temperature"]) else "inf"}
+        return _explained_result(pool, columns["logdet_gain"], kept_rows, why, columns, report,
+                                 {"skipped": "objective=dpp uses no surrogate"}, 0.0, score_seconds)
 
     def _select_v2(self, request: SelectionRequest, opts: dict) -> SelectionResult:
         from threadpoolctl import threadpool_limits
@@ -417,6 +440,15 @@ class AlbatMethod(SurrogateMethod):
                   "risk_at_empty": round(len(sigma2) / (2 * n_a), 6)}
         return _explained_result(pool, columns["marginal_gain"], kept_rows, why, columns, report,
                                  fit, fit_seconds, score_seconds)
+
+
+def _embedding_pool(request: SelectionRequest) -> SurrogatePool:
+    """The candidate pool for the objectives that need no surrogate (facility in the embedding space,
+    match, dpp): every candidate row and the selectable ones."""
+    ids, query_idx, block_reason = candidate_columns(request.candidates)
+    rows = np.nonzero(~np.isin(ids, request.blocked_ids))[0]
+    return SurrogatePool(ids=ids, query_idx=query_idx, block_reason=block_reason, rows=rows, pairs=None,
+                         surrogate=None, adaptation=None)
 
 
 def _walk(request: SelectionRequest, pool, row_score: np.ndarray, opts: dict):
