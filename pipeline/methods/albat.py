@@ -9,7 +9,9 @@ by the loss adaptation removes, z(ℓ(φ_0;b) − ℓ(φ_s;b)) + relevance_weigh
 chooses the set that best covers the pool where the target puts its mass, max Σ_c w_c max_{b∈S} s(c, b)
 (`pipeline.methods.facility`; in the retrieval embedding or the surrogate's gradient space).
 `objective=match` draws the set from an optimal transport of the adaptation examples onto their
-retrieved neighbours with a cap on near-duplicates (`pipeline.methods.matching`; TSDS).
+retrieved neighbours with a cap on near-duplicates (`pipeline.methods.matching`; TSDS), and
+`objective=dpp` takes the greedy MAP of a k-DPP, relevance as quality and the rows' span as diversity
+(`pipeline.methods.dpp`). These three need no surrogate (facility only in the gradient space).
 
 1. Train the surrogate φ_s on the adaptation set (φ_0: the untouched backbone).
 2. Validity (Proposition 1), per example: adaptation must not hurt it, Δℓ_b = ℓ(φ_s;b) − ℓ(φ_0;b) ≤ τ.
@@ -328,6 +330,7 @@ class AlbatMethod(SurrogateMethod):
     def _select_match(self, request: SelectionRequest, opts: dict) -> SelectionResult:
         """A seeded draw from the transport of the adaptation examples onto their neighbours
         (`pipeline.methods.matching`)."""
+        from albat.pipeline.methods.coverage import pair_scores
         from albat.pipeline.methods.matching import draw, kde_counts, row_probabilities, transport_plan
         from albat.pipeline.methods.ranked import check_budget
 
@@ -336,12 +339,10 @@ class AlbatMethod(SurrogateMethod):
         ids, rows = pool.ids, pool.rows
         check_budget(request.budget, len(rows), "the candidate pool (raise query.k)")
         pairs = request.pairs
-        pair_ids = pairs.column("candidate_id").to_numpy().astype(np.int64)
         selectable = pool.ids[rows]
-        sorter = np.argsort(selectable)
-        pos = np.clip(np.searchsorted(selectable, pair_ids, sorter=sorter), 0, max(len(selectable) - 1, 0))
-        found = selectable[sorter[pos]] == pair_ids if len(selectable) else np.zeros(len(pair_ids), bool)
-        pair_row = sorter[pos][found]
+        row_of_pair, found = pair_scores(pairs.column("candidate_id").to_numpy().astype(np.int64), selectable,
+                                         np.arange(len(selectable)))  # blocked rows' pairs are not found
+        pair_row = row_of_pair[found].astype(np.int64)
         cos = pairs.column("similarity").to_numpy().astype(np.float64)[found]
         distance = np.sqrt(np.maximum(2.0 - 2.0 * cos, 0.0))
         kde = kde_counts(request.store.vectors_for_ids(selectable), opts["sigma"])
