@@ -380,6 +380,31 @@ def cell_verdicts(groups: dict[tuple, list[dict]], cell: tuple, product: str) ->
             ("evidence" if gap[0] > gap[1] else "control") if gap else "no oracle"]
 
 
+def robustness_rows(groups: dict[tuple, list[dict]], cells: list[tuple], methods: list[str]) -> list[list[str]]:
+    """Every method (baselines too) against the best of the *other* baselines in each cell, where the
+    best baseline changes from cell to cell: cells run, at or above it within the larger seed std,
+    beyond it, and the mean difference in perplexity (negative: better)."""
+    rows = []
+    for method in methods:
+        if method in ("none", "oracle"):
+            continue
+        diffs, within, beyond = [], 0, 0
+        for cell in cells:
+            mine = [r["perplexity"] for r in groups.get((*cell, method), [])]
+            others = {b: [r["perplexity"] for r in groups[(*cell, b)]] for b in BASELINES
+                      if b not in (method, "none") and (*cell, b) in groups}
+            if not mine or not others:
+                continue
+            best = min(others, key=lambda b: np.mean(others[b]))
+            diff, sd = float(np.mean(mine) - np.mean(others[best])), max(_std(mine), _std(others[best]))
+            diffs.append(diff)
+            within += diff <= sd
+            beyond += diff < -sd
+        if diffs:
+            rows.append([method, len(diffs), f"{within} of {len(diffs)}", beyond, f"{np.mean(diffs):+.2f}"])
+    return rows
+
+
 def report(args, results_path: Path) -> None:
     """Mean ± std over seeds per (domain, n_A, m, method): perplexity, the none → full gap closed,
     convergence, verdicts and times; tables and a plot into BENCHMARKS.md (section --section)."""
@@ -464,7 +489,8 @@ def report(args, results_path: Path) -> None:
             "per seed against the same seed's none and full runs (0: nothing gained over the adaptation set alone, "
             "1: as good as all 512 target texts):", "",
             markdown_table(["domain", "n_A", "m"] + methods, gap_rows), "",
-            "Product method (albat and its variants) minus the best baseline (none, random, knn, dsir, gradalign) in "
+            "Product method (albat and its variants) minus the best baseline (none, random, knn, dsir, classifier, "
+            "gradalign) in "
             "final perplexity (lower is better); within the larger seed std of the two is a tie. A cell is evidence "
             "where random − oracle exceeds their larger std (in-domain data visibly helps), a control otherwise, "
             "and has no oracle where the domain is not in the pool.", "",
@@ -472,6 +498,12 @@ def report(args, results_path: Path) -> None:
                             "random − oracle", "cell"], verdict_rows), "",
             markdown_table(["method", "evidence W/T/L", "control W/T/L", "no-oracle W/T/L", "at or above best within "
                             "spread", "gap closed (all cells)"], counts), "",
+            "Robustness: each method against the best of the *other* baselines (random, knn, dsir, classifier, "
+            "gradalign; not none) of each cell, which changes from cell to cell; at or above it within the larger "
+            "seed std, beyond it (better by more than that std), and the mean difference in perplexity (negative: "
+            "lower than the best other baseline):", "",
+            markdown_table(["method", "cells", "at or above within spread", "better beyond spread", "mean − best other"],
+                           robustness_rows(groups, cells, methods)), "",
             "Convergence, the paper's claim: the gap closed at each checkpoint of the same training runs, against "
             "none's *final* perplexity (mean ± std over every cell and seed):", "",
             markdown_table(["method"] + [f"step {s}" for s in checkpoints], curve_rows), "",
