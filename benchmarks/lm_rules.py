@@ -36,7 +36,7 @@ def load_cell(exp: Path):
     pairs = pq.read_table(q / "candidate_pairs.parquet").to_pydict()
     pairs = {k: np.asarray(v) for k, v in pairs.items()}
     blocked = pq.read_table(q / "blocked.parquet").column("id").to_numpy()
-    adapt_vec = np.load(q / "adaptation.npy")
+    adapt_vec = np.load(q / "adaptation.npy", allow_pickle=False)
     return pairs, blocked, adapt_vec
 
 
