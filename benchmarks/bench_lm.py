@@ -408,7 +408,8 @@ def robustness_rows(groups: dict[tuple, list[dict]], cells: list[tuple], methods
 def report(args, results_path: Path) -> None:
     """Mean ± std over seeds per (domain, n_A, m, method): perplexity, the none → full gap closed,
     convergence, verdicts and times; tables and a plot into BENCHMARKS.md (section --section)."""
-    records = [json.loads(line) for line in results_path.read_text().splitlines()]
+    records = list({json.dumps(r["key"], sort_keys=True): r for r in map(json.loads, results_path.read_text().splitlines())
+                    }.values())  # one record per run key: two processes that ran one run both appended it
     records = [r for r in records if r["key"].get("steps", args.steps) == args.steps]
     backbone = {r["key"]["domain"]: r["perplexity"] for r in records if r["key"]["method"] == "backbone"}
     full = {(r["key"]["domain"], r["key"]["seed"]): r for r in records if r["key"]["method"] == "full"}
