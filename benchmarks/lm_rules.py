@@ -106,6 +106,11 @@ def rule_clf(P, ctx, m, mode="top"):
     if mode == "top":
         top = np.lexsort((ids, -lo))[:m]
         return ids[top], np.ones(m)
+    if mode == "threshold":  # a uniform draw among the rows the classifier calls target (log-odds >= 0)
+        order = np.random.default_rng([ctx["seed"], 12]).permutation(len(ids))
+        rank = np.where(lo[order] >= 0, np.inf, lo[order])  # target-like rows tie, so they keep the random order
+        pick = order[np.argsort(-rank, kind="stable")[:m]]
+        return ids[pick], np.ones(m)
     if mode == "sample":
         key = lo + np.random.default_rng([ctx["seed"], 11]).gumbel(size=len(lo))
         return ids[np.argsort(-key)[:m]], np.ones(m)
@@ -125,6 +130,7 @@ RULES = {
     "clf": rule_clf,
     "clf_rr": lambda P, c, m: rule_clf(P, c, m, "rr"),
     "clf_s": lambda P, c, m: rule_clf(P, c, m, "sample"),
+    "clf_t": lambda P, c, m: rule_clf(P, c, m, "threshold"),
 }
 
 

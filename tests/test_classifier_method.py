@@ -9,7 +9,7 @@ from method_fixtures import make_request, make_store
 
 from albat.pipeline.methods.base import get_method
 from albat.pipeline.methods.classifier import (ClassifierMethod, default_negatives, fit_classifier, log_odds,
-                                         sample_negatives)
+                                         sample_negatives, target_draw)
 from albat.stores.errors import AlbatError
 
 
@@ -63,6 +63,38 @@ def test_classifier_keeps_top_log_odds_unblocked_ties_by_id(tmp_path, budget, ke
                                 "(34 negatives, seed 3)")  # every unblocked row: fewer than 1000
     for cid in set(score) - set(kept) - {50}:
         assert reasons[cid].startswith(f"rejected: classifier log-odds {score[cid]:.3f} below the {budget} kept")
+
+
+def test_target_draw_takes_only_target_like_rows_then_fills_by_score():
+    score = np.array([0.5, -1.0, 2.0, 0.0, -0.2, 3.0])
+    ids = np.array([10, 11, 12, 13, 14, 15])
+    for seed in range(5):
+        drawn = target_draw(score, ids, 3, seed)
+        assert len(drawn) == 3 and set(drawn) <= {0, 2, 3, 5}  # only log-odds >= 0, ranked or not
+    assert {tuple(sorted(target_draw(score, ids, 2, seed))) for seed in range(30)} != {(2, 5)}  # not the top 2
+    assert target_draw(score, ids, 6, 0)[4:].tolist() == [4, 1]  # the shortfall by score, highest first
+    assert set(target_draw(score, ids, 4, 0)) == {0, 2, 3, 5}
+    assert target_draw(score, ids, 0, 0).tolist() == []
+    shuffled = np.array([3, 0, 5, 1, 4, 2])  # the input order does not change the draw (by id)
+    assert ids[shuffled][target_draw(score[shuffled], ids[shuffled], 3, 7)].tolist() == \
+        ids[target_draw(score, ids, 3, 7)].tolist()
+    assert target_draw(score, ids, 3, 7).tolist() == target_draw(score, ids, 3, 7).tolist()
+
+
+def test_classifier_draw_target_keeps_only_target_like_unblocked_rows(tmp_path):
+    store = _store(tmp_path)
+    request = make_request(store, [54, 53, 52, 51, 50], {50: BLOCK}, budget=3, seed=3, vectors=ADAPTATION)
+    result = get_method("classifier", draw="target").select(request)
+    score = dict(zip(result.ids.tolist(), result.score))
+    assert score[51] == score[52] > 0 > score[53] > score[54]  # two unblocked target-like rows, 50 blocked
+    order = result.ids[np.argsort(np.where(result.keep, result.rank, 99))][:3].tolist()
+    assert sorted(order[:2]) == [51, 52] and order[2] == 53  # the draw, then the shortfall by log-odds
+    reasons = dict(zip(result.ids.tolist(), result.reason))
+    assert reasons[50] == f"rejected: {BLOCK}"
+    assert reasons[54] == (f"rejected: classifier log-odds {score[54]:.3f}, not drawn (a seeded draw of 2 of the 2 "
+                           "rows with log-odds >= 0)")
+    with pytest.raises(AlbatError, match="draw"):
+        get_method("classifier", draw="best").select(request)
 
 
 def test_classifier_budget_above_unblocked_candidates_raises(tmp_path):
