@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from benchmarks import bench_select
 from benchmarks.bench_select import EMBED_ARGS, finished_keys, load_domains, run, verdict
-from benchmarks.report import markdown_table, save_figure, write_section
+from benchmarks.report import markdown_table, parse_variants, save_figure, write_section
 
 METHODS = ["none", "random", "knn", "dsir", "classifier", "gradalign", "albat", "oracle"]
 BASELINES = ("none", "random", "knn", "dsir", "classifier", "gradalign")  # what a product method must beat
@@ -107,18 +107,6 @@ def parse_ratios(spec: str) -> list[tuple[int, int | None]]:
     for item in filter(None, (x.strip() for x in spec.split(","))):
         ratio, _, only = item.partition("@")
         out.append((int(ratio), int(only) if only else None))
-    return out
-
-
-def parse_variants(items: list[str]) -> dict[str, tuple[str, list[str]]]:
-    """["albat_red=albat:objective=reducible,relevance_weight=1"] -> {name: (method, [k=v, ...])}."""
-    out = {}
-    for item in items:
-        name, _, spec = item.partition("=")
-        method, _, opts = spec.partition(":")
-        if not name or not method:
-            raise SystemExit(f"--variant {item!r}: expected NAME=METHOD[:key=value,...]")
-        out[name] = (method, [o for o in opts.split(",") if o])
     return out
 
 

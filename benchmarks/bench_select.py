@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.report import markdown_table, save_figure, write_section
+from benchmarks.report import markdown_table, parse_variants, save_figure, write_section
 from albat.pipeline.cli import main as albat
 from albat.stores.embedding_store import EmbeddingStore
 
@@ -176,6 +176,9 @@ def build_parser(description: str = __doc__.splitlines()[0]) -> argparse.Argumen
     parser.add_argument("--distractors", type=int, default=2000)
     parser.add_argument("--albat-option", action="append", default=[], help="KEY=VALUE passed to albat")
     parser.add_argument("--auto-option", action="append", default=[], help="KEY=VALUE passed to auto")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=METHOD:k=v,...",
+                        help="a method with options, run and reported under NAME (add NAME to --methods), e.g. "
+                        "classifier_t=classifier:draw=target")
     parser.add_argument("--tag", default="", help="label of this configuration in results.jsonl")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); on shared "
                         "cores 1 is several times faster for the judge's small matrices")
@@ -214,6 +217,7 @@ def run_all(args, domains: list[dict], results_path: Path, track: Track | None =
     pool_labels = pq.read_table(args.data / "pool.parquet", columns=["id", "source", "label"])
     sizes, ratios = [int(x) for x in args.sizes.split(",")], [int(x) for x in args.ratios.split(",")]
     methods = args.methods.split(",")
+    variants = parse_variants(args.variant)
     with results_path.open("a") as out:
         prepared = {}
         for domain in domains:
@@ -252,8 +256,10 @@ def run_all(args, domains: list[dict], results_path: Path, track: Track | None =
                     n_candidates = pq.read_metadata(exp / "tasks/default/query" / "candidates.parquet").num_rows
                     for method, ratio in pending:
                         m = ratio * n_a
-                        kept, seconds = select(method, exp, m, seed, oracle_pool, blocked,
-                                               {"albat": args.albat_option, "auto": args.auto_option})
+                        base, options = variants.get(method, (method, None))
+                        kept, seconds = select(base, exp, m, seed, oracle_pool, blocked,
+                                               {"albat": args.albat_option, "auto": args.auto_option}
+                                               if options is None else {base: options})
                         extra = pairs_for(backbone, kept) if len(kept) else None
                         started = time.perf_counter()
                         scores = metrics(judge_adapter(train, extra, bank, args, seed), test, domain)
@@ -264,7 +270,9 @@ def run_all(args, domains: list[dict], results_path: Path, track: Track | None =
                                   **scores, "kept": int(len(kept)), "in_domain": in_domain,
                                   "select_seconds": seconds, "judge_seconds": time.perf_counter() - started,
                                   "candidates": n_candidates, "k": k, "albat_options": args.albat_option,
-                                  **({"auto_options": args.auto_option} if args.auto_option else {})}
+                                  **({"auto_options": args.auto_option} if args.auto_option else {}),
+                                  **({"variant": f"{variants[method][0]}:{','.join(variants[method][1])}"}
+                                     if method in variants else {})}
                         out.write(json.dumps(record) + "\n")
                         out.flush()
                         print(f"{domain['slug']} n_A={n_a} m={m} seed={seed} {method:10s} R@1={r1:.3f} MRR={mrr:.3f} "
@@ -281,6 +289,7 @@ def report(args, results_path: Path, track: Track | None = None) -> None:
         if k["method"] != "frozen":
             groups.setdefault((k["domain"], k["n_a"], k["m"], k["method"]), []).append(r)
     methods = [m for m in METHODS if any(key[3] == m for key in groups)]
+    methods += sorted({key[3] for key in groups} - set(methods))  # --variant names, after the methods
     header = ["domain", "n_A", "m", "frozen"] + methods
     rows, wins = [], []
     for domain, n_a, m in sorted({key[:3] for key in groups}):
@@ -295,7 +304,7 @@ def report(args, results_path: Path, track: Track | None = None) -> None:
             else:
                 cells.append("-")
         rows.append(cells)
-        baselines = {k: v for k, v in means.items() if k not in PRODUCT + ("oracle",)}
+        baselines = {k: v for k, v in means.items() if k in METHODS and k not in PRODUCT + ("oracle",)}
         for product in PRODUCT:
             if product in means and baselines:
                 best = max(baselines, key=baselines.get)
@@ -332,6 +341,12 @@ def report(args, results_path: Path, track: Track | None = None) -> None:
             "Win / tie / loss against the best baseline, by kind of cell:", "",
             markdown_table(["method", "evidence cells (W/T/L)", "control cells (W/T/L)", "at or above within spread"],
                            win_counts(wins)), "",
+            "Every method and --variant against the best of the *other* baselines of each cell (which changes from "
+            "cell to cell: how robust one fixed choice is), with the same tie and evidence rules:", "",
+            markdown_table(["method", "cells", "evidence (W/T/L)", "control (W/T/L)", "mean − best"],
+                           variant_counts({cell: {meth: [r["mrr"] for r in groups[(*cell, meth)]] for meth in methods
+                                                  if (*cell, meth) in groups} for cell in {key[:3] for key in groups}},
+                                          [meth for meth in methods if meth not in ("none", "oracle")])), "",
             "Selection time per call (seconds, the filter stage's own clock) and share of kept pairs from the "
             "target's own label:", "",
             markdown_table(["method", "mean s", "max s", "mean / dsir's", "in-domain share", "kept / m (min)"],

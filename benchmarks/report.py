@@ -65,3 +65,15 @@ def save_figure(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     return path
+
+
+def parse_variants(items: list[str]) -> dict[str, tuple[str, list[str]]]:
+    """["albat_red=albat:objective=reducible,relevance_weight=1"] -> {name: (method, [k=v, ...])}."""
+    out = {}
+    for item in items:
+        name, _, spec = item.partition("=")
+        method, _, opts = spec.partition(":")
+        if not name or not method:
+            raise SystemExit(f"--variant {item!r}: expected NAME=METHOD[:key=value,...]")
+        out[name] = (method, [o for o in opts.split(",") if o])
+    return out
