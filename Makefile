@@ -48,7 +48,7 @@ demo: setup data
 	$(ALBAT) run --config $(CONFIG)
 	$(ALBAT) report $(WORK)
 	$(ALBAT) sql $(WORK) "SELECT albat_method, albat_is_adaptation, count(*) AS n_rows, round(sum(albat_weight), 2) AS total_weight, left(min(text), 40) AS example FROM shards GROUP BY ALL ORDER BY ALL"
-	$(ALBAT) sql $(WORK) "SELECT albat_query AS adaptation_example, title, topic, round(albat_score, 3) AS similarity FROM shards WHERE NOT albat_is_adaptation ORDER BY albat_score DESC LIMIT 10"
+	$(ALBAT) sql $(WORK) "SELECT albat_query AS adaptation_example, title, topic, round(albat_score, 3) AS score FROM shards WHERE NOT albat_is_adaptation ORDER BY albat_score DESC LIMIT 10"
 
 # The image track: real image-caption data from Debian packages (scripts/fetch_images.py, as root:
 # apt-get download + dpkg-deb -x), the small CLIP pre-trained on it (cached by content hash;
