@@ -58,13 +58,13 @@ data/images/summary.json: scripts/fetch_images.py | $(VENV)/.installed
 
 data-images: data/images/summary.json
 
-CLIP_EPOCHS ?= 1
+CLIP_EPOCHS ?= 4
 CLIP_MODEL ?=
 CLIP_PRETRAINED ?=
 demo-image: setup data-images
 	$(eval CLIP_DIR := $(if $(CLIP_MODEL),,$(shell $(PY) scripts/pretrain_clip.py --pool data/images/pool --out work/clip --epochs $(CLIP_EPOCHS))))
 	$(ALBAT) run --config configs/demo-image.toml --image-model $(or $(CLIP_MODEL),$(CLIP_DIR)/albat-clip-small.json) $(if $(or $(CLIP_PRETRAINED),$(CLIP_DIR)),--image-pretrained $(or $(CLIP_PRETRAINED),$(CLIP_DIR)/checkpoint.pt))
-	$(PY) scripts/contact_sheet.py work/demo-image/output --out work/demo-image/contact_sheet.png
+	$(PY) scripts/contact_sheet.py work/demo-image --out work/demo-image/contact_sheet.png
 	$(ALBAT) sql work/demo-image "SELECT source, category, count(*) AS n FROM shards WHERE NOT albat_is_adaptation GROUP BY ALL ORDER BY n DESC LIMIT 8"
 
 embed index query filter mix emit run: setup data

@@ -1,7 +1,11 @@
 """A contact sheet of an emitted image shard set: the adaptation images, then the selected ones in
 selection order, each tile captioned; one PNG.
 
-    python scripts/contact_sheet.py work/demo-image/output --out work/demo-image/contact_sheet.png
+    python scripts/contact_sheet.py work/demo-image --out work/demo-image/contact_sheet.png
+    python scripts/contact_sheet.py work/demo-image --task cats --out cats.png
+    python scripts/contact_sheet.py work/demo-image/tasks/default/output --out sheet.png   # an output folder
+
+A work directory is read through its task's recorded output (WORK/tasks/TASK/output by default).
 """
 from __future__ import annotations
 
@@ -47,15 +51,31 @@ def sheet(sections: list[tuple[str, list]]) -> "Image":  # noqa: F821
     return canvas
 
 
+def output_folder(path: Path, task: str) -> Path:
+    """The emitted set to draw: `path` itself when it holds manifest.json (an output folder), else the
+    task's recorded output in the work directory `path`."""
+    if (path / "manifest.json").is_file():
+        return path
+    from albat.stores.workdir import Workdir
+
+    output = Workdir(path, task=task).output
+    if not (output / "manifest.json").is_file():
+        raise SystemExit(f"contact_sheet: {path}: no manifest.json there nor in task {task!r}'s output ({output}); "
+                         "run `albat run` (or `albat emit`) first, or pass the emit stage's output folder")
+    return output
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("output", type=Path, help="the emit stage's output folder (manifest.json)")
+    parser.add_argument("path", type=Path, help="a work directory, or the emit stage's output folder (manifest.json)")
+    parser.add_argument("--task", default="default", help="the task of a work directory (default: default)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     import pyarrow.parquet as pq
 
-    manifest = json.loads((args.output / "manifest.json").read_text())
-    rows = [r for s in manifest["shards"] for r in pq.read_table(args.output / s["path"]).to_pylist()]
+    output = output_folder(args.path, args.task)
+    manifest = json.loads((output / "manifest.json").read_text())
+    rows = [r for s in manifest["shards"] for r in pq.read_table(output / s["path"]).to_pylist()]
     caption = manifest["columns"]["text"]
     image_column = next(c for c in ("image", *rows[0].keys()) if isinstance(rows[0].get(c), dict)) if rows else "image"
     adaptation = tiles([r for r in rows if r["albat_is_adaptation"]], image_column, caption)

@@ -26,6 +26,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -122,8 +123,12 @@ def _render(item: dict, font_path: str) -> bytes | None:
             if np.asarray(image).min() > 250:  # no glyph in the font
                 return None
         else:
-            with Image.open(item["path"]) as opened:
-                rgba = opened.convert("RGBA")
+            with warnings.catch_warnings():
+                # a few Open Clip Art PNGs are ~170 Mpixel: decoded once (Debian's own files, not user
+                # input) and thumbnailed; PIL's DecompressionBombError above 2x its limit still skips one
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(item["path"]) as opened:
+                    rgba = opened.convert("RGBA")
             image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
         image.thumbnail((SIZE, SIZE), Image.LANCZOS)
         out = io.BytesIO()

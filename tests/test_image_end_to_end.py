@@ -128,6 +128,34 @@ def test_decoding_workers_do_not_change_the_store(image_run: Path, tmp_path: Pat
         assert ours.metadata(i).equals(theirs.metadata(i))
 
 
+def test_contact_sheet_reads_the_work_directory(image_run: Path, capsys: pytest.CaptureFixture) -> None:
+    """scripts/contact_sheet.py (what `make demo-image` ends with) finds the task's output in a work
+    directory, draws one tile per emitted image, and names the fix when a task has no output."""
+    from PIL import Image
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("contact_sheet", REPO / "scripts" / "contact_sheet.py")
+    sheet = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sheet)
+    import pyarrow.parquet as pq
+
+    output = image_run / "work" / "tasks/default/output"
+    flags = [f for path in sorted((output / "data").glob("*.parquet"))
+             for f in pq.read_table(path, columns=["albat_is_adaptation"]).column(0).to_pylist()]
+    adaptation, selected = sum(flags), len(flags) - sum(flags)
+    assert adaptation == 4  # the four adaptation images (albat may keep fewer than its budget of 4)
+    out = image_run / "sheet.png"
+    assert sheet.main([str(image_run / "work"), "--out", str(out)]) == 0
+    assert f"{adaptation} adaptation and {selected} selected images" in capsys.readouterr().out
+    rows = lambda n: (n + sheet.PER_ROW - 1) // sheet.PER_ROW  # noqa: E731
+    height = 2 * sheet.LABEL + (rows(adaptation) + rows(selected)) * (sheet.TILE + sheet.LABEL) + 4
+    assert Image.open(out).size == (sheet.PER_ROW * sheet.TILE, height)
+    with pytest.raises(SystemExit, match="no manifest.json there nor in task 'other'"):
+        sheet.main([str(image_run / "work"), "--task", "other", "--out", str(image_run / "other.png")])
+    assert not (image_run / "other.png").exists() and not (image_run / "work" / "tasks" / "other").exists()
+
+
 def test_selected_backbone_images_come_back_whole(image_run: Path) -> None:
     """knn fills the budget: every selected row's image equals the corpus file it came from (runs last:
     it replaces the run's selection)."""
