@@ -312,6 +312,9 @@ QUERY = (
     Option("dedup_threshold", FLOAT, 0.95, "cosine above which a corpus row is a near-duplicate", min=-1, max=1),
     Option("dedup_k", INT, 16, "neighbours checked for near-duplicates per example", min=1),
     Option("rerank_factor", INT, 4, "PQ index: retrieve k*factor, re-rank exactly", min=1),
+    Option("dedup_candidates", BOOL, True, "block a candidate whose content (normalised text, or decoded pixels) "
+           "equals a better candidate's, so no selection holds the same content twice",
+           flag="--keep-duplicate-candidates", const=False),
 )
 
 FILTER = (

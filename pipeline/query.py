@@ -135,14 +135,43 @@ def merge_blocked(*parts: dict[int, tuple[float, str]]) -> pa.Table:
                      "reason": pa.array([merged[i][1] for i in ids], pa.string())})
 
 
+def best_pairs(ids: np.ndarray, sims: np.ndarray) -> np.ndarray:
+    """The pair row of each unique candidate id with its best similarity, in id order."""
+    order = np.lexsort((-sims, ids))  # by id, then best similarity first
+    first = np.ones(len(order), bool)
+    first[1:] = ids[order][1:] != ids[order][:-1]
+    return order[first]
+
+
+def candidate_duplicates(ids: np.ndarray, sims: np.ndarray, hashes: np.ndarray,
+                         blocked_ids: np.ndarray) -> dict[int, tuple[float, str]]:
+    """Candidates whose stored hash (normalised text, or an image's decoded pixels) equals another
+    candidate's: id -> (1.0, reason). In each group of equal hashes the candidate with the highest
+    similarity (then the lowest id) stays; if one of the group is already blocked, every other member
+    is blocked too (the same content as a blocked row). Already blocked ids are not listed again."""
+    ids, sims, hashes = np.asarray(ids, np.int64), np.asarray(sims, np.float64), np.asarray(hashes, np.int64)
+    blocked = np.isin(ids, blocked_ids)
+    out: dict[int, tuple[float, str]] = {}
+    order = np.lexsort((ids, -sims, hashes))  # by hash, then best similarity, then lowest id
+    groups = np.split(order, np.nonzero(np.diff(hashes[order]))[0] + 1) if len(order) else []
+    for group in groups:
+        if len(group) < 2:
+            continue
+        held = group[blocked[group]]
+        keeper = held[0] if len(held) else group[0]
+        reason = (f"exact duplicate of blocked candidate {int(ids[keeper])}" if len(held)
+                  else f"exact duplicate of candidate {int(ids[keeper])} (kept in its place)")
+        for row in group:
+            if row != keeper and not blocked[row]:
+                out[int(ids[row])] = (1.0, reason)
+    return out
+
+
 def aggregate_candidates(pairs: pa.Table, blocked: pa.Table) -> pa.Table:
     """One row per unique candidate: its best pair, how many examples retrieved it, blocked or not."""
     ids = pairs.column("candidate_id").to_numpy()
     sims = pairs.column("similarity").to_numpy()
-    order = np.lexsort((-sims, ids))  # by id, then best similarity first
-    first = np.ones(len(order), bool)
-    first[1:] = ids[order][1:] != ids[order][:-1]
-    best = order[first]
+    best = best_pairs(ids, sims)
     uniq, counts = np.unique(ids, return_counts=True)
     blocked_ids = blocked.column("id").to_numpy()
     reasons = dict(zip(blocked_ids.tolist(), blocked.column("reason").to_pylist()))
@@ -190,9 +219,17 @@ def retrieve(options: dict[str, Any], store: EmbeddingStore, info: dict[str, Any
     factor = max(1, int(options["rerank_factor"])) if infos["kind"] == "ivf_pq" else 1
     pairs = top_k_per_query(exact_pairs(vectors, index, min(k * factor, rows), store), k)
     dedup_k, threshold = min(int(options["dedup_k"]) * factor, rows), float(options["dedup_threshold"])
-    blocked = merge_blocked(*hash_duplicates([("adaptation", hashes), ("exclude", exclude_hashes)], store, executor),
-                            near_duplicates(vectors, index, dedup_k, threshold, "adaptation", store),
-                            near_duplicates(exclude_vectors, index, dedup_k, threshold, "exclude", store))
+    parts = [*hash_duplicates([("adaptation", hashes), ("exclude", exclude_hashes)], store, executor),
+             near_duplicates(vectors, index, dedup_k, threshold, "adaptation", store),
+             near_duplicates(exclude_vectors, index, dedup_k, threshold, "exclude", store)]
+    blocked = merge_blocked(*parts)
+    if options.get("dedup_candidates", True) and pairs.num_rows:
+        best = best_pairs(pairs.column("candidate_id").to_numpy(), pairs.column("similarity").to_numpy())
+        cand_ids = pairs.column("candidate_id").to_numpy()[best]
+        twins = candidate_duplicates(cand_ids, pairs.column("similarity").to_numpy()[best],
+                                     store.column_for_ids(cand_ids, TEXT_HASH), blocked.column("id").to_numpy())
+        if twins:
+            blocked = merge_blocked(*parts, twins)
     candidates = aggregate_candidates(pairs, blocked)
     adaptation = adaptation.add_column(0, "query_idx", pa.array(np.arange(len(vectors)), pa.int32()))
     return {"adaptation": adaptation, "vectors": vectors, "pair_vectors": pair_vectors, "exclude": exclude,

@@ -305,6 +305,18 @@ class EmbeddingStore:
                 out[slot] = text
         return out
 
+    def column_for_ids(self, ids: np.ndarray, column: str) -> np.ndarray:
+        """One numeric metadata column (e.g. albat_text_hash) at some ids, reading only the shards
+        that hold them."""
+        positions = self.id_positions(ids)
+        out: np.ndarray | None = None
+        for index, mask, rows in self.locate(positions):
+            values = self.metadata(index, [column]).column(column).to_numpy()[rows]
+            if out is None:
+                out = np.empty(len(positions), dtype=values.dtype)
+            out[mask] = values
+        return out if out is not None else np.empty(0, dtype=np.int64)
+
     # ----- id lookup ----------------------------------------------------------------------
     @property
     def _id_index_paths(self) -> tuple[Path, Path]:
