@@ -11,6 +11,9 @@ import faiss
 import numpy as np
 from autofaiss import build_index
 
+from peakmem import PeakAnon  # benchmarks/peakmem.py: this script's own folder is on sys.path
+
+anon = PeakAnon().start()
 embeddings, out, queries_path, exact_path, budget, available = sys.argv[1:7]
 started = time.perf_counter()
 build_index(embeddings=embeddings, index_path=f"{out}/autofaiss.index", index_infos_path=f"{out}/infos.json",
@@ -28,4 +31,4 @@ infos = json.load(open(f"{out}/infos.json"))
 print(json.dumps({"key": infos.get("index_key"), "build_seconds": build, "recall": recall,
                   "queries_per_s": len(queries) / search, "index_bytes": infos.get("size in bytes"),
                   "params": infos.get("index_param"),
-                  "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+                  "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "peak_anon_kib": anon.stop()}))

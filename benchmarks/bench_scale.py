@@ -29,8 +29,11 @@ from albat.stores.embedding_store import ID, ROW, SOURCE, TEXT_HASH, EmbeddingSt
 
 
 # Runs the CLI in a child process and reports that process's own peak RSS on stderr.
-CHILD = ("import resource, sys; from albat.pipeline.cli import main; rc = main(sys.argv[1:]); "
-         "print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)")
+# Peak anonymous memory is sampled beside it (benchmarks/peakmem.py): RSS also counts reclaimable file pages.
+CHILD = ("import resource, sys; from benchmarks.peakmem import PeakAnon; anon = PeakAnon().start(); "
+         "from albat.pipeline.cli import main; rc = main(sys.argv[1:]); "
+         "print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, 'PEAK_ANON_KIB', anon.stop(), "
+         "file=sys.stderr); sys.exit(rc)")
 
 
 def synthetic_store(root: Path, n: int, d: int, shard_rows: int, seed: int) -> EmbeddingStore:
@@ -69,6 +72,7 @@ def run_index(work: Path, budget: str, flat_max: str, extra: str) -> dict:
         raise SystemExit(result.stderr)
     infos = json.loads((work / "index" / "index_infos.json").read_text())
     infos["peak_rss_mib"] = int(result.stderr.split("PEAK_RSS_KIB")[-1].split()[0]) / 1024
+    infos["peak_anon_mib"] = int(result.stderr.split("PEAK_ANON_KIB")[-1].split()[0]) / 1024
     infos["wall"] = wall
     infos["file_mib"] = sum(p.stat().st_size for p in (work / "index").iterdir() if p.is_file()) / 2**20
     return infos
@@ -77,7 +81,8 @@ def run_index(work: Path, budget: str, flat_max: str, extra: str) -> dict:
 def index_row(n: int, budget: str, flat_max: str, extra: str, infos: dict) -> list:
     tuned = infos["nprobe"] or (f"ef {infos['ef_search']}" if infos.get("ef_search") else "-")
     return [f"{n:,}", budget, flat_max, extra or "memory", infos["index_key"], f"{infos['estimated_bytes'] / 2**20:.0f}",
-            f"{infos['file_mib']:.0f}", f"{infos['peak_rss_mib']:.0f}", f"{infos['train_seconds']:.0f}",
+            f"{infos['file_mib']:.0f}", f"{infos['peak_rss_mib']:.0f}", f"{infos['peak_anon_mib']:.0f}",
+            f"{infos['train_seconds']:.0f}",
             f"{infos['build_seconds']:.0f}", f"{infos['wall']:.0f}", tuned, f"{infos['recall_at_k']:.3f}",
             f"{infos['queries_per_s']:.0f}"]
 
@@ -108,7 +113,8 @@ def run_autofaiss(store: EmbeddingStore, tmp: Path, budget: str) -> list | str:
         return f"failed: {result.stderr.strip().splitlines()[-1][:200]}"
     got = json.loads(result.stdout.strip().splitlines()[-1])
     return [f"{n:,}", budget, "-", "autofaiss", got["key"], "-", f"{(got['index_bytes'] or 0) / 2**20:.0f}",
-            f"{got['peak_rss_kib'] / 1024:.0f}", "-", f"{got['build_seconds']:.0f}", f"{wall:.0f}",
+            f"{got['peak_rss_kib'] / 1024:.0f}", f"{got['peak_anon_kib'] / 1024:.0f}", "-", f"{got['build_seconds']:.0f}",
+            f"{wall:.0f}",
             str(got["params"])[:40], f"{got['recall']:.3f}", f"{got['queries_per_s']:.0f}"]
 
 
@@ -159,12 +165,13 @@ def main() -> None:
     parser.add_argument("--embed-rows", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--out", default="BENCHMARKS.md")
+    parser.add_argument("--section", default="scale", help="BENCHMARKS.md section name")
     args = parser.parse_args()
     rows, load = [], [os.getloadavg()[0]]
     sizes = [int(x) for x in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        embed_rows, same = ray_overhead(tmp, args.embed_rows, args.rounds)
+        embed_rows, same = ray_overhead(tmp, args.embed_rows, args.rounds) if args.embed_rows else ([], True)
         for n in sizes:
             work = tmp / f"n{n}"
             started = time.perf_counter()
@@ -181,33 +188,35 @@ def main() -> None:
             if n == max(sizes):
                 for budget in [b for b in args.autofaiss.split(",") if b]:
                     got = run_autofaiss(store, tmp, budget)
-                    rows.append(got if isinstance(got, list) else [f"{n:,}", budget, "-", "autofaiss", got] + [""] * 9)
+                    rows.append(got if isinstance(got, list) else [f"{n:,}", budget, "-", "autofaiss", got] + [""] * 10)
                     load.append(os.getloadavg()[0])
                     print(rows[-1], flush=True)
             import shutil
             shutil.rmtree(work)
-    body = (f"Load average during the run: {min(load):.1f} to {max(load):.1f} on 2 cores (the machine was shared "
-            "with other jobs: times are under load, read ratios).\n\n"
+    cores = os.cpu_count() or 1
+    shared = " (more runnable work than cores: times are under load, read ratios)" if max(load) > cores + 0.5 else ""
+    body = (f"Load average during the run: {min(load):.1f} to {max(load):.1f} on {cores} cores{shared}.\n\n"
             f"**Index stage.** Synthetic unit vectors x {args.dim} (1000 Gaussian clusters; not text embeddings), "
             "shards of 65,536, indexed by `albat index --memory-budget B --flat-max-rows F [--on-disk | --index-type "
             "hnsw]` in its own process. Planned MiB: the plan's formula (on disk: what stays resident). File MiB: "
             "knn.index plus knn.ivfdata. Peak RSS is the whole process (Python, FAISS, the training sample, the index "
-            "being filled); the on-disk lists are memory-mapped, so their pages count as resident while the stage's "
-            "own recall measurement reads them (file-backed, reclaimable). recall@10 is measured by the stage on "
+            "being filled); the on-disk lists and the store's shards are memory-mapped, so their pages count as resident "
+            "while the stage reads them (file-backed, reclaimable). Peak anon MiB: the process's own anonymous memory "
+            "(RssAnon, sampled every 20 ms by benchmarks/peakmem.py), what a memory budget has to bound. recall@10 is measured by the stage on "
             "1000 corpus vectors against exact search (for PQ, before the query stage's exact re-ranking). autofaiss "
             "rows: `autofaiss.build_index` (2.18, its own venv) on the same .npy shards with "
             "`max_index_memory_usage` = the budget, recall@10 on the same 1000 queries against the same exact "
             "neighbours; its build time includes its own parameter tuning.\n\n"
             + markdown_table(["rows", "budget", "flat_max_rows", "lists", "index", "planned MiB", "file MiB",
-                              "peak RSS MiB", "train s", "build s", "wall s", "nprobe / ef", "recall@10",
+                              "peak RSS MiB", "peak anon MiB", "train s", "build s", "wall s", "nprobe / ef", "recall@10",
                               "queries/s"], rows)
-            + f"\n\n**Embed through Ray.** `albat embed` on the first {args.embed_rows:,} texts of "
+            + ((f"\n\n**Embed through Ray.** `albat embed` on the first {args.embed_rows:,} texts of "
             "`data/wiki/demo.parquet` (real text), all-MiniLM-L6-v2 torch float32, shards of 128, in a fresh "
             "process each (wall time includes start-up and, for Ray, starting a local Ray with 2 CPUs and one "
             "encoder actor holding both cores); rounds interleaved. Stores byte-identical: "
             f"{'yes' if same else 'NO'}.\n\n"
-            + markdown_table(["executor", "rows", "wall s per round", "median s", "rows/s", "vs local"], embed_rows))
-    write_section(Path(args.out), "scale", "Scale: index at 100k and 1M vectors, autofaiss, the Ray executor", body)
+            + markdown_table(["executor", "rows", "wall s per round", "median s", "rows/s", "vs local"], embed_rows)) if embed_rows else ""))
+    write_section(Path(args.out), args.section, "Scale: index at 100k and 1M vectors, autofaiss, the Ray executor", body)
     print(body)
 
 
