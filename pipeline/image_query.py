@@ -15,6 +15,8 @@ from albat.pipeline.image_encoder import ImageEncoder, image_encoder_from_identi
 from albat.pipeline.query import MAX_QUERY_EXAMPLES, retrieve
 from albat.stores.embedding_store import ROW, SOURCE, EmbeddingStore
 from albat.stores.errors import AlbatError
+
+TEXT_SUFFIXES = (".jsonl", ".json", ".txt", ".csv", ".tsv", ".jsonl.gz", ".txt.gz", ".csv.gz")  # captions, no images
 from albat.stores.image_corpus import (IMAGE_TYPE, ImageCorpusSpec, decode_image, image_cell, iter_entries,
                                        pixel_hash, resolve_image_sources)
 
@@ -55,8 +57,15 @@ def compute_image_query(options: dict[str, Any], config: dict[str, Any], store: 
         encoder = ImageEncoder(name=options["encoder"], pretrained=encoder.pretrained, device=options["device"])
     check_same_encoder(info["encoder"], encoder, str(options["adaptation"][0]))
     image_column = info["image_column"]
-    adaptation, images, hashes = read_image_examples(options["adaptation"], options["text_column"], image_column,
-                                                     options["format"], "--adaptation")
+    try:
+        adaptation, images, hashes = read_image_examples(options["adaptation"], options["text_column"], image_column,
+                                                         options["format"], "--adaptation")
+    except AlbatError as exc:
+        if not any(str(p).lower().endswith(TEXT_SUFFIXES) for p in options["adaptation"]):
+            raise
+        raise AlbatError(f"{exc}. A set of captions alone cannot query an image store: text→text retrieval over "
+                         "the corpus captions is not implemented; give the adaptation images with their captions "
+                         "(a folder with captions.jsonl or .txt sidecars, Parquet, or WebDataset)") from None
     if not images:
         raise AlbatError(f"{', '.join(options['adaptation'])}: zero adaptation images; give at least one")
     exclude, exclude_images, exclude_hashes = (

@@ -156,6 +156,18 @@ def test_contact_sheet_reads_the_work_directory(image_run: Path, capsys: pytest.
     assert not (image_run / "other.png").exists() and not (image_run / "work" / "tasks" / "other").exists()
 
 
+def test_captions_alone_are_refused_with_the_fix(image_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Captions without images cannot query an image store (no text→text retrieval yet): one clear
+    error naming the file and what to give instead, exit 2, and no task folder left behind."""
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text('{"text": "my red picture"}\n')
+    code = albat("query", "--config", image_run / "run.toml", "--task", "captions", "--adaptation", captions, "--quiet")
+    err = capsys.readouterr().err
+    assert code == 2 and str(captions) in err and "captions alone cannot query an image store" in err
+    assert "give the adaptation images with their captions" in err and len(err.strip().splitlines()) == 1
+    assert not (image_run / "work" / "tasks" / "captions").exists()
+
+
 def test_selected_backbone_images_come_back_whole(image_run: Path) -> None:
     """knn fills the budget: every selected row's image equals the corpus file it came from (runs last:
     it replaces the run's selection)."""
