@@ -92,7 +92,7 @@ class ClassifierMethod(SelectionMethod):
             raise AlbatError("method classifier needs adaptation examples to train on; the adaptation set is empty")
         ids, query_idx, block_reason = candidate_columns(request.candidates)
         blocked = np.isin(ids, request.blocked_ids)
-        check_budget(request.budget, int((~blocked).sum()), "the candidate pool; raise query.k")
+        check_budget(request.budget, int((~blocked).sum()), "the candidate pool (raise query.k)")
         negatives = sample_negatives(request.store, request.blocked_ids, len(positives), opts["negatives"], request.seed)
         model = fit_classifier(positives, negatives, opts["C"], request.seed)
         score = log_odds(model, request.store.vectors_for_ids(ids)) if len(ids) else np.zeros(0)
