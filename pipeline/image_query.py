@@ -15,10 +15,14 @@ from albat.pipeline.image_encoder import ImageEncoder, image_encoder_from_identi
 from albat.pipeline.query import MAX_QUERY_EXAMPLES, retrieve
 from albat.stores.embedding_store import ROW, SOURCE, EmbeddingStore
 from albat.stores.errors import AlbatError
-
-TEXT_SUFFIXES = (".jsonl", ".json", ".txt", ".csv", ".tsv", ".jsonl.gz", ".txt.gz", ".csv.gz")  # captions, no images
 from albat.stores.image_corpus import (IMAGE_TYPE, ImageCorpusSpec, decode_image, image_cell, iter_entries,
                                        pixel_hash, resolve_image_sources)
+from albat.stores.sources import SUFFIX_FORMAT, suffixes
+
+
+def is_text_file(path: str) -> bool:
+    """A JSONL, CSV, TSV or text file (compressed or not): captions with no images in it."""
+    return SUFFIX_FORMAT.get(suffixes(str(path))[0]) in ("jsonl", "csv", "tsv", "txt")
 
 
 def read_image_examples(paths: list[str], caption_column: str, image_column: str, fmt: str, flag: str
@@ -61,7 +65,7 @@ def compute_image_query(options: dict[str, Any], config: dict[str, Any], store: 
         adaptation, images, hashes = read_image_examples(options["adaptation"], options["text_column"], image_column,
                                                          options["format"], "--adaptation")
     except AlbatError as exc:
-        if not any(str(p).lower().endswith(TEXT_SUFFIXES) for p in options["adaptation"]):
+        if not any(is_text_file(p) for p in options["adaptation"]):
             raise
         raise AlbatError(f"{exc}. A set of captions alone cannot query an image store: text→text retrieval over "
                          "the corpus captions is not implemented; give the adaptation images with their captions "

@@ -135,14 +135,6 @@ def merge_blocked(*parts: dict[int, tuple[float, str]]) -> pa.Table:
                      "reason": pa.array([merged[i][1] for i in ids], pa.string())})
 
 
-def best_pairs(ids: np.ndarray, sims: np.ndarray) -> np.ndarray:
-    """The pair row of each unique candidate id with its best similarity, in id order."""
-    order = np.lexsort((-sims, ids))  # by id, then best similarity first
-    first = np.ones(len(order), bool)
-    first[1:] = ids[order][1:] != ids[order][:-1]
-    return order[first]
-
-
 def candidate_duplicates(ids: np.ndarray, sims: np.ndarray, hashes: np.ndarray,
                          blocked_ids: np.ndarray) -> dict[int, tuple[float, str]]:
     """Candidates whose stored hash (normalised text, or an image's decoded pixels) equals another
@@ -171,7 +163,10 @@ def aggregate_candidates(pairs: pa.Table, blocked: pa.Table) -> pa.Table:
     """One row per unique candidate: its best pair, how many examples retrieved it, blocked or not."""
     ids = pairs.column("candidate_id").to_numpy()
     sims = pairs.column("similarity").to_numpy()
-    best = best_pairs(ids, sims)
+    order = np.lexsort((-sims, ids))  # by id, then best similarity first
+    first = np.ones(len(order), bool)
+    first[1:] = ids[order][1:] != ids[order][:-1]
+    best = order[first]
     uniq, counts = np.unique(ids, return_counts=True)
     blocked_ids = blocked.column("id").to_numpy()
     reasons = dict(zip(blocked_ids.tolist(), blocked.column("reason").to_pylist()))
@@ -223,14 +218,14 @@ def retrieve(options: dict[str, Any], store: EmbeddingStore, info: dict[str, Any
              near_duplicates(vectors, index, dedup_k, threshold, "adaptation", store),
              near_duplicates(exclude_vectors, index, dedup_k, threshold, "exclude", store)]
     blocked = merge_blocked(*parts)
-    if options.get("dedup_candidates", True) and pairs.num_rows:
-        best = best_pairs(pairs.column("candidate_id").to_numpy(), pairs.column("similarity").to_numpy())
-        cand_ids = pairs.column("candidate_id").to_numpy()[best]
-        twins = candidate_duplicates(cand_ids, pairs.column("similarity").to_numpy()[best],
-                                     store.column_for_ids(cand_ids, TEXT_HASH), blocked.column("id").to_numpy())
-        if twins:
-            blocked = merge_blocked(*parts, twins)
     candidates = aggregate_candidates(pairs, blocked)
+    if options["dedup_candidates"] and candidates.num_rows:
+        cand_ids = candidates.column("candidate_id").to_numpy()
+        twins = candidate_duplicates(cand_ids, candidates.column("similarity").to_numpy(),
+                                     store.column_for_ids(cand_ids, TEXT_HASH), blocked.column("id").to_numpy())
+        if twins:  # blocked too: the candidates' blocked flags and reasons are drawn again
+            blocked = merge_blocked(*parts, twins)
+            candidates = aggregate_candidates(pairs, blocked)
     adaptation = adaptation.add_column(0, "query_idx", pa.array(np.arange(len(vectors)), pa.int32()))
     return {"adaptation": adaptation, "vectors": vectors, "pair_vectors": pair_vectors, "exclude": exclude,
             "pairs": pairs, "blocked": blocked, "candidates": candidates, "k": k,
