@@ -158,11 +158,14 @@ class EmitStage(Stage):
             store.check_shard(index, ("meta",))
         selection = work.filter / SELECTION_FILE
         backbone = selected_rows(store, str(selection))
-        adaptation = read_table(work.query / "adaptation.parquet", "query") if options["include_adaptation"] else None
-        lam = float(options["backbone_weight"])
         records = {"embed": {"config": info.get("config"), "seed": info.get("seed")},
                    **{s: work.stage_record(s) for s in ("index", "query", "filter")}}
         query_summary = records["query"]["summary"]
+        # captions alone on an image store (text→text) have no images to train on: only the selection is emitted
+        captions_only = query_summary.get("side", "text") == "pair"
+        adaptation = (read_table(work.query / "adaptation.parquet", "query")
+                      if options["include_adaptation"] and not captions_only else None)
+        lam = float(options["backbone_weight"])
         query_config = records["query"]["config"]
         mix_record = plan.inputs["mix_record"]
         multipliers = (mix_multipliers(work, backbone.column(ID).to_numpy(),
@@ -185,7 +188,9 @@ class EmitStage(Stage):
             "index": {k: index_infos.get(k) for k in ("index_key", "nprobe", "recall_at_k", "recall_k")},
             "counts": {"corpus_rows": info["rows"], "candidates": query_summary["candidates"],
                        "blocked": query_summary["blocked"], "selected": backbone.num_rows,
-                       "adaptation": adaptation.num_rows if adaptation is not None else 0},
+                       "adaptation": adaptation.num_rows if adaptation is not None else 0,
+                       **({"adaptation_left_out": "captions without images (text→text query)"} if captions_only
+                          and options["include_adaptation"] else {})},
             "weights": {"lambda": lam, "formula": "adaptation rows 1; backbone rows lambda * n_A / m * w_b"
                         + (" * mix multiplier (w_g * sum w_b / the group's sum of w_b)" if mix_record else ""),
                         **({"mix": mix_record["summary"]} if mix_record else {})},

@@ -12,7 +12,7 @@ from albat.pipeline.shard_map import executor_settings
 from albat.pipeline.stage import Plan, Stage
 from albat.pipeline.threads import filter_threads, torch_threads
 from albat.stores.chat import as_texts
-from albat.stores.embedding_store import EmbeddingStore
+from albat.stores.embedding_store import EmbeddingStore, store_side
 from albat.stores.errors import AlbatError
 from albat.stores.tables import read_array, read_table, write_table
 from albat.stores.workdir import Workdir, fingerprint
@@ -25,11 +25,17 @@ def method_options(options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k not in by_name(FILTER)}
 
 
+def query_store(work: Workdir) -> EmbeddingStore:
+    """The store from the side the query stage retrieved by: an image store queried by captions alone
+    is read from its caption vectors (`PairSideView`), so every method compares captions with captions."""
+    return store_side(work.store, ((work.stage_record("query") or {}).get("summary") or {}).get("side", "text"))
+
+
 def build_request(config: dict[str, Any], work: Workdir, budget: int, seed: int) -> SelectionRequest:
     """What every method gets, read from the query stage's outputs (the filter stage and `albat diagnose`)."""
     query = work.query
     adaptation = read_table(query / "adaptation.parquet", "query")
-    store = EmbeddingStore(work.store)
+    store = query_store(work)
     return SelectionRequest(
         candidates=read_table(query / "candidates.parquet", "query"),
         pairs=read_table(query / "candidate_pairs.parquet", "query"),

@@ -2,7 +2,13 @@
 reader of `stores.image_corpus`). Images retrieve images (the index holds the image embeddings),
 captions are embedded as the pair side (`adaptation.pair.npy`, for the contrastive surrogate).
 Exact duplicates are corpus images with the same decoded pixels (`albat_text_hash` of an image
-store); near duplicates are corpus images within `--dedup-threshold` cosine of an example."""
+store); near duplicates are corpus images within `--dedup-threshold` cosine of an example.
+
+Captions alone (every adaptation path a JSONL, CSV, TSV or text file) retrieve captions: text→text,
+an exact scan of the store's caption vectors (`pipeline.exact_scan`; the index holds images only),
+and the query records `side = "pair"`, so the filter reads the store through `PairSideView` and
+every method compares captions with captions. Near duplicates are corpus captions within the
+threshold of an example's; an exclusion set of images also blocks their pixels' copies."""
 from __future__ import annotations
 
 from typing import Any
@@ -12,17 +18,14 @@ import pyarrow as pa
 
 from albat.pipeline.encoders import check_same_encoder
 from albat.pipeline.image_encoder import ImageEncoder, image_encoder_from_identity
-from albat.pipeline.query import MAX_QUERY_EXAMPLES, retrieve
-from albat.stores.embedding_store import ROW, SOURCE, EmbeddingStore
+from albat.pipeline.exact_scan import ExactScan
+from albat.pipeline.shard_map import executor_settings
+from albat.pipeline.query import MAX_QUERY_EXAMPLES, read_examples, retrieval_side, retrieve
+from albat.stores.embedding_store import ROW, SOURCE, EmbeddingStore, PairSideView
 from albat.stores.errors import AlbatError
 from albat.stores.image_corpus import (IMAGE_TYPE, ImageCorpusSpec, decode_image, image_cell, iter_entries,
                                        pixel_hash, resolve_image_sources)
-from albat.stores.sources import SUFFIX_FORMAT, suffixes
-
-
-def is_text_file(path: str) -> bool:
-    """A JSONL, CSV, TSV or text file (compressed or not): captions with no images in it."""
-    return SUFFIX_FORMAT.get(suffixes(str(path))[0]) in ("jsonl", "csv", "tsv", "txt")
+from albat.stores.sources import is_text_file
 
 
 def read_image_examples(paths: list[str], caption_column: str, image_column: str, fmt: str, flag: str
@@ -61,15 +64,10 @@ def compute_image_query(options: dict[str, Any], config: dict[str, Any], store: 
         encoder = ImageEncoder(name=options["encoder"], pretrained=encoder.pretrained, device=options["device"])
     check_same_encoder(info["encoder"], encoder, str(options["adaptation"][0]))
     image_column = info["image_column"]
-    try:
-        adaptation, images, hashes = read_image_examples(options["adaptation"], options["text_column"], image_column,
-                                                         options["format"], "--adaptation")
-    except AlbatError as exc:
-        if not any(is_text_file(p) for p in options["adaptation"]):
-            raise
-        raise AlbatError(f"{exc}. A set of captions alone cannot query an image store: text→text retrieval over "
-                         "the corpus captions is not implemented; give the adaptation images with their captions "
-                         "(a folder with captions.jsonl or .txt sidecars, Parquet, or WebDataset)") from None
+    if retrieval_side(info, options["adaptation"]) == PairSideView.SIDE:
+        return caption_query(options, store, info, encoder, executor_settings(config))
+    adaptation, images, hashes = read_image_examples(options["adaptation"], options["text_column"], image_column,
+                                                     options["format"], "--adaptation")
     if not images:
         raise AlbatError(f"{', '.join(options['adaptation'])}: zero adaptation images; give at least one")
     exclude, exclude_images, exclude_hashes = (
@@ -80,3 +78,32 @@ def compute_image_query(options: dict[str, Any], config: dict[str, Any], store: 
     pair_vectors = encoder.encode_texts(adaptation.column(options["text_column"]).to_pylist())
     return retrieve(options, store, info, index, infos, adaptation, vectors, pair_vectors, hashes,
                     exclude, exclude_vectors, exclude_hashes)
+
+
+def caption_query(options: dict[str, Any], store: EmbeddingStore, info: dict[str, Any], encoder: ImageEncoder,
+                  executor: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Text→text: the adaptation captions retrieve corpus captions (see the module's doc)."""
+    if not info.get("pair_column"):
+        raise AlbatError(f"{store.root}: this image store holds no caption vectors to retrieve by; re-embed it "
+                         "with a caption column, or give the adaptation images with their captions")
+    adaptation, texts = read_examples(options["adaptation"], options["text_column"], options["format"], 0,
+                                      "--adaptation-text-column", all_columns=True)
+    if not texts:
+        raise AlbatError(f"{', '.join(options['adaptation'])}: zero adaptation captions; give at least one")
+    exclude, exclude_captions, exclude_hashes = None, [], []
+    if options["exclude"]:
+        if all(is_text_file(p) for p in options["exclude"]):
+            exclude, exclude_captions = read_examples(options["exclude"], options["exclude_text_column"], "auto", 0,
+                                                      "--exclude-text-column")
+        else:  # images: their captions are compared, their pixels' copies blocked
+            exclude, _, exclude_hashes = read_image_examples(options["exclude"], options["exclude_text_column"],
+                                                             info["image_column"], "auto", "--exclude")
+            exclude_captions = exclude.column(options["exclude_text_column"]).to_pylist()
+    vectors = encoder.encode_texts(texts)
+    exclude_vectors = (encoder.encode_texts(exclude_captions) if exclude_captions
+                       else np.empty((0, encoder.dim), np.float32))
+    view = PairSideView(store.root)
+    scan = ExactScan(EmbeddingStore(store.root), "pair", executor)
+    out = retrieve(options, view, view.info, scan, {"kind": "exact_scan"}, adaptation, vectors, None, [],
+                   exclude, exclude_vectors, exclude_hashes, executor)
+    return {**out, "side": PairSideView.SIDE}

@@ -17,6 +17,7 @@ from albat.stores.embedding_store import EXAMPLE_BOOKKEEPING as BOOKKEEPING, ID,
 from albat.stores.atomic import staged_directory
 from albat.stores.chat import as_texts
 from albat.stores.errors import AlbatError
+from albat.stores.sources import is_text_file
 from albat.stores.index_store import LABELS, read_index
 from albat.stores.tables import write_array, write_table
 from albat.stores.workdir import fingerprint
@@ -182,7 +183,7 @@ def aggregate_candidates(pairs: pa.Table, blocked: pa.Table) -> pa.Table:
     })
 
 
-def _read_examples(paths: list[str], text_column: str, fmt: str, max_bytes: int, text_flag: str,
+def read_examples(paths: list[str], text_column: str, fmt: str, max_bytes: int, text_flag: str,
                    pair_column: str | None = None, chat_template: str = "lines",
                    all_columns: bool = False) -> tuple[pa.Table, list[str]]:
     """The examples (with every column when `all_columns`: adaptation rows are carried whole to the
@@ -197,6 +198,14 @@ def _read_examples(paths: list[str], text_column: str, fmt: str, max_bytes: int,
                          "albat_*); rename or drop it in that file")
     table = table.append_column(SOURCE, pa.array(sources, pa.string())).append_column(ROW, pa.array(rows, pa.int64()))
     return table, spec.texts(table)
+
+
+def retrieval_side(info: dict[str, Any], adaptation: list[str]) -> str:
+    """Which side of the store the adaptation set retrieves by: "pair" for captions alone on an image
+    store (every path a JSONL, CSV, TSV or text file: text→text over the caption vectors), else "text"
+    (the embedded column: texts, or images by images)."""
+    captions_only = bool(adaptation) and all(is_text_file(p) for p in adaptation)
+    return "pair" if info.get("modality") == "image" and captions_only else "text"
 
 
 def _signature(paths: list[str], fmt: str) -> list:
@@ -229,7 +238,7 @@ def retrieve(options: dict[str, Any], store: EmbeddingStore, info: dict[str, Any
     adaptation = adaptation.add_column(0, "query_idx", pa.array(np.arange(len(vectors)), pa.int32()))
     return {"adaptation": adaptation, "vectors": vectors, "pair_vectors": pair_vectors, "exclude": exclude,
             "pairs": pairs, "blocked": blocked, "candidates": candidates, "k": k,
-            "exclude_rows": len(exclude_hashes)}
+            "exclude_rows": exclude.num_rows if exclude is not None else 0}
 
 
 class QueryStage(Stage):
@@ -252,7 +261,8 @@ class QueryStage(Stage):
         fp = fingerprint({"options": options, "index": index_record.get("fingerprint"), "key": infos["index_key"],
                           "adaptation": _signature(options["adaptation"], options["format"]),
                           "exclude": _signature(options["exclude"], "auto")})
-        optional = (["exclude.parquet"] if options["exclude"] else []) + (["adaptation.pair.npy"] if info.get("pair_column") else [])
+        pair_vectors = info.get("pair_column") and retrieval_side(info, options["adaptation"]) == "text"
+        optional = (["exclude.parquet"] if options["exclude"] else []) + (["adaptation.pair.npy"] if pair_vectors else [])
         return Plan(fp, tuple(work.query / name for name in [*TABLES, *optional]), options,
                     {"store": store, "info": info, "index": index, "infos": infos},
                     {"index": index_record["fingerprint"]} if index_record else {})
@@ -274,7 +284,7 @@ class QueryStage(Stage):
         max_bytes = int(self.config["embed"].get("max_text_bytes") or 0)
         pair_column = (options["pair_column"] or info.get("pair_column")) if info.get("pair_column") else None
         template = store.chat_template
-        adaptation, texts = _read_examples(options["adaptation"], options["text_column"], options["format"], max_bytes,
+        adaptation, texts = read_examples(options["adaptation"], options["text_column"], options["format"], max_bytes,
                                            "--adaptation-text-column", pair_column, template, all_columns=True)
         if not texts:
             raise AlbatError(f"{', '.join(options['adaptation'])}: zero adaptation examples; give at least one")
@@ -283,7 +293,7 @@ class QueryStage(Stage):
                 adaptation_columns(adaptation, store.user_schema(), info["text_column"], options["text_column"], template)
             except AlbatError as exc:
                 raise AlbatError(f"{', '.join(options['adaptation'])}: {exc} (or pass --no-adaptation)") from None
-        exclude, exclude_texts = (_read_examples(options["exclude"], options["exclude_text_column"], "auto", max_bytes,
+        exclude, exclude_texts = (read_examples(options["exclude"], options["exclude_text_column"], "auto", max_bytes,
                                                  "--exclude-text-column", chat_template=template)
                                   if options["exclude"] else (None, []))
         pair_texts = as_texts(adaptation.column(pair_column), template) if pair_column else []
@@ -310,5 +320,6 @@ class QueryStage(Stage):
             write_table(c["candidates"], out / CANDIDATES_FILE)
         candidates = c["candidates"]
         return {"adaptation": c["adaptation"].num_rows, "exclude": c["exclude_rows"], "k": c["k"],
+                "side": c.get("side", "text"),
                 "pairs": c["pairs"].num_rows, "candidates": candidates.num_rows, "blocked": c["blocked"].num_rows,
                 "blocked_candidates": int(np.sum(candidates.column("blocked").to_numpy(zero_copy_only=False)))}

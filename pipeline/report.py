@@ -213,7 +213,7 @@ def task_workdir(work_dir: str | Path, task: str = "default") -> Workdir:
 
 def write_report(work_dir: str | Path, out: str | Path | None = None, seed: int = 0, task: str = "default") -> Path:
     """Render the report of the run in `work_dir` to `out` (default WORK/report.html); returns the path."""
-    from albat.stores.embedding_store import EmbeddingStore
+    from albat.pipeline.filter import query_store
     from albat.stores.shard_store import read_manifest
     from albat.stores.tables import read_array
     from albat.stores.views import connect, fetch_table
@@ -231,7 +231,7 @@ def write_report(work_dir: str | Path, out: str | Path | None = None, seed: int 
     query_record = work.stage_record("query") or {}
     query_config = query_record.get("config") or {}
     summary = filter_record.get("summary") or {}
-    store = EmbeddingStore(work.store)
+    store = query_store(work)  # the side the adaptation vectors were compared with
     con = connect(work)
     try:
         selection = fetch_table(con, "SELECT * FROM selection")

@@ -229,8 +229,11 @@ class EmbeddingStore:
         """Memory-mapped vectors of one shard (no copy, no pickle); side "pair" reads the pair column's."""
         if side == "pair" and not self.pair_column:
             raise AlbatError(f"{self.root}: the store has no pair column; re-embed with --pair-column")
-        path = self.paths(index).pair if side == "pair" else self.paths(index).emb
-        self.check_shard(index, ("pair",) if side == "pair" else ("text",))
+        return self._shard_vectors(index, side)
+
+    def _shard_vectors(self, index: int, part: str) -> np.ndarray:
+        path = self.paths(index).pair if part == "pair" else self.paths(index).emb
+        self.check_shard(index, (part,))
         try:
             return np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
@@ -383,3 +386,32 @@ class EmbeddingStore:
 
     def vectors_for_ids(self, ids: np.ndarray, side: str = "text") -> np.ndarray:
         return self.vectors_at(self.id_positions(np.asarray(ids, dtype=np.int64)), side)
+
+
+class PairSideView(EmbeddingStore):
+    """A store read from its pair side, as if the pair column were its embedded one: `vectors`
+    are the pair column's (an image store's caption embeddings) and the view has no pair column of
+    its own. Text→text retrieval over an image store reads the store through it, so retrieval and
+    every method compare captions with captions; ids, metadata and rows are the store's."""
+
+    SIDE = "pair"
+
+    @property
+    def info(self) -> dict[str, Any]:
+        info = super().info
+        if not info.get("pair_column"):
+            raise AlbatError(f"{self.root}: the store has no pair column to read; re-embed with --pair-column "
+                             "(an image store has its captions there)")
+        return {**info, "pair_column": None, "side": self.SIDE}
+
+    def vectors(self, index: int, side: str = "text") -> np.ndarray:
+        if side != "text":
+            raise AlbatError(f"{self.root}: read from its pair side, the store has no other side to pair with")
+        return self._shard_vectors(index, self.SIDE)
+
+
+def store_side(root: Path | str, side: str) -> EmbeddingStore:
+    """The store at `root` read from `side`: "text" (its embedded column) or "pair" (PairSideView)."""
+    if side not in ("text", "pair"):
+        raise ValueError(f"side must be text or pair, not {side!r}")
+    return PairSideView(root) if side == "pair" else EmbeddingStore(root)

@@ -51,6 +51,11 @@ def suffixes(name: str) -> tuple[str, str | None]:
     return ("." + last if dot else ""), None
 
 
+def is_text_file(path: str) -> bool:
+    """A JSONL, CSV, TSV or text file (compressed or not): rows of text, no images in it."""
+    return SUFFIX_FORMAT.get(suffixes(str(path))[0]) in ("jsonl", "csv", "tsv", "txt")
+
+
 def is_corpus_file(name: str) -> bool:
     return suffixes(name)[0] in SUFFIX_FORMAT
 

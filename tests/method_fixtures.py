@@ -11,14 +11,18 @@ from albat.pipeline.query import aggregate_candidates, merge_blocked
 from albat.stores.embedding_store import ID, EmbeddingStore
 
 
-def make_store(root: Path, ids: list[int], texts: list[str], vectors: np.ndarray, shard_rows: int) -> EmbeddingStore:
-    """A complete store with a `text` column, split into shards of `shard_rows` rows."""
+def make_store(root: Path, ids: list[int], texts: list[str], vectors: np.ndarray, shard_rows: int,
+               pair_vectors: np.ndarray | None = None) -> EmbeddingStore:
+    """A complete store with a `text` column, split into shards of `shard_rows` rows (and a pair
+    column `caption` whose vectors are `pair_vectors`, if given)."""
     store = EmbeddingStore(root)
     for index, start in enumerate(range(0, len(ids), shard_rows)):
         stop = start + shard_rows
         meta = pa.table({ID: pa.array(ids[start:stop], pa.int64()), "text": pa.array(texts[start:stop], pa.string())})
-        store.write_shard(index, np.asarray(vectors[start:stop], np.float32), meta)
-    store.write_info({"dim": int(vectors.shape[1]), "rows": len(ids), "complete": True, "text_column": "text"})
+        pair = None if pair_vectors is None else np.asarray(pair_vectors[start:stop], np.float32)
+        store.write_shard(index, np.asarray(vectors[start:stop], np.float32), meta, pair)
+    store.write_info({"dim": int(vectors.shape[1]), "rows": len(ids), "complete": True, "text_column": "text",
+                      **({"pair_column": "caption"} if pair_vectors is not None else {})})
     return store
 
 

@@ -137,3 +137,64 @@ def test_classifier_option_and_input_errors(tmp_path):
         get_method("classifier", C=0)
     with pytest.raises(AlbatError, match="adaptation set is empty"):
         ClassifierMethod().select(make_request(store, [51], {}, budget=1))
+
+
+def test_corpus_keys_by_hand():
+    from albat.pipeline.methods.classifier import TARGET_KEY, corpus_keys
+
+    score, noise = np.array([0.5, -1.0, 0.0, -0.2]), np.array([0.3, 0.9, 0.1, 0.5])
+    assert corpus_keys(score, noise, "top").tolist() == score.tolist()
+    assert corpus_keys(score, noise, "target").tolist() == [TARGET_KEY + 0.3, -1.0, TARGET_KEY + 0.1, -0.2]
+
+
+@pytest.mark.parametrize("draw", ["top", "target"])
+def test_classifier_corpus_pool_equals_scoring_every_row(tmp_path, draw):
+    """pool=corpus keeps what ranking every unblocked store row by the same model does (brute force),
+    may keep rows outside the candidates, never a blocked one, and gives every candidate a reason."""
+    from albat.pipeline.methods.classifier import corpus_keys
+
+    store = _store(tmp_path)
+    blocked = {50: BLOCK, 3: BLOCK}
+    request = make_request(store, [54, 53, 50], blocked, budget=4, seed=5, vectors=ADAPTATION)
+    result = get_method("classifier", pool="corpus", draw=draw).select(request)
+    model = fit_classifier(ADAPTATION, sample_negatives(store, request.blocked_ids, 4, 0, 5), 1.0, 5)
+    ids = store.all_ids()
+    score = log_odds(model, store.vectors_for_ids(ids))
+    noise = np.concatenate([np.random.default_rng([5, 12, s]).random(n)
+                            for s, n in zip(store.shard_indices(), store.row_counts())])
+    key = corpus_keys(score, noise, draw)
+    key[np.isin(ids, [50, 3])] = -np.inf
+    expected = ids[np.lexsort((ids, -key))][:4]
+    kept = result.ids[result.keep][np.argsort(result.rank[result.keep])]
+    assert kept.tolist() == expected.tolist() and not set(kept) & {50, 3}
+    assert set(result.ids) == set(kept) | {54, 53, 50}  # kept rows, then every candidate
+    by_id = dict(zip(result.ids.tolist(), result.score))
+    assert np.allclose([by_id[i] for i in kept], score[np.searchsorted(ids, kept)], atol=1e-9)
+    reasons = dict(zip(result.ids.tolist(), result.reason))
+    assert reasons[50] == f"rejected: {BLOCK}" and "over the corpus" in reasons[int(kept[0])]
+    assert len(set(kept) - {54, 53}) >= 2  # two selectable candidates, a budget of 4: the corpus fills it
+    if draw == "top":
+        assert kept[:2].tolist() == [51, 52]  # the most target-like rows, not candidates here
+    else:
+        assert (score[np.searchsorted(ids, kept[:2])] >= 0).all()
+
+
+def test_classifier_corpus_pool_does_not_depend_on_shard_size(tmp_path):
+    angles = np.radians(np.linspace(0, 350, 36))
+    vectors = np.stack([np.cos(angles), np.sin(angles)], 1)
+    ids = list(range(100, 136))
+    picks = []
+    for rows in (5, 36):
+        store = make_store(tmp_path / f"s{rows}", ids, [""] * 36, vectors, shard_rows=rows)
+        request = make_request(store, [100, 101], {}, budget=6, seed=2, vectors=ADAPTATION)
+        result = get_method("classifier", pool="corpus").select(request)
+        picks.append(sorted(result.ids[result.keep].tolist()))
+    assert picks[0] == picks[1] and len(picks[0]) == 6
+
+
+def test_classifier_corpus_pool_budget_counts_the_whole_corpus(tmp_path):
+    request = make_request(_store(tmp_path), [54], {50: BLOCK}, budget=35, vectors=ADAPTATION)
+    with pytest.raises(AlbatError, match="budget 35 exceeds the 34 selectable rows of the corpus"):
+        get_method("classifier", pool="corpus").select(request)
+    with pytest.raises(AlbatError, match="pool"):
+        get_method("classifier", pool="everything")

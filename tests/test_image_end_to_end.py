@@ -156,16 +156,55 @@ def test_contact_sheet_reads_the_work_directory(image_run: Path, capsys: pytest.
     assert not (image_run / "other.png").exists() and not (image_run / "work" / "tasks" / "other").exists()
 
 
-def test_captions_alone_are_refused_with_the_fix(image_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """Captions without images cannot query an image store (no text→text retrieval yet): one clear
-    error naming the file and what to give instead, exit 2, and no task folder left behind."""
+def test_captions_alone_retrieve_captions(image_run: Path, tmp_path: Path) -> None:
+    """Captions without images query the store's captions (text→text): candidates are each caption's k
+    nearest corpus captions by brute force over the stored caption vectors, a corpus row with the same
+    caption is blocked as a near-duplicate, every method compares captions (the classifier and albat
+    run), and emit writes the selected images without the imageless adaptation rows."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from albat.pipeline.filter import query_store
+    from albat.stores.embedding_store import EmbeddingStore, PairSideView
+    from albat.pipeline.report import task_workdir
+
     captions = tmp_path / "captions.jsonl"
-    captions.write_text('{"text": "my red picture"}\n')
-    code = albat("query", "--config", image_run / "run.toml", "--task", "captions", "--adaptation", captions, "--quiet")
-    err = capsys.readouterr().err
-    assert code == 2 and str(captions) in err and "captions alone cannot query an image store" in err
-    assert "give the adaptation images with their captions" in err and len(err.strip().splitlines()) == 1
-    assert not (image_run / "work" / "tasks" / "captions").exists()
+    captions.write_text('{"text": "a red picture number 3"}\n{"text": "something blue"}\n')
+    config, task = image_run / "run.toml", ["--task", "captions"]
+    assert albat("query", "--config", config, *task, "--adaptation", captions, "--dedup-threshold", "0.999",
+                 "--quiet") == 0
+    work = task_workdir(image_run / "work", "captions")
+    assert work.stage_record("query")["summary"]["side"] == "pair"
+    assert not (work.query / "adaptation.pair.npy").exists()
+    store = EmbeddingStore(work.store)
+    ids = store.all_ids()
+    pair = np.concatenate([np.load(store.paths(i).pair) for i in store.shard_indices()])
+    texts = np.concatenate([store.metadata(i)["text"].to_numpy(zero_copy_only=False) for i in store.shard_indices()])
+    queries = np.load(work.query / "adaptation.npy")
+    pairs = pq.read_table(work.query / "candidate_pairs.parquet").to_pandas()
+    k = int(work.stage_record("query")["summary"]["k"])
+    for q in range(2):
+        expected = np.argsort(-(pair @ queries[q]), kind="stable")[:k]
+        got = pairs[pairs.query_idx == q].sort_values("rank")
+        assert sorted(got.candidate_id) == sorted(ids[expected])
+        assert np.allclose(got.similarity, np.sort(pair @ queries[q])[::-1][:k], atol=1e-5)
+    twin = int(ids[list(texts).index("a red picture number 3")])
+    assert pairs[pairs.query_idx == 0].sort_values("rank").candidate_id.iloc[0] == twin
+    blocked = pq.read_table(work.query / "blocked.parquet").to_pandas()
+    assert twin in set(blocked.id) and "near-duplicate of adaptation example 0" in \
+        blocked.set_index("id").loc[twin, "reason"]
+    view = query_store(work)
+    assert isinstance(view, PairSideView) and np.array_equal(view.vectors_for_ids(ids[:3]), pair[:3])
+    for method in ("classifier", "albat"):
+        assert albat("filter", "--config", config, *task, "--method", method, "--budget", "3", "--quiet") == 0
+        selection = pq.read_table(work.filter / "selection.parquet").to_pandas()
+        kept = selection[selection.keep]
+        assert len(kept) == 3 and twin not in set(kept.id)
+    assert albat("emit", "--config", config, *task, "--emit-format", "parquet", "--quiet") == 0
+    manifest = json.loads((work.output / "manifest.json").read_text())
+    assert manifest["counts"]["adaptation"] == 0 and "captions without images" in manifest["counts"]["adaptation_left_out"]
+    rows = pq.read_table(work.output / "data").to_pandas()
+    assert len(rows) == 3 and set(rows.albat_id) == set(kept.id) and rows.image.notna().all()
 
 
 def test_selected_backbone_images_come_back_whole(image_run: Path) -> None:

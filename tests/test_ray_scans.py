@@ -86,6 +86,25 @@ def test_dsir_corpus_passes_on_ray_select_the_same_rows(ray_session, local_run: 
     assert int(np.sum(table.column("keep").to_numpy())) == 20 and table.column("method")[0].as_py() == "dsir"
 
 
+def test_classifier_corpus_pool_and_exact_scan_on_ray_equal_local(ray_session, local_run: Path) -> None:
+    """The two newer corpus passes: the classifier's pool=corpus scoring and the exact scan text→text
+    retrieval uses, shard by shard on Ray Data, give what the local loop gives."""
+    from albat.pipeline.exact_scan import ExactScan
+    from albat.pipeline.methods.classifier import shard_scores
+
+    store = EmbeddingStore(local_run / "work" / "store")
+    rng = np.random.default_rng(0)
+    scan = {"coef": rng.normal(size=store.dim), "intercept": 0.1, "draw": "target", "seed": 3, "budget": 5,
+            "blocked": store.all_ids()[:4], "candidate_ids": store.all_ids()[10:20]}
+    local, on_ray = map_shards(shard_scores, store, scan), map_shards(shard_scores, store, scan, RAY)
+    assert [s for s, _ in local] == [s for s, _ in on_ray] == list(range(8))
+    for (_, a), (_, b) in zip(local, on_ray):
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    queries = store.vectors_at(np.array([0, 50, 100]))
+    for a, b in zip(ExactScan(store, "text").search(queries, 7), ExactScan(store, "text", RAY).search(queries, 7)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_merging_per_shard_top_keys_draws_what_one_pass_over_every_row_draws() -> None:
     """`shard_draw` keeps only a shard's top `budget` keys; with many ties (keys rounded, no noise)
     merging those in shard order must equal `_Draw.add` over every row of every shard."""
