@@ -161,10 +161,11 @@ class EmitStage(Stage):
         records = {"embed": {"config": info.get("config"), "seed": info.get("seed")},
                    **{s: work.stage_record(s) for s in ("index", "query", "filter")}}
         query_summary = records["query"]["summary"]
+        adaptation = read_table(work.query / "adaptation.parquet", "query") if options["include_adaptation"] else None
         # captions alone on an image store (text→text) have no images to train on: only the selection is emitted
-        captions_only = query_summary.get("side", "text") == "pair"
-        adaptation = (read_table(work.query / "adaptation.parquet", "query")
-                      if options["include_adaptation"] and not captions_only else None)
+        captions_only = info.get("modality") == "image" and adaptation is not None \
+            and info["image_column"] not in adaptation.column_names
+        adaptation = None if captions_only else adaptation
         lam = float(options["backbone_weight"])
         query_config = records["query"]["config"]
         mix_record = plan.inputs["mix_record"]
@@ -189,8 +190,8 @@ class EmitStage(Stage):
             "counts": {"corpus_rows": info["rows"], "candidates": query_summary["candidates"],
                        "blocked": query_summary["blocked"], "selected": backbone.num_rows,
                        "adaptation": adaptation.num_rows if adaptation is not None else 0,
-                       **({"adaptation_left_out": "captions without images (text→text query)"} if captions_only
-                          and options["include_adaptation"] else {})},
+                       **({"adaptation_left_out": "captions without images (text→text query)"}
+                          if captions_only else {})},
             "weights": {"lambda": lam, "formula": "adaptation rows 1; backbone rows lambda * n_A / m * w_b"
                         + (" * mix multiplier (w_g * sum w_b / the group's sum of w_b)" if mix_record else ""),
                         **({"mix": mix_record["summary"]} if mix_record else {})},

@@ -4,7 +4,8 @@ captions are embedded as the pair side (`adaptation.pair.npy`, for the contrasti
 Exact duplicates are corpus images with the same decoded pixels (`albat_text_hash` of an image
 store); near duplicates are corpus images within `--dedup-threshold` cosine of an example.
 
-Captions alone (every adaptation path a JSONL, CSV, TSV or text file) retrieve captions: text→text,
+Captions alone (every adaptation path a JSONL, CSV, TSV or text file), or any adaptation set with
+`retrieve_by = "caption"`, retrieve captions: text→text,
 an exact scan of the store's caption vectors (`pipeline.exact_scan`; the index holds images only),
 and the query records `side = "pair"`, so the filter reads the store through `PairSideView` and
 every method compares captions with captions. Near duplicates are corpus captions within the
@@ -64,12 +65,18 @@ def compute_image_query(options: dict[str, Any], config: dict[str, Any], store: 
         encoder = ImageEncoder(name=options["encoder"], pretrained=encoder.pretrained, device=options["device"])
     check_same_encoder(info["encoder"], encoder, str(options["adaptation"][0]))
     image_column = info["image_column"]
-    if retrieval_side(info, options["adaptation"]) == PairSideView.SIDE:
-        return caption_query(options, store, info, encoder, executor_settings(config))
+    by_caption = retrieval_side(info, options) == PairSideView.SIDE
+    if by_caption and all(is_text_file(p) for p in options["adaptation"]):
+        adaptation, captions = read_examples(options["adaptation"], options["text_column"], options["format"], 0,
+                                             "--adaptation-text-column", all_columns=True)
+        return caption_query(options, store, info, encoder, adaptation, captions, [], executor_settings(config))
     adaptation, images, hashes = read_image_examples(options["adaptation"], options["text_column"], image_column,
                                                      options["format"], "--adaptation")
     if not images:
         raise AlbatError(f"{', '.join(options['adaptation'])}: zero adaptation images; give at least one")
+    if by_caption:  # retrieve_by = caption: the images stay in the adaptation rows, their pixels' copies blocked
+        return caption_query(options, store, info, encoder, adaptation,
+                             adaptation.column(options["text_column"]).to_pylist(), hashes, executor_settings(config))
     exclude, exclude_images, exclude_hashes = (
         read_image_examples(options["exclude"], options["exclude_text_column"], image_column, "auto", "--exclude")
         if options["exclude"] else (None, [], []))
@@ -81,13 +88,13 @@ def compute_image_query(options: dict[str, Any], config: dict[str, Any], store: 
 
 
 def caption_query(options: dict[str, Any], store: EmbeddingStore, info: dict[str, Any], encoder: ImageEncoder,
-                  executor: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Text→text: the adaptation captions retrieve corpus captions (see the module's doc)."""
+                  adaptation: Any, texts: list[str], hashes: list[int], executor: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
+    """Text→text: the adaptation captions (`texts`, of the rows of `adaptation`; `hashes`: their
+    images' pixel hashes, if they have images) retrieve corpus captions (see the module's doc)."""
     if not info.get("pair_column"):
         raise AlbatError(f"{store.root}: this image store holds no caption vectors to retrieve by; re-embed it "
                          "with a caption column, or give the adaptation images with their captions")
-    adaptation, texts = read_examples(options["adaptation"], options["text_column"], options["format"], 0,
-                                      "--adaptation-text-column", all_columns=True)
     if not texts:
         raise AlbatError(f"{', '.join(options['adaptation'])}: zero adaptation captions; give at least one")
     exclude, exclude_captions, exclude_hashes = None, [], []
@@ -104,6 +111,6 @@ def caption_query(options: dict[str, Any], store: EmbeddingStore, info: dict[str
                        else np.empty((0, encoder.dim), np.float32))
     view = PairSideView(store.root)
     scan = ExactScan(EmbeddingStore(store.root), "pair", executor)
-    out = retrieve(options, view, view.info, scan, {"kind": "exact_scan"}, adaptation, vectors, None, [],
+    out = retrieve(options, view, view.info, scan, {"kind": "exact_scan"}, adaptation, vectors, None, hashes,
                    exclude, exclude_vectors, exclude_hashes, executor)
     return {**out, "side": PairSideView.SIDE}

@@ -308,6 +308,9 @@ QUERY = (
     Option("encoder", STR, None, "encoder for the queries; refused unless it is the store's (unset: the store's)",
            flag="--query-encoder"),
     Option("device", STR, "auto", "device for the query encoder", flag="--query-device"),
+    Option("retrieve_by", STR, "auto", "image stores: what retrieves corpus rows; auto: images by images, captions "
+           "alone by captions; image; caption: the adaptation captions retrieve corpus captions (text→text)",
+           choices=("auto", "image", "caption")),
     Option("k", INT, 32, "neighbours retrieved per adaptation example", min=1),
     Option("dedup_threshold", FLOAT, 0.95, "cosine above which a corpus row is a near-duplicate", min=-1, max=1),
     Option("dedup_k", INT, 16, "neighbours checked for near-duplicates per example", min=1),

@@ -200,12 +200,21 @@ def read_examples(paths: list[str], text_column: str, fmt: str, max_bytes: int, 
     return table, spec.texts(table)
 
 
-def retrieval_side(info: dict[str, Any], adaptation: list[str]) -> str:
-    """Which side of the store the adaptation set retrieves by: "pair" for captions alone on an image
-    store (every path a JSONL, CSV, TSV or text file: text→text over the caption vectors), else "text"
-    (the embedded column: texts, or images by images)."""
-    captions_only = bool(adaptation) and all(is_text_file(p) for p in adaptation)
-    return "pair" if info.get("modality") == "image" and captions_only else "text"
+def retrieval_side(info: dict[str, Any], options: dict[str, Any]) -> str:
+    """Which side of the store the adaptation set retrieves by: "pair" (text→text over an image store's
+    caption vectors) for `retrieve_by = "caption"`, or `auto` with captions alone (every adaptation
+    path a JSONL, CSV, TSV or text file); else "text" (the embedded column: texts, or images by images)."""
+    if info.get("modality") != "image":
+        if options["retrieve_by"] != "auto":
+            raise AlbatError(f"--retrieve-by {options['retrieve_by']}: only an image store has images and captions to "
+                             "choose between; drop the option for a text store")
+        return "text"
+    captions_only = bool(options["adaptation"]) and all(is_text_file(p) for p in options["adaptation"])
+    if options["retrieve_by"] == "image" and captions_only:
+        raise AlbatError(f"{', '.join(options['adaptation'])}: captions alone have no images to retrieve by; use "
+                         "--retrieve-by caption (or auto), or give the adaptation images with their captions")
+    by_caption = options["retrieve_by"] == "caption" or (options["retrieve_by"] == "auto" and captions_only)
+    return "pair" if by_caption else "text"
 
 
 def _signature(paths: list[str], fmt: str) -> list:
@@ -261,7 +270,8 @@ class QueryStage(Stage):
         fp = fingerprint({"options": options, "index": index_record.get("fingerprint"), "key": infos["index_key"],
                           "adaptation": _signature(options["adaptation"], options["format"]),
                           "exclude": _signature(options["exclude"], "auto")})
-        pair_vectors = info.get("pair_column") and retrieval_side(info, options["adaptation"]) == "text"
+        side = retrieval_side(info, options)  # refuses a --retrieve-by that cannot apply, before anything is written
+        pair_vectors = info.get("pair_column") and side == "text"
         optional = (["exclude.parquet"] if options["exclude"] else []) + (["adaptation.pair.npy"] if pair_vectors else [])
         return Plan(fp, tuple(work.query / name for name in [*TABLES, *optional]), options,
                     {"store": store, "info": info, "index": index, "infos": infos},

@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     image_column = next(c for c in ("image", *rows[0].keys()) if isinstance(rows[0].get(c), dict)) if rows else "image"
     adaptation = tiles([r for r in rows if r["albat_is_adaptation"]], image_column, caption)
     selected = tiles([r for r in rows if not r["albat_is_adaptation"]], image_column, caption)
-    picture = sheet([(f"adaptation set ({len(adaptation)})", adaptation),
+    left_out = manifest["counts"].get("adaptation_left_out")  # captions alone: no adaptation images to show
+    picture = sheet([(f"adaptation set: {left_out}, not shown" if left_out else f"adaptation set ({len(adaptation)})",
+                      adaptation),
                      (f"selected by {manifest['method']} ({len(selected)}, in selection order)", selected)])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     picture.save(args.out)

@@ -434,6 +434,11 @@ def dedup_threshold_above_one(c: Ctx) -> Case:
                 "within [-1, 1]", c.tmp / "w")
 
 
+def retrieve_by_on_a_text_store(c: Ctx) -> Case:
+    return Case(c.on_built("query", "--retrieve-by", "caption"), ["--retrieve-by caption", "only an image store"],
+                "drop the option for a text store", c.tmp / "w")
+
+
 def method_option_out_of_range(c: Ctx) -> Case:
     return Case(c.on_built("filter", "--method", "classifier", "--method-option", "C=0"), ["C", "0"], "> 0", c.tmp / "w")
 
@@ -677,7 +682,7 @@ CASES = [empty_parquet, empty_jsonl, empty_text_file, wrong_text_column, wrong_i
          malformed_method_option, zero_rows_per_output_shard, query_before_embed, emit_before_filter, a_second_writer,
          sql_that_writes, sql_reading_outside_the_work_directory, verify_without_a_work_directory,
          config_budget_a_word, config_budget_a_fraction, config_budget_a_boolean, zero_neighbours, backbone_weight_nan,
-         dedup_threshold_above_one, method_option_out_of_range, value_holding_line_breaks, path_holding_a_nul,
+         dedup_threshold_above_one, retrieve_by_on_a_text_store, method_option_out_of_range, value_holding_line_breaks, path_holding_a_nul,
          uint64_id_beyond_int64, json_id_beyond_uint64,
          json_id_below_int64, *map(_damaged_case, DAMAGED), filter_after_a_truncated_query_record,
          sql_out_onto_a_store_shard,

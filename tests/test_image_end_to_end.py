@@ -207,6 +207,36 @@ def test_captions_alone_retrieve_captions(image_run: Path, tmp_path: Path) -> No
     assert len(rows) == 3 and set(rows.albat_id) == set(kept.id) and rows.image.notna().all()
 
 
+def test_retrieve_by_caption_keeps_the_images(image_run: Path, capsys: pytest.CaptureFixture) -> None:
+    """--retrieve-by caption with an image adaptation set: captions retrieve captions, the pixel copy
+    is still blocked as an exact duplicate, and the adaptation rows are emitted with their images;
+    --retrieve-by image with captions alone is refused in one line naming the fix."""
+    import pyarrow.parquet as pq
+
+    from albat.pipeline.report import task_workdir
+
+    config, task = image_run / "run.toml", ["--task", "bycaption"]
+    assert albat("query", "--config", config, *task, "--retrieve-by", "caption", "--quiet") == 0
+    work = task_workdir(image_run / "work", "bycaption")
+    assert work.stage_record("query")["summary"]["side"] == "pair"
+    reasons = pq.read_table(work.query / "blocked.parquet").column("reason").to_pylist()
+    assert any(r.startswith("exact duplicate of adaptation example 3") for r in reasons)  # copy.png's pixels
+    assert albat("filter", "--config", config, *task, "--method", "knn", "--budget", "3", "--quiet") == 0
+    assert albat("emit", "--config", config, *task, "--emit-format", "parquet", "--quiet") == 0
+    manifest = json.loads((work.output / "manifest.json").read_text())
+    assert manifest["counts"]["adaptation"] == 4 and "adaptation_left_out" not in manifest["counts"]
+    rows = pq.read_table(work.output / "data").to_pandas()
+    assert rows.albat_is_adaptation.sum() == 4 and rows.image.notna().all()
+    captions = image_run / "only-captions.jsonl"
+    captions.write_text('{"text": "a red picture"}\n')
+    capsys.readouterr()
+    code = albat("query", "--config", config, "--task", "refused", "--adaptation", captions, "--retrieve-by", "image",
+                 "--quiet")
+    err = capsys.readouterr().err
+    assert code == 2 and "captions alone have no images to retrieve by; use --retrieve-by caption" in err
+    assert len(err.strip().splitlines()) == 1 and not (image_run / "work" / "tasks" / "refused").exists()
+
+
 def test_selected_backbone_images_come_back_whole(image_run: Path) -> None:
     """knn fills the budget: every selected row's image equals the corpus file it came from (runs last:
     it replaces the run's selection)."""
