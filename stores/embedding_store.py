@@ -282,10 +282,18 @@ class EmbeddingStore:
 
     def ids_at(self, positions: np.ndarray) -> np.ndarray:
         """Ids at global row positions, read shard by shard."""
-        out = np.empty(len(positions), dtype=np.int64)
+        return self.column_at(positions, ID).astype(np.int64, copy=False)
+
+    def column_at(self, positions: np.ndarray, column: str) -> np.ndarray:
+        """One numeric metadata column (ids, albat_text_hash) at global row positions, reading only
+        the shards that hold them."""
+        out: np.ndarray | None = None
         for index, mask, rows in self.locate(positions):
-            out[mask] = self.metadata(index, [ID]).column(ID).to_numpy()[rows]
-        return out
+            values = self.metadata(index, [column]).column(column).to_numpy()[rows]
+            if out is None:
+                out = np.empty(len(positions), dtype=values.dtype)
+            out[mask] = values
+        return out if out is not None else np.empty(0, dtype=np.int64)
 
     @property
     def chat_template(self) -> str:
@@ -309,16 +317,8 @@ class EmbeddingStore:
         return out
 
     def column_for_ids(self, ids: np.ndarray, column: str) -> np.ndarray:
-        """One numeric metadata column (e.g. albat_text_hash) at some ids, reading only the shards
-        that hold them."""
-        positions = self.id_positions(ids)
-        out: np.ndarray | None = None
-        for index, mask, rows in self.locate(positions):
-            values = self.metadata(index, [column]).column(column).to_numpy()[rows]
-            if out is None:
-                out = np.empty(len(positions), dtype=values.dtype)
-            out[mask] = values
-        return out if out is not None else np.empty(0, dtype=np.int64)
+        """One numeric metadata column (e.g. albat_text_hash) at some ids."""
+        return self.column_at(self.id_positions(ids), column)
 
     # ----- id lookup ----------------------------------------------------------------------
     @property
