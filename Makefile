@@ -33,9 +33,12 @@ data-select: data/select/pool.parquet
 
 # `make test` draws 8 seeded kill points per stage in the SIGKILL suite (plus its fixed ones), to keep the
 # whole suite within CI's budget; `make test-faults` runs that suite alone at KILLS (20 by default).
+# Test files run in TEST_WORKERS processes (pytest-xdist; auto: one per CPU, 1: one process, no xdist);
+# a file stays in one process, so its module fixtures are built once.
 TEST_KILLS ?= 8
+TEST_WORKERS ?= auto
 test: setup data
-	ALBAT_FAULT_KILLS=$(TEST_KILLS) $(PY) -m pytest -q tests
+	ALBAT_FAULT_KILLS=$(TEST_KILLS) $(PY) -m pytest -q $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) tests
 
 # The SIGKILL suite alone (it is part of `make test` too, at its defaults): KILLS seeded kill points
 # per stage (plus fixed ones mid-write and around the final rename), drawn with SEED.

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -146,14 +147,59 @@ def choose_encoder(options: dict[str, Any], spec: CorpusSpec, seed: int, show: b
     cuda_bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
     runtimes = probe.candidates(device, probe.native_bf16(probe.machine_flags()), cuda_bf16, onnx_available())
     key = (options["encoder"], device, options["max_seq_length"], int(options["batch_size"]), torch.get_num_threads())
+    cached = probe_cache_file(options, device, runtimes) if options["probe_cache"] else None
+    if key not in _PROBED and cached is not None and (table := probe.load_cached(cached)) is not None:
+        _PROBED[key] = ((table["choice"]["backend"], table["choice"]["dtype"]), {**table, "cached": str(cached)})
+        log.log(logging.INFO if show else logging.DEBUG, "embed: encoder runtime %s/%s, as timed on this machine "
+                "before (%s; --probe-cache false times it again)", *_PROBED[key][0], cached)
     if key not in _PROBED:
         texts = probe_sample(spec, int(options["probe_rows"]), seed)
         choice, rows = probe.run_probe(texts, make, runtimes)
         _PROBED[key] = (choice, probe.probe_table(choice, rows, len(texts), seed))
         log.log(logging.INFO if show else logging.DEBUG,
                 "embed: encoder runtimes timed on %d corpus texts:\n%s", len(texts), probe.format_table(rows, choice))
+        save_probe(cached or probe_cache_file(options, device, runtimes), _PROBED[key][1])
     choice, table = _PROBED[key]
     return make(*choice), table
+
+
+def probe_cache_file(options: dict[str, Any], device: str, runtimes: list[tuple[str, str]]) -> Path:
+    """Where this machine's probe table for these settings is kept (`encoder_probe` module docstring)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    from albat.pipeline import encoder_probe as probe
+    from albat.pipeline.encoder_backends import cache_dir, model_content_hash
+    from albat.pipeline.encoders import resolve_encoder_path
+
+    path = resolve_encoder_path(options["encoder"])
+    versions = {}
+    for package in ("torch", "sentence-transformers", "onnxruntime"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    try:
+        cpu = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpu = ""
+    fields = {"encoder": options["encoder"], "model": model_content_hash(Path(path)) if Path(path).is_dir() else path,
+              "device": device, "max_seq_length": options["max_seq_length"], "batch_size": int(options["batch_size"]),
+              "threads": torch.get_num_threads(), "runtimes": runtimes, "versions": versions,
+              "cpu": [probe.cpu_model(cpu), sorted(probe.cpu_flags(cpu))], "probe_rows": int(options["probe_rows"])}
+    return cache_dir() / "encoder-probe" / f"{probe.cache_key(fields)}.json"
+
+
+def save_probe(path: Path, table: dict[str, Any]) -> None:
+    """Keep the probe table for the next run; a cache that cannot be written only costs the next probe."""
+    from albat.stores.atomic import write_json
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, table)
+    except OSError as exc:
+        log.debug("embed: encoder probe not cached (%s)", exc)
 
 
 class EmbedStage(Stage):

@@ -10,9 +10,19 @@ timed batch by batch in turn (see `run_probe`), and one clearly slower than the 
 already off the cosine bar, is stopped early. The table of
 timings and agreements lands in `store.json` (`encoder_probe`). Pure parts (`candidates`,
 `agreement`, `choose`) are tested on their own; `run_probe` on fake runtimes.
+
+The probe costs tens of seconds (every runtime loads the model and encodes the sample), so its
+table is kept per machine in albat's cache (`cache_dir()/encoder-probe/<key>.json`) and reused by
+the next `embed` whose key matches: the CPU's flags and model name, the device, the encoder (its
+name, and the content hash of a local model directory), max_seq_length, batch size, torch threads,
+the runtimes timed and the versions of torch, sentence-transformers and onnxruntime. Another CPU,
+other weights or another library version is another key, so the choice is always one measured on
+hardware and software like this run's. `embed --probe-cache false` measures afresh (and overwrites the cached table).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -197,3 +207,27 @@ def format_table(rows: list[ProbeRow], choice: tuple[str, str]) -> str:
         mark = " <- chosen" if r.key == choice else ""
         lines.append(f"  {r.backend}/{r.dtype}: {speed} {agree} {r.note}{mark}".rstrip())
     return "\n".join(lines)
+
+
+def cpu_model(cpuinfo: str) -> str:
+    """The first processor's model name (x86 'model name', ARM 'CPU part'), '' if none is given."""
+    for line in cpuinfo.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() in ("model name", "CPU part"):
+            return value.strip()
+    return ""
+
+
+def cache_key(fields: dict) -> str:
+    """sha256 of the fields as sorted JSON: equal fields, equal key."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def load_cached(path: Path) -> dict | None:
+    """A cached probe table, or None when there is none or it cannot be read (then the probe runs)."""
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(table, dict) and isinstance(table.get("choice"), dict)
+    return table if ok and {"backend", "dtype"} <= set(table["choice"]) else None

@@ -272,6 +272,8 @@ EMBED = (
            choices=("auto", "float32", "bfloat16", "float16", "int8")),
     Option("backend", STR, "auto", "encoder runtime", choices=("auto", "torch", "onnx")),
     Option("probe_rows", INT, 128, "corpus texts timed per runtime when both --backend and --dtype are auto", min=1),
+    Option("probe_cache", BOOL, True, "reuse the runtime this machine measured before for the same encoder and "
+           "settings (false: time it again)"),
     Option("device", STR, "auto", "auto (CUDA when present), cpu, cuda, cuda:N"),
     Option("max_seq_length", INT, None, "truncate texts to this many tokens (unset: the encoder's)", min=1),
     Option("skip_empty", BOOL, False, "drop null/empty texts instead of failing", const=True),

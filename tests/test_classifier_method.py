@@ -198,3 +198,126 @@ def test_classifier_corpus_pool_budget_counts_the_whole_corpus(tmp_path):
         get_method("classifier", pool="corpus").select(request)
     with pytest.raises(AlbatError, match="pool"):
         get_method("classifier", pool="everything")
+
+
+def test_spread_picks_by_hand():
+    """Rows best first a=(1,0), b=(.96,.28), c=(0,1), d=(.6,.8): a; then the least summed cosine to
+    {a}: c (0 against b .96, d .6); then to {a, c}: b (.96 + .28 = 1.24) before d (.6 + .8 = 1.4)."""
+    from albat.pipeline.methods.classifier import spread_picks
+
+    rows = np.array([[1.0, 0.0], [0.96, 0.28], [0.0, 1.0], [0.6, 0.8]])
+    picks, cost = spread_picks(rows, 3)
+    assert picks.tolist() == [0, 2, 1] and np.allclose(cost, [0.0, 0.0, 1.24])
+    assert spread_picks(rows, 9)[0].tolist() == [0, 2, 1, 3]  # more than there are: every row
+    assert spread_picks(rows, 0)[0].tolist() == []
+    twins = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    assert spread_picks(twins, 2)[0].tolist() == [0, 1]  # a tie goes to the earlier, better row
+
+
+def test_spread_picks_equal_a_plain_loop_on_random_rows():
+    from albat.pipeline.methods.classifier import spread_picks
+
+    rows = np.random.default_rng(4).normal(size=(40, 6))
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    picked = [0]
+    while len(picked) < 12:
+        rest = [j for j in range(40) if j not in picked]
+        picked.append(min(rest, key=lambda j: (sum(rows[j] @ rows[i] for i in picked), j)))
+    assert spread_picks(rows, 12)[0].tolist() == picked
+
+
+def test_ngram_features_are_dsir_counts_at_unit_length():
+    from albat.pipeline.methods.classifier import ngram_features
+    from albat.pipeline.methods.dsir import hashed_ngram_counts
+
+    texts = ["the cat sat", "", "the the cat"]
+    rows = ngram_features(texts, 64).toarray()
+    counts = hashed_ngram_counts(texts, 64).toarray()
+    assert np.allclose(np.linalg.norm(rows, axis=1), [1.0, 0.0, 1.0])
+    assert np.allclose(rows[0], counts[0] / np.linalg.norm(counts[0]))
+    assert np.allclose(rows[2], counts[2] / np.linalg.norm(counts[2]))
+
+
+def _wording_store(tmp_path):
+    """Vectors that say nothing (seeded noise); 40 backbone texts about the weather, and candidates 51,
+    52 worded like the adaptation set (compiler terms), 53, 54 about the weather."""
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(44, 8))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    weather = [f"rain and wind over the hills on day {i}" for i in range(40)]
+    texts = weather + ["a compiler turns source code into machine code", "the compiler optimises source code",
+                       "sun over the hills", "wind and rain today"]
+    ids = list(range(1, 41)) + [51, 52, 53, 54]
+    adaptation = ["source code and its compiler", "machine code from a compiler", "compiler errors in source code"]
+    positives = rng.normal(size=(3, 8))
+    positives /= np.linalg.norm(positives, axis=1, keepdims=True)
+    return make_store(tmp_path / "w", ids, texts, vectors, shard_rows=16), adaptation, positives.astype(np.float32)
+
+
+@pytest.mark.parametrize("features", ["ngrams", "both"])
+def test_ngram_features_find_the_target_wording(tmp_path, features):
+    store, texts, vectors = _wording_store(tmp_path)
+    request = make_request(store, [51, 52, 53, 54], {}, budget=2, seed=1, texts=texts, vectors=vectors)
+    result = get_method("classifier", features=features, buckets="4096").select(request)
+    assert sorted(result.ids[result.keep].tolist()) == [51, 52]
+    assert all(f"features {features}" in r for r, k in zip(result.reason, result.keep) if k)
+
+
+@pytest.mark.parametrize("features", ["ngrams", "both"])
+def test_ngram_corpus_pool_equals_scoring_every_row(tmp_path, features):
+    """pool=corpus with n-gram features ranks every row as one pass of the same model over all of them."""
+    from albat.pipeline.methods.classifier import feature_rows, negative_positions
+
+    store, texts, vectors = _wording_store(tmp_path)
+    request = make_request(store, [53, 54], {}, budget=3, seed=2, texts=texts, vectors=vectors)
+    result = get_method("classifier", features=features, pool="corpus", buckets="512").select(request)
+    negatives = negative_positions(store, request.blocked_ids, 3, 0, 2)
+    ids = store.all_ids()
+    model = fit_classifier(feature_rows(vectors, texts, features, 512),
+                           feature_rows(store.vectors_at(negatives), store.texts_for_ids(store.ids_at(negatives)),
+                                        features, 512), 1.0, 2)
+    score = log_odds(model, feature_rows(store.vectors_for_ids(ids), store.texts_for_ids(ids), features, 512))
+    kept = result.ids[result.keep][np.argsort(result.rank[result.keep])]
+    assert kept.tolist() == ids[np.lexsort((ids, -score))][:3].tolist()
+    assert sorted(kept[:2].tolist()) == [51, 52]  # the two rows worded like the target, though not candidates
+
+
+def test_spread_keeps_the_spread_picks_of_the_top_rows(tmp_path):
+    """spread=2 keeps spread_picks of the 2·budget best candidates by log-odds, on both pools, and says why."""
+    from albat.pipeline.methods.classifier import spread_picks
+
+    angles = np.radians(np.sort(np.random.default_rng(1).uniform(-80, 80, 33)))  # no two rows tie by angle
+    vectors = np.stack([np.cos(angles), np.sin(angles)], 1)
+    ids = list(range(200, 233))
+    store = make_store(tmp_path / "fan", ids, [""] * 33, vectors, shard_rows=7)
+    request = make_request(store, ids, {}, budget=4, seed=0, vectors=ADAPTATION)
+    top = get_method("classifier").select(request)
+    order = top.ids[top.keep][np.argsort(top.rank[top.keep])]
+    ranked = top.ids[np.lexsort((top.ids, -top.score))][:8]
+    picks, _ = spread_picks(store.vectors_for_ids(ranked), 4)
+    for pool in ("candidates", "corpus"):
+        result = get_method("classifier", spread="2", pool=pool).select(request)
+        kept = result.ids[result.keep][np.argsort(result.rank[result.keep])]
+        assert kept.tolist() == ranked[picks].tolist() != order.tolist()
+        reasons = dict(zip(result.ids.tolist(), result.reason))
+        assert "summed cosine" in reasons[int(kept[1])] and "(spread 2)" in reasons[int(kept[1])]
+        skipped = next(int(i) for i in ranked if i not in kept)
+        assert "more alike to the picks than those kept (spread 2)" in reasons[skipped]
+        below = next(int(i) for i in ids if i not in ranked)
+        assert "more alike" not in reasons[below]
+
+
+def test_spread_and_ngram_errors(tmp_path):
+    store = _store(tmp_path)
+    request = make_request(store, [51], {}, budget=1, vectors=ADAPTATION)
+    with pytest.raises(AlbatError, match="spread=2 works with draw=top only"):
+        get_method("classifier", spread=2, draw="target").select(request)
+    with pytest.raises(AlbatError, match="spread = 0: too small"):
+        get_method("classifier", spread=0)
+    with pytest.raises(AlbatError, match="features"):
+        get_method("classifier", features="words")
+    info = dict(store.info)
+    info.pop("text_column")
+    store.write_info(info)
+    with pytest.raises(AlbatError, match="features=ngrams reads texts, and this store has no text column"):
+        get_method("classifier", features="ngrams").select(request)

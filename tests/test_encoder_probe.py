@@ -241,3 +241,45 @@ def test_an_explicit_dtype_or_backend_skips_the_probe(tmp_path: Path, small_wiki
     info = json.loads((tmp_path / "work" / "store" / "store.json").read_text())
     assert info["encoder_probe"] is None
     assert (info["encoder"]["backend"], info["encoder"]["dtype"]) == ("torch", "int8")
+
+
+def test_the_probe_is_cached_per_machine_and_timed_again_on_request(tmp_path: Path, small_wiki: SmallWiki,
+                                                                       tiny_encoder: str, monkeypatch) -> None:
+    """The first embed times the runtimes and keeps the table in the cache; a later process (the
+    per-process memo cleared) reuses it and says so; probe_cache=false or a damaged file times again."""
+    from albat.pipeline import embed as embed_stage
+
+    monkeypatch.setenv("ALBAT_CACHE_DIR", str(tmp_path / "cache"))
+
+    def embed(name: str, extra: str = "") -> dict:
+        monkeypatch.setattr(embed_stage, "_PROBED", {})
+        root = tmp_path / name
+        root.mkdir()
+        assert albat("embed", "--config", _embed_config(root, small_wiki, tiny_encoder, extra), "--quiet") == 0
+        return json.loads((root / "work" / "store" / "store.json").read_text())["encoder_probe"]
+
+    first = embed("a")
+    files = list((tmp_path / "cache" / "encoder-probe").glob("*.json"))
+    assert "cached" not in first and len(files) == 1
+    assert json.loads(files[0].read_text())["rows"] == first["rows"]
+    second = embed("b")
+    assert second["cached"] == str(files[0]) and second["rows"] == first["rows"]  # same timings: not measured again
+    third = embed("c", "probe_cache = false")
+    assert "cached" not in third and json.loads(files[0].read_text())["rows"] == third["rows"]  # measured, kept
+    files[0].write_text("{not json")
+    fourth = embed("d")
+    assert "cached" not in fourth and json.loads(files[0].read_text())["rows"] == fourth["rows"]
+    other = embed("e", "max_seq_length = 32")  # other settings, another key
+    assert "cached" not in other and len(list(files[0].parent.glob("*.json"))) == 2
+
+
+def test_probe_cache_helpers_by_hand(tmp_path: Path) -> None:
+    assert probe.cache_key({"a": 1, "b": [2]}) == probe.cache_key({"b": [2], "a": 1}) != probe.cache_key({"a": 2})
+    assert probe.cpu_model("processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t: avx2\n") == "AMD EPYC 9R14"
+    assert probe.cpu_model("") == ""
+    path = tmp_path / "t.json"
+    assert probe.load_cached(path) is None  # missing
+    path.write_text('{"choice": {"backend": "torch"}}')
+    assert probe.load_cached(path) is None  # incomplete
+    path.write_text('{"choice": {"backend": "torch", "dtype": "float32"}, "rows": []}')
+    assert probe.load_cached(path)["choice"]["dtype"] == "float32"
