@@ -39,7 +39,10 @@ METHODS = {"knn": ("knn", {}), "dsir": ("dsir", {}), "classifier": ("classifier"
            "classifier pool=corpus": ("classifier", {"pool": "corpus"}),
            "classifier pool=corpus draw=target": ("classifier", {"pool": "corpus", "draw": "target"}),
            "classifier C=0.1": ("classifier", {"C": "0.1"}), "classifier C=10": ("classifier", {"C": "10"}),
-           "classifier C=100": ("classifier", {"C": "100"})}
+           "classifier C=100": ("classifier", {"C": "100"}),
+           "classifier spread=2": ("classifier", {"spread": "2"}),
+           "classifier features=both": ("classifier", {"features": "both"}),
+           "classifier features=both spread=2": ("classifier", {"features": "both", "spread": "2"})}
 
 
 def purity(kept: np.ndarray, owned: np.ndarray) -> float:
