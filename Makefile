@@ -31,11 +31,12 @@ data/select/pool.parquet: scripts/fetch_select_bench.py data/wiki/backbone.parqu
 
 data-select: data/select/pool.parquet
 
-# `make test` draws 8 seeded kill points per stage in the SIGKILL suite (plus its fixed ones), to keep the
+# `make test` draws 6 seeded kill points per stage in the SIGKILL suite (plus its fixed ones), to keep the
 # whole suite within CI's budget; `make test-faults` runs that suite alone at KILLS (20 by default).
 # Test files run in TEST_WORKERS processes (pytest-xdist; auto: one per CPU, 1: one process, no xdist);
 # a file stays in one process, so its module fixtures are built once.
-TEST_KILLS ?= 8
+# tests/conftest.py runs the slowest files first, so that no worker starts one when the rest are done.
+TEST_KILLS ?= 6
 TEST_WORKERS ?= auto
 test: setup data
 	ALBAT_FAULT_KILLS=$(TEST_KILLS) $(PY) -m pytest -q $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) tests

@@ -6,8 +6,12 @@ text→text retrieval; the index holds the images).
 
 It answers like a FAISS index labelled by row position (`search_pairs` takes either): each query's
 k best global row positions, best first (ties: the lower position), -1 and -inf where the store
-has fewer than k rows. Memory stays one shard deep (plus k per query per shard); every search
-reads the side's vectors once, so its cost grows with the corpus, like a flat index's.
+has fewer than k rows. Memory stays one shard deep (plus k per query per shard); a search reads
+the side's vectors once, so its cost grows with the corpus, like a flat index's. The query stage
+asks three times (the adaptation examples' neighbours, their near-duplicates, the exclude set's), so
+`prefetch(queries, k)` answers every query of those searches in one pass and keeps the k best of
+each: a later `search` of queries all prefetched with at least its k is sliced from them (the
+best-first order with ties to the lower position makes a k-prefix of a longer list exact).
 """
 from __future__ import annotations
 
@@ -59,8 +63,30 @@ class ExactScan:
         self.store, self.side, self.executor = store, side, executor
         self.ntotal = int(sum(store.row_counts()))
 
+        self.scans = 0  # passes over the store so far
+        self._kept: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}  # query bytes -> its best (sims, positions)
+
+    def prefetch(self, queries: np.ndarray, k: int) -> None:
+        """One pass for every query: keep each one's k best for the searches that follow."""
+        queries = np.unique(np.ascontiguousarray(queries, dtype=np.float32), axis=0)
+        if len(queries):
+            sims, positions = self._scan(queries, k)
+            self._kept = {q.tobytes(): (s, p) for q, s, p in zip(queries, sims, positions)}
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
+        kept = [self._kept.get(q.tobytes()) for q in queries]
+        if len(queries) and all(hit is not None and len(hit[0]) >= min(k, self.ntotal) for hit in kept):
+            width = min(k, self.ntotal)
+            sims = np.full((len(queries), k), -np.inf, np.float32)
+            positions = np.full((len(queries), k), -1, np.int64)
+            sims[:, :width] = np.stack([hit[0][:width] for hit in kept])
+            positions[:, :width] = np.stack([hit[1][:width] for hit in kept])
+            return sims, positions
+        return self._scan(queries, k)
+
+    def _scan(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        self.scans += 1
         results = map_shards(shard_top_k, self.store, {"queries": queries, "k": k, "side": self.side},
                              self.executor, f"query: exact {self.side} scan")
         starts = np.concatenate([[0], np.cumsum(self.store.row_counts())])

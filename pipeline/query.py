@@ -230,8 +230,11 @@ def retrieve(options: dict[str, Any], store: EmbeddingStore, info: dict[str, Any
     rows = int(info["rows"])
     k = min(int(options["k"]), rows)
     factor = max(1, int(options["rerank_factor"])) if infos["kind"] == "ivf_pq" else 1
-    pairs = top_k_per_query(exact_pairs(vectors, index, min(k * factor, rows), store), k)
     dedup_k, threshold = min(int(options["dedup_k"]) * factor, rows), float(options["dedup_threshold"])
+    if hasattr(index, "prefetch"):  # an exact scan: one pass over the store answers the three searches below
+        index.prefetch(np.concatenate([vectors, np.reshape(exclude_vectors, (-1, vectors.shape[1]))]),
+                       max(k * factor, dedup_k))
+    pairs = top_k_per_query(exact_pairs(vectors, index, min(k * factor, rows), store), k)
     parts = [*hash_duplicates([("adaptation", hashes), ("exclude", exclude_hashes)], store, executor),
              near_duplicates(vectors, index, dedup_k, threshold, "adaptation", store),
              near_duplicates(exclude_vectors, index, dedup_k, threshold, "exclude", store)]

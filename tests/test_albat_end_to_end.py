@@ -41,8 +41,7 @@ objective = "{objective}"
 """)
 
 
-@pytest.fixture(scope="module", params=[("title", "v1"), (None, "v1"), ("title", "v2"), (None, "v2")],
-                ids=["pairs-v1", "single-column-v1", "pairs-v2", "single-column-v2"])
+@pytest.fixture(scope="module", params=[("title", "v1"), (None, "v2")], ids=["pairs-v1", "single-column-v2"])
 def run_dir(request: pytest.FixtureRequest, small_wiki: SmallWiki, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("albat")
     assert albat("run", "--config", _config(tmp, small_wiki, *request.param), "--quiet") == 0

@@ -69,3 +69,29 @@ def test_pair_side_view_reads_the_pair_vectors(tmp_path: Path) -> None:
     plain = make_store(tmp_path / "plain", list(range(3)), ["a", "b", "c"], vectors[:3], 3)
     with pytest.raises(AlbatError, match="no pair column to read"):
         store_side(plain.root, "pair").vectors_for_ids(np.array([0]))
+
+
+def test_prefetch_answers_later_searches_in_one_pass(tmp_path: Path) -> None:
+    """After prefetch(queries, K), searches of those queries with k <= K are sliced from the one pass
+    and equal fresh scans (padding included where the store has fewer than k rows); a query not
+    prefetched, or a larger k, scans again."""
+    rng = np.random.default_rng(5)
+    vectors = _unit(rng, 9)
+    store = make_store(tmp_path / "s", list(range(9)), [f"t{i}" for i in range(9)], vectors, 4)
+    queries = _unit(rng, 3)
+    fresh = ExactScan(store, "text")
+    scan = ExactScan(store, "text")
+    scan.prefetch(np.concatenate([queries, queries[:1]]), 5)
+    assert scan.scans == 1
+    for chosen, k in ((queries, 5), (queries[1:], 2), (queries[:1], 1)):
+        got, want = scan.search(chosen, k), fresh.search(chosen, k)
+        assert np.array_equal(got[1], want[1]) and np.allclose(got[0], want[0])
+    assert scan.scans == 1
+    small = ExactScan(store, "text")
+    small.prefetch(queries, 12)  # more than the 9 rows: padded
+    got, want = small.search(queries, 11), fresh.search(queries, 11)
+    assert np.array_equal(got[1], want[1]) and got[1][0, -1] == -1 and np.isneginf(got[0][0, -1])
+    assert small.scans == 1
+    scan.search(queries, 6)  # wider than prefetched
+    scan.search(_unit(rng, 1), 2)  # never prefetched
+    assert scan.scans == 3

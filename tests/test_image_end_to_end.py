@@ -156,23 +156,29 @@ def test_contact_sheet_reads_the_work_directory(image_run: Path, capsys: pytest.
     assert not (image_run / "other.png").exists() and not (image_run / "work" / "tasks" / "other").exists()
 
 
-def test_captions_alone_retrieve_captions(image_run: Path, tmp_path: Path) -> None:
+def test_captions_alone_retrieve_captions(image_run: Path, tmp_path: Path, monkeypatch) -> None:
     """Captions without images query the store's captions (text→text): candidates are each caption's k
     nearest corpus captions by brute force over the stored caption vectors, a corpus row with the same
     caption is blocked as a near-duplicate, every method compares captions (the classifier and albat
-    run), and emit writes the selected images without the imageless adaptation rows."""
+    run), and emit writes the selected images without the imageless adaptation rows. The stage reads
+    the caption vectors once (one prefetch pass for the neighbours and both duplicate searches)."""
     import numpy as np
     import pyarrow.parquet as pq
 
+    from albat.pipeline import exact_scan
     from albat.pipeline.filter import query_store
     from albat.stores.embedding_store import EmbeddingStore, PairSideView
     from albat.pipeline.report import task_workdir
 
+    passes = []
+    scan = exact_scan.ExactScan._scan
+    monkeypatch.setattr(exact_scan.ExactScan, "_scan", lambda self, *a: passes.append(1) or scan(self, *a))
     captions = tmp_path / "captions.jsonl"
     captions.write_text('{"text": "a red picture number 3"}\n{"text": "something blue"}\n')
     config, task = image_run / "run.toml", ["--task", "captions"]
     assert albat("query", "--config", config, *task, "--adaptation", captions, "--dedup-threshold", "0.999",
                  "--quiet") == 0
+    assert len(passes) == 1
     work = task_workdir(image_run / "work", "captions")
     assert work.stage_record("query")["summary"]["side"] == "pair"
     assert not (work.query / "adaptation.pair.npy").exists()
