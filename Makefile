@@ -35,7 +35,6 @@ data-select: data/select/pool.parquet
 # whole suite within CI's budget; `make test-faults` runs that suite alone at KILLS (20 by default).
 # Test files run in TEST_WORKERS processes (pytest-xdist; auto: one per CPU, 1: one process, no xdist);
 # a file stays in one process, so its module fixtures are built once.
-# tests/conftest.py runs the slowest files first, so that no worker starts one when the rest are done.
 TEST_KILLS ?= 6
 TEST_WORKERS ?= auto
 test: setup data

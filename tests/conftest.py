@@ -22,17 +22,6 @@ import pytest  # noqa: E402
 import albat  # noqa: E402,F401 - first: its torchvision guard must precede any transformers import (lm_fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
-
-# The files that take longest (each 1.5-4 min on 2 cores), run first: with one process per CPU
-# (`make test`, pytest-xdist --dist loadfile) a long file started last would run alone at the end.
-SLOW_FIRST = ("test_albat_end_to_end.py", "test_faults.py", "test_resume.py", "test_end_to_end.py",
-              "test_ray_executor.py", "test_properties.py", "test_bad_inputs.py", "test_auto_method.py")
-
-
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The slow files first, in SLOW_FIRST order; every other test keeps its place (a stable sort)."""
-    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 WIKI = REPO / "data" / "wiki"
 TARGET_TOPIC = "Mathematics"
 
