@@ -147,8 +147,8 @@ def choose_encoder(options: dict[str, Any], spec: CorpusSpec, seed: int, show: b
     cuda_bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
     runtimes = probe.candidates(device, probe.native_bf16(probe.machine_flags()), cuda_bf16, onnx_available())
     key = (options["encoder"], device, options["max_seq_length"], int(options["batch_size"]), torch.get_num_threads())
-    cached = probe_cache_file(options, device, runtimes) if options["probe_cache"] else None
-    if key not in _PROBED and cached is not None and (table := probe.load_cached(cached)) is not None:
+    cached = probe_cache_file(options, device, runtimes) if options["probe_cache"] and key not in _PROBED else None
+    if cached is not None and (table := probe.load_cached(cached)) is not None:
         _PROBED[key] = ((table["choice"]["backend"], table["choice"]["dtype"]), {**table, "cached": str(cached)})
         log.log(logging.INFO if show else logging.DEBUG, "embed: encoder runtime %s/%s, as timed on this machine "
                 "before (%s; --probe-cache false times it again)", *_PROBED[key][0], cached)

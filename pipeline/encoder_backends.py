@@ -100,10 +100,19 @@ class TorchBackend:
 
 
 def model_content_hash(path: Path) -> str:
-    """sha256 over every file of a model directory (relative name and content), in sorted order."""
+    """sha256 over every file of a model directory (relative name and content), in sorted order.
+    Computed once per process for the same files (names, sizes, modification times): embed's probe
+    cache, the onnx export and the manifest all ask for it."""
+    files = sorted(p for p in path.rglob("*") if p.is_file() and ".git" not in p.parts)
+    stamp = tuple((str(f.relative_to(path)), st.st_size, st.st_mtime_ns) for f, st in ((f, f.stat()) for f in files))
+    return _files_hash(str(path), stamp)
+
+
+@lru_cache(maxsize=16)
+def _files_hash(root: str, stamp: tuple[tuple[str, int, int], ...]) -> str:
     digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file() and ".git" not in p.parts):
-        digest.update(str(file.relative_to(path)).encode() + b"\0" + sha256_file(file).encode() + b"\0")
+    for name, _, _ in stamp:
+        digest.update(name.encode() + b"\0" + sha256_file(Path(root) / name).encode() + b"\0")
     return digest.hexdigest()
 
 

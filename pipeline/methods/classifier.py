@@ -131,6 +131,17 @@ def spread_picks(vectors: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     return picked, cost
 
 
+def spread_note(cost: float | None, spread: int) -> str:
+    """What a kept row's reason adds when it was a spread pick (nothing otherwise)."""
+    return "" if cost is None else f", summed cosine {cost:.3f} to the earlier picks (spread {spread})"
+
+
+def passed_over_reason(score: float, considered: int, where: str, spread: int) -> str:
+    """The reason of a row among the `considered` surest that the spread picks passed over."""
+    return (f"rejected: classifier log-odds {score:.3f}, among the {considered} highest{where} but more alike to the "
+            f"picks than those kept (spread {spread})")
+
+
 def target_draw(score: np.ndarray, ids: np.ndarray, budget: int, seed: int) -> np.ndarray:
     """Positions of `budget` rows: a seeded uniform draw among those with score >= 0 (in id order before
     the shuffle, so the input order does not matter), then the highest scores below 0 if too few."""
@@ -234,39 +245,44 @@ class ClassifierMethod(SelectionMethod):
         score = log_odds(model, rows_of(store.vectors_for_ids(ids), texts_at(ids))) if len(ids) else np.zeros(0)
         open_rows = np.nonzero(~blocked)[0]
         if opts["draw"] == "target":
-            chosen = open_rows[target_draw(score[open_rows], ids[open_rows], request.budget, request.seed)]
+            ranked = open_rows[target_draw(score[open_rows], ids[open_rows], request.budget, request.seed)]
         else:
-            chosen = open_rows[top_scores(score[open_rows], ids[open_rows], opts["spread"] * request.budget)]
-        chosen, spread_reason = self._spread(store, ids, chosen, request.budget)
-        m, n_neg, seed = len(chosen), len(negatives), request.seed
+            ranked = open_rows[top_scores(score[open_rows], ids[open_rows], opts["spread"] * request.budget)]
+        chosen, cost = self._spread(store, ids, ranked, request.budget)
+        passed_over = set(ranked.tolist()) - set(chosen.tolist()) if cost else set()
+        m, n_neg, seed, spread = len(chosen), len(negatives), request.seed, opts["spread"]
         cut = f"lowest kept {score[chosen].min():.3f}" if m else "budget 0"
         if opts["draw"] == "target":
             n_target = int((score[open_rows] >= 0).sum())
             cut = f"a seeded draw of {min(m, n_target)} of the {n_target} rows with log-odds >= 0"
-        rejected = ((lambda row: f"rejected: classifier log-odds {score[row]:.3f}, not drawn ({cut})")
-                    if opts["draw"] == "target" else spread_reason(score, m, cut))
+
+        def rejected_reason(row: int) -> str:
+            if opts["draw"] == "target":
+                return f"rejected: classifier log-odds {score[row]:.3f}, not drawn ({cut})"
+            if row in passed_over:
+                return passed_over_reason(score[row], len(ranked), "", spread)
+            return f"rejected: classifier log-odds {score[row]:.3f} below the {m} kept ({cut})"
+
         return ranked_result(
             ids, score, chosen, query_idx, blocked, block_reason,
             kept_reason=lambda row, pos: (f"kept: classifier log-odds {score[row]:.3f}, rank {pos} of {m} "
                                           f"({n_neg} negatives, {self._features_note()}seed {seed}"
-                                          f"{spread_reason.kept(row)})"),
-            rejected_reason=rejected)
+                                          f"{spread_note(cost.get(row), spread)})"),
+            rejected_reason=rejected_reason)
 
     def _features_note(self) -> str:
         features = self.options["features"]
         return "" if features == "embedding" else f"features {features}, "
 
-    def _spread(self, store: EmbeddingStore, ids: np.ndarray, ranked: np.ndarray, budget: int):
-        """`ranked` (rows, best first) cut to the budget: the first `budget` (spread 1), or the
-        spread picks among them; and the reasons that go with it."""
-        spread = self.options["spread"]
-        reason = _SpreadReasons(spread, len(ranked))
-        if spread == 1 or len(ranked) <= budget:
-            return ranked[:budget], reason
+    def _spread(self, store: EmbeddingStore, ids: np.ndarray, ranked: np.ndarray,
+                budget: int) -> tuple[np.ndarray, dict[int, float]]:
+        """`ranked` (rows, best first) cut to the budget: the first `budget` (spread 1, or too few rows
+        to choose among), or the spread picks among them with each pick's summed cosine to the earlier
+        ones (empty when nothing was spread)."""
+        if self.options["spread"] == 1 or len(ranked) <= budget:
+            return ranked[:budget], {}
         picks, cost = spread_picks(store.vectors_for_ids(ids[ranked]), budget)
-        reason.considered = set(ranked.tolist())
-        reason.cost = dict(zip(ranked[picks].tolist(), cost.tolist()))
-        return ranked[picks], reason
+        return ranked[picks], dict(zip(ranked[picks].tolist(), cost.tolist()))
 
     def _select_corpus(self, request: SelectionRequest, model: LogisticRegression, n_neg: int, cand_ids: np.ndarray,
                        cand_query: np.ndarray, block_reason: list[str | None], column: str | None) -> SelectionResult:
@@ -282,8 +298,8 @@ class ClassifierMethod(SelectionMethod):
         top_ids, top_score, top_key = (np.concatenate([p[k] for p in parts]) for k in ("ids", "score", "key"))
         best = top_scores(top_key, top_ids, spread * budget)
         top_ids, top_score = top_ids[best], top_score[best]
-        order, spread_reason = self._spread(request.store, top_ids, np.arange(len(top_ids)), budget)
-        considered = top_ids[~np.isin(np.arange(len(top_ids)), order)]  # among the spread x budget best, not kept
+        order, cost = self._spread(request.store, top_ids, np.arange(len(top_ids)), budget)
+        passed_over_ids = top_ids[~np.isin(np.arange(len(top_ids)), order)]  # among the spread x budget best, not kept
         kept_ids, kept_score = top_ids[order], top_score[order]
         cand_score = np.full(len(cand_ids), np.nan)
         sorter = np.argsort(cand_ids)
@@ -296,20 +312,18 @@ class ClassifierMethod(SelectionMethod):
         ids = np.concatenate([kept_ids, cand_ids[others]])
         score = np.concatenate([kept_score, cand_score[others]])
         m = len(kept_ids)
-        cost = {row: spread_reason.cost.get(int(pos)) for row, pos in enumerate(order.tolist())}
-        considered_rows = set(np.nonzero(np.isin(ids, considered))[0].tolist())
+        kept_cost = {row: cost[pos] for row, pos in enumerate(order.tolist()) if pos in cost}  # by result row
+        passed_over = set(np.nonzero(np.isin(ids, passed_over_ids))[0].tolist())
         cut = ("a seeded draw among the corpus rows with log-odds >= 0" if draw == "target"
                else f"lowest kept {kept_score.min():.3f}" if m else "budget 0")
 
         def kept_reason(row: int, pos: int) -> str:
-            note = "" if cost.get(row) is None else f", summed cosine {cost[row]:.3f} to the earlier picks (spread {spread})"
             return (f"kept: classifier log-odds {score[row]:.3f}, rank {pos} of {m} over the corpus ({n_neg} negatives, "
-                    f"{self._features_note()}seed {seed}{note})")
+                    f"{self._features_note()}seed {seed}{spread_note(kept_cost.get(row), spread)})")
 
         def rejected_reason(row: int) -> str:
-            if row in considered_rows:
-                return (f"rejected: classifier log-odds {score[row]:.3f}, among the {spread * budget} highest of the "
-                        f"corpus but more alike to the picks than those kept (spread {spread})")
+            if row in passed_over:
+                return passed_over_reason(score[row], spread * budget, " of the corpus", spread)
             return (f"rejected: classifier log-odds {score[row]:.3f}, not among the {m} kept from the corpus ({cut})")
 
         return ranked_result(
@@ -317,24 +331,3 @@ class ClassifierMethod(SelectionMethod):
             [None] * m + [r for r, o in zip(block_reason, others) if o], kept_reason=kept_reason,
             rejected_reason=rejected_reason)
 
-
-class _SpreadReasons:
-    """The per-row words of the spread step (empty when spread is 1)."""
-
-    def __init__(self, spread: int, considered: int):
-        self.spread, self.n = spread, considered
-        self.considered: set[int] = set()
-        self.cost: dict[int, float] = {}
-
-    def kept(self, row: int) -> str:
-        if row not in self.cost:
-            return ""
-        return f", summed cosine {self.cost[row]:.3f} to the earlier picks (spread {self.spread})"
-
-    def __call__(self, score: np.ndarray, m: int, cut: str):
-        def reason(row: int) -> str:
-            if row in self.considered and row not in self.cost:
-                return (f"rejected: classifier log-odds {score[row]:.3f}, among the {self.n} highest but more alike "
-                        f"to the picks than those kept (spread {self.spread})")
-            return f"rejected: classifier log-odds {score[row]:.3f} below the {m} kept ({cut})"
-        return reason
