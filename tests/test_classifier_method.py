@@ -307,6 +307,49 @@ def test_spread_keeps_the_spread_picks_of_the_top_rows(tmp_path):
         assert "more alike" not in reasons[below]
 
 
+def test_spread_pool_by_hand():
+    from albat.pipeline.methods.classifier import spread_pool
+
+    score = np.array([2.0, 1.0, 0.5, 0.0, -0.5, -1.0])
+    assert spread_pool(score, 2, 0.0) == 4  # 0.0 is at the floor: it passes
+    assert spread_pool(score, 2, 0.75) == 2  # one above the floor, but never fewer than the budget
+    assert spread_pool(score, 5, 0.75) == 5
+    assert spread_pool(score, 2, float("-inf")) == 6
+    assert spread_pool(score, 9, float("-inf")) == 6  # never more rows than there are
+    assert spread_pool(score[:0], 3, 0.0) == 0
+
+
+def test_spread_floor_spreads_only_over_rows_at_or_above_it(tmp_path):
+    """spread_floor cuts the 2·budget surest rows to those with log-odds >= the floor (never fewer than the
+    budget) before the spread picks, on both pools; a row cut off by it says so."""
+    from albat.pipeline.methods.classifier import spread_picks
+
+    angles = np.radians(np.sort(np.random.default_rng(1).uniform(-80, 80, 33)))
+    vectors = np.stack([np.cos(angles), np.sin(angles)], 1)
+    ids = list(range(200, 233))
+    store = make_store(tmp_path / "fan", ids, [""] * 33, vectors, shard_rows=7)
+    request = make_request(store, ids, {}, budget=4, seed=0, vectors=ADAPTATION)
+    top = get_method("classifier").select(request)
+    order = np.lexsort((top.ids, -top.score))
+    ranked, ranked_score = top.ids[order][:8], top.score[order][:8]
+    floor = float(ranked_score[5])  # six rows at or above it
+    picks, _ = spread_picks(store.vectors_for_ids(ranked[:6]), 4)
+    assert sorted(picks.tolist()) != [0, 1, 2, 3]  # the floor leaves something to choose
+    for pool in ("candidates", "corpus"):
+        result = get_method("classifier", spread="2", spread_floor=str(floor), pool=pool).select(request)
+        kept = result.ids[result.keep][np.argsort(result.rank[result.keep])]
+        assert kept.tolist() == ranked[:6][picks].tolist()
+        reasons = dict(zip(result.ids.tolist(), result.reason))
+        assert "among the 6 highest" in reasons[next(int(i) for i in ranked[:6] if i not in kept)]
+        if pool == "candidates":
+            assert "below the spread floor" in reasons[int(ranked[6])]
+        high = get_method("classifier", spread="2", spread_floor=str(ranked_score[0] + 1), pool=pool).select(request)
+        assert set(high.ids[high.keep].tolist()) == set(ranked[:4].tolist())  # none pass: the budget's top rows
+        off = get_method("classifier", spread="2", spread_floor="-inf", pool=pool).select(request)
+        plain = get_method("classifier", spread="2", pool=pool).select(request)
+        assert sorted(off.ids[off.keep].tolist()) == sorted(plain.ids[plain.keep].tolist())
+
+
 def test_spread_and_ngram_errors(tmp_path):
     store = _store(tmp_path)
     request = make_request(store, [51], {}, budget=1, vectors=ADAPTATION)
@@ -314,6 +357,8 @@ def test_spread_and_ngram_errors(tmp_path):
         get_method("classifier", spread=2, draw="target").select(request)
     with pytest.raises(AlbatError, match="spread = 0: too small"):
         get_method("classifier", spread=0)
+    with pytest.raises(AlbatError, match="spread_floor=0 bounds the spread picks; set spread to 2 or more"):
+        get_method("classifier", spread_floor=0).select(request)
     with pytest.raises(AlbatError, match="features"):
         get_method("classifier", features="words")
     info = dict(store.info)

@@ -28,6 +28,10 @@ side (each block unit length, so neither dominates by scale). `spread` (1: off):
 the spread·m highest log-odds by a greedy that trades typicality for variety: the highest row first,
 then each time the row whose summed cosine (on the embeddings) to the rows already kept is least, so
 the selection does not collapse onto the classifier's most typical, mutually alike rows (`draw=top` only).
+`spread_floor` (-inf: off): the spread picks only among those rows whose log-odds are at least this, never
+fewer than the budget. At 0 it spreads only over rows the balanced model calls target-like: where the
+target's own kind of text fills the pool the spread·m surest rows all pass and nothing changes; where
+it does not, variety is not bought with rows the model itself calls backbone-like.
 The lbfgs solver is deterministic, so the seed fixes the result.
 """
 from __future__ import annotations
@@ -131,6 +135,13 @@ def spread_picks(vectors: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     return picked, cost
 
 
+def spread_pool(score_desc: np.ndarray, budget: int, floor: float) -> int:
+    """How many of the rows ranked best first (their log-odds `score_desc`, highest first) the spread
+    picks among: those at or above `floor`, never fewer than the budget nor more than there are."""
+    above = int(np.count_nonzero(np.asarray(score_desc, np.float64) >= floor))
+    return min(len(score_desc), max(budget, above))
+
+
 def spread_note(cost: float | None, spread: int) -> str:
     """What a kept row's reason adds when it was a spread pick (nothing otherwise)."""
     return "" if cost is None else f", summed cosine {cost:.3f} to the earlier picks (spread {spread})"
@@ -210,6 +221,8 @@ class ClassifierMethod(SelectionMethod):
         Option("buckets", INT, DEFAULT_BUCKETS, "hash bins of the n-gram features", min=1),
         Option("spread", INT, 1, "keep the budget from the spread x budget highest by least summed cosine to the "
                "rows kept so far (1: off; draw=top only)", min=1),
+        Option("spread_floor", FLOAT, float("-inf"), "spread only among rows with log-odds at least this, never "
+               "fewer than the budget (0: rows the model calls target-like; -inf: no floor)", inf=True),
     )
 
     def select(self, request: SelectionRequest) -> SelectionResult:
@@ -217,6 +230,9 @@ class ClassifierMethod(SelectionMethod):
         if opts["spread"] > 1 and opts["draw"] != "top":
             raise AlbatError(f"method classifier: spread={opts['spread']} works with draw=top only; set spread=1 "
                              "or draw=top")
+        if opts["spread"] == 1 and opts["spread_floor"] != float("-inf"):
+            raise AlbatError(f"method classifier: spread_floor={opts['spread_floor']:g} bounds the spread picks; set "
+                             "spread to 2 or more, or leave spread_floor out")
         positives = np.asarray(request.adaptation_vectors)
         if len(positives) == 0:
             raise AlbatError("method classifier needs adaptation examples to train on; the adaptation set is empty")
@@ -248,6 +264,7 @@ class ClassifierMethod(SelectionMethod):
             ranked = open_rows[target_draw(score[open_rows], ids[open_rows], request.budget, request.seed)]
         else:
             ranked = open_rows[top_scores(score[open_rows], ids[open_rows], opts["spread"] * request.budget)]
+            ranked = ranked[:spread_pool(score[ranked], request.budget, opts["spread_floor"])]
         chosen, cost = self._spread(store, ids, ranked, request.budget)
         passed_over = set(ranked.tolist()) - set(chosen.tolist()) if cost else set()
         m, n_neg, seed, spread = len(chosen), len(negatives), request.seed, opts["spread"]
@@ -261,6 +278,9 @@ class ClassifierMethod(SelectionMethod):
                 return f"rejected: classifier log-odds {score[row]:.3f}, not drawn ({cut})"
             if row in passed_over:
                 return passed_over_reason(score[row], len(ranked), "", spread)
+            if spread > 1 and score[row] < opts["spread_floor"]:
+                return (f"rejected: classifier log-odds {score[row]:.3f} below the spread floor "
+                        f"{opts['spread_floor']:g} and the {m} kept ({cut})")
             return f"rejected: classifier log-odds {score[row]:.3f} below the {m} kept ({cut})"
 
         return ranked_result(
@@ -298,6 +318,9 @@ class ClassifierMethod(SelectionMethod):
         top_ids, top_score, top_key = (np.concatenate([p[k] for p in parts]) for k in ("ids", "score", "key"))
         best = top_scores(top_key, top_ids, spread * budget)
         top_ids, top_score = top_ids[best], top_score[best]
+        if draw == "top":
+            cut_at = spread_pool(top_score, budget, self.options["spread_floor"])
+            top_ids, top_score = top_ids[:cut_at], top_score[:cut_at]
         order, cost = self._spread(request.store, top_ids, np.arange(len(top_ids)), budget)
         passed_over_ids = top_ids[~np.isin(np.arange(len(top_ids)), order)]  # among the spread x budget best, not kept
         kept_ids, kept_score = top_ids[order], top_score[order]
@@ -323,7 +346,7 @@ class ClassifierMethod(SelectionMethod):
 
         def rejected_reason(row: int) -> str:
             if row in passed_over:
-                return passed_over_reason(score[row], spread * budget, " of the corpus", spread)
+                return passed_over_reason(score[row], len(top_ids), " of the corpus", spread)
             return (f"rejected: classifier log-odds {score[row]:.3f}, not among the {m} kept from the corpus ({cut})")
 
         return ranked_result(
