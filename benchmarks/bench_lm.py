@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from benchmarks import bench_select
 from benchmarks.bench_select import EMBED_ARGS, finished_keys, load_domains, run, verdict
-from benchmarks.report import markdown_table, parse_variants, save_figure, write_section
+from benchmarks.report import markdown_table, paired_difference, parse_variants, save_figure, write_section
 
 METHODS = ["none", "random", "knn", "dsir", "classifier", "gradalign", "albat", "oracle"]
 BASELINES = ("none", "random", "knn", "dsir", "classifier", "gradalign")  # what a product method must beat
@@ -371,25 +371,36 @@ def cell_verdicts(groups: dict[tuple, list[dict]], cell: tuple, product: str) ->
 def robustness_rows(groups: dict[tuple, list[dict]], cells: list[tuple], methods: list[str]) -> list[list[str]]:
     """Every method (baselines too) against the best of the *other* baselines in each cell, where the
     best baseline changes from cell to cell: cells run, at or above it within the larger seed std,
-    beyond it, and the mean difference in perplexity (negative: better)."""
+    beyond it, the mean difference in perplexity (negative: better), and the same two counts paired by
+    seed (`paired_difference`: the per-seed differences' mean against their std)."""
     rows = []
     for method in methods:
         if method in ("none", "oracle"):
             continue
-        diffs, within, beyond = [], 0, 0
+        diffs, within, beyond, p_within, p_beyond, evidence, e_beyond = [], 0, 0, 0, 0, 0, 0
         for cell in cells:
-            mine = [r["perplexity"] for r in groups.get((*cell, method), [])]
-            others = {b: [r["perplexity"] for r in groups[(*cell, b)]] for b in BASELINES
+            mine = {r["key"]["seed"]: r["perplexity"] for r in groups.get((*cell, method), [])}
+            others = {b: {r["key"]["seed"]: r["perplexity"] for r in groups[(*cell, b)]} for b in BASELINES
                       if b not in (method, "none") and (*cell, b) in groups}
             if not mine or not others:
                 continue
-            best = min(others, key=lambda b: np.mean(others[b]))
-            diff, sd = float(np.mean(mine) - np.mean(others[best])), max(_std(mine), _std(others[best]))
+            best = min(others, key=lambda b: np.mean(list(others[b].values())))
+            diff = float(np.mean(list(mine.values())) - np.mean(list(others[best].values())))
+            sd = max(_std(list(mine.values())), _std(list(others[best].values())))
             diffs.append(diff)
             within += diff <= sd
             beyond += diff < -sd
+            p_diff, p_sd, _ = paired_difference(mine, others[best])
+            p_within += p_diff <= p_sd
+            p_beyond += p_diff < -p_sd
+            seeds_of = lambda m: {r["key"]["seed"]: r["perplexity"] for r in groups.get((*cell, m), [])}  # noqa: E731
+            gap, gap_sd, n = paired_difference(seeds_of("random"), seeds_of("oracle"))
+            if n and gap > gap_sd:  # an evidence cell, paired: oracle below random by more than their std
+                evidence += 1
+                e_beyond += p_diff < -p_sd
         if diffs:
-            rows.append([method, len(diffs), f"{within} of {len(diffs)}", beyond, f"{np.mean(diffs):+.2f}"])
+            rows.append([method, len(diffs), f"{within} of {len(diffs)}", beyond, f"{np.mean(diffs):+.2f}",
+                         f"{p_within} of {len(diffs)}", p_beyond, f"{e_beyond} of {evidence}"])
     return rows
 
 
@@ -490,8 +501,11 @@ def report(args, results_path: Path) -> None:
             "Robustness: each method against the best of the *other* baselines (random, knn, dsir, classifier, "
             "gradalign; not none) of each cell, which changes from cell to cell; at or above it within the larger "
             "seed std, beyond it (better by more than that std), and the mean difference in perplexity (negative: "
-            "lower than the best other baseline):", "",
-            markdown_table(["method", "cells", "at or above within spread", "better beyond spread", "mean − best other"],
+            "lower than the best other baseline). The last two columns pair the runs by seed (same adaptation draw, "
+            "same training noise): the mean of the per-seed differences against their own std; the last counts only "
+            "the evidence cells, paired (random − oracle above the std of its per-seed differences):", "",
+            markdown_table(["method", "cells", "at or above within spread", "better beyond spread", "mean − best other",
+                            "paired: at or above", "paired: better beyond", "paired: better beyond, evidence cells"],
                            robustness_rows(groups, cells, methods)), "",
             "Convergence, the paper's claim: the gap closed at each checkpoint of the same training runs, against "
             "none's *final* perplexity (mean ± std over every cell and seed):", "",

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 
 def machine() -> str:
     cpu = "unknown CPU"
@@ -77,3 +79,15 @@ def parse_variants(items: list[str]) -> dict[str, tuple[str, list[str]]]:
             raise SystemExit(f"--variant {item!r}: expected NAME=METHOD[:key=value,...]")
         out[name] = (method, [o for o in opts.split(",") if o])
     return out
+
+
+def paired_difference(mine: dict[int, float], other: dict[int, float]) -> tuple[float, float, int]:
+    """mine − other seed by seed, over the seeds both ran: the mean, the std of the per-seed differences
+    (ddof 1; 0 with one seed) and the number of seeds. The seed fixes the adaptation draw and the training
+    noise for every method alike, so the paired std is the spread that belongs to the methods' difference;
+    the unpaired seed std also carries how much each draw of n_A examples helps or hurts every method."""
+    seeds = sorted(set(mine) & set(other))
+    diffs = np.array([mine[s] - other[s] for s in seeds], dtype=float)
+    if not len(diffs):
+        return float("nan"), float("nan"), 0
+    return float(diffs.mean()), float(diffs.std(ddof=1)) if len(diffs) > 1 else 0.0, len(diffs)

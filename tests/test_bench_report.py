@@ -1,0 +1,35 @@
+"""The benchmarks' paired comparison: per-seed differences, by hand."""
+import math
+
+import pytest
+
+from benchmarks.bench_lm import robustness_rows
+from benchmarks.report import paired_difference
+
+
+def test_paired_difference_by_hand():
+    mean, sd, n = paired_difference({0: 10.0, 1: 14.0, 2: 12.0}, {0: 11.0, 1: 15.0, 2: 14.0, 3: 1.0})
+    assert n == 3 and mean == pytest.approx(-4 / 3)  # seed 3 is in one arm only: left out
+    assert sd == pytest.approx(math.sqrt(((-1 + 4 / 3) ** 2 * 2 + (-2 + 4 / 3) ** 2) / 2))
+    assert paired_difference({0: 1.0}, {0: 3.0}) == (-2.0, 0.0, 1)
+    mean, sd, n = paired_difference({0: 1.0}, {1: 1.0})
+    assert n == 0 and math.isnan(mean) and math.isnan(sd)
+
+
+def _runs(cell, method, values):
+    return {(*cell, method): [{"key": {"seed": s}, "perplexity": v} for s, v in enumerate(values)]}
+
+
+def test_robustness_pairs_runs_by_seed():
+    """A method 1 below knn on every seed, where the seeds move both by ±5: a tie unpaired (the seed std
+    is 5), better beyond the spread paired (the differences do not vary); the cell is evidence paired."""
+    cell = ("d", 16, 128)
+    groups = {**_runs(cell, "knn", [100.0, 105.0, 110.0]), **_runs(cell, "mine", [99.0, 104.0, 109.0]),
+              **_runs(cell, "random", [104.0, 109.5, 114.0]), **_runs(cell, "oracle", [98.0, 103.0, 108.0])}
+    rows = {r[0]: r for r in robustness_rows(groups, [cell], ["knn", "mine", "random"])}
+    method, cells, within, beyond, mean, p_within, p_beyond, evidence = rows["mine"]
+    assert (cells, within, beyond, mean) == (1, "1 of 1", 0, "-1.00")
+    assert (p_within, p_beyond, evidence) == ("1 of 1", 1, "1 of 1")
+    assert rows["knn"][5:] == ["1 of 1", 1, "1 of 1"]  # knn against random (mine is not a baseline): 4-4.5 below
+    groups.update(_runs(cell, "random", [104.0, 103.0, 115.0]))  # knn − random: -4, +2, -5, so not beyond paired; random − oracle 6, 0, 7: still evidence
+    assert robustness_rows(groups, [cell], ["knn"])[0][5:] == ["1 of 1", 0, "0 of 1"]
