@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.report import markdown_table, parse_variants, save_figure, write_section
+from benchmarks.report import markdown_table, paired_difference, parse_variants, save_figure, write_section
 from albat.pipeline.cli import main as albat
 from albat.stores.embedding_store import EmbeddingStore
 
@@ -342,9 +342,13 @@ def report(args, results_path: Path, track: Track | None = None) -> None:
             markdown_table(["method", "evidence cells (W/T/L)", "control cells (W/T/L)", "at or above within spread"],
                            win_counts(wins)), "",
             "Every method and --variant against the best of the *other* baselines of each cell (which changes from "
-            "cell to cell: how robust one fixed choice is), with the same tie and evidence rules:", "",
-            markdown_table(["method", "cells", "evidence (W/T/L)", "control (W/T/L)", "mean − best"],
-                           variant_counts({cell: {meth: [r["mrr"] for r in groups[(*cell, meth)]] for meth in methods
+            "cell to cell: how robust one fixed choice is), with the same tie and evidence rules; the last two "
+            "columns pair the runs by seed (same adaptation draw and judge noise): the per-seed differences' mean "
+            "against their own std, evidence cells paired the same way:", "",
+            markdown_table(["method", "cells", "evidence (W/T/L)", "control (W/T/L)", "mean − best",
+                            "paired: evidence (W/T/L)", "paired: control (W/T/L)"],
+                           variant_counts({cell: {meth: {r["key"]["seed"]: r["mrr"] for r in groups[(*cell, meth)]}
+                                                  for meth in methods
                                                   if (*cell, meth) in groups} for cell in {key[:3] for key in groups}},
                                           [meth for meth in methods if meth not in ("none", "oracle")])), "",
             "Selection time per call (seconds, the filter stage's own clock) and share of kept pairs from the "
@@ -415,28 +419,38 @@ def separation(groups, cell: tuple) -> tuple[float, float] | None:
     return float(oracle.mean() - random_.mean()), spread(groups, cell, ["oracle", "random"])
 
 
-def variant_counts(cells: dict[tuple, dict[str, list[float]]], variants: list[str]) -> list[list[str]]:
+def variant_counts(cells: dict[tuple, dict[str, dict[int, float]]], variants: list[str]) -> list[list[str]]:
+    """Per method or variant (runs: seed → MRR), W/T/L against the best other baseline of each cell on
+    evidence and control cells, the mean difference, and the same W/T/L paired by seed (`paired_difference`:
+    the per-seed differences' mean against their std; evidence: oracle − random paired the same way)."""
     baselines = [m for m in METHODS if m not in PRODUCT + ("oracle",)]
     out = []
     for name in variants:
         tally = {"evidence": [0, 0, 0], "control": [0, 0, 0]}
+        paired = {"evidence": [0, 0, 0], "control": [0, 0, 0]}
         diffs = []
         for runs in cells.values():
             present = [b for b in baselines if b in runs and b != name]  # a baseline meets the best of the others
             if name not in runs or not present:
                 continue
-            best = max(present, key=lambda b: np.mean(runs[b]))
-            diff = float(np.mean(runs[name]) - np.mean(runs[best]))
-            sd = max((float(np.std(runs[x], ddof=1)) for x in (name, best) if len(runs[x]) > 1), default=0.0)
-            sep = None
+            values = {m: list(v.values()) for m, v in runs.items()}
+            best = max(present, key=lambda b: np.mean(values[b]))
+            diff = float(np.mean(values[name]) - np.mean(values[best]))
+            sd = max((float(np.std(values[x], ddof=1)) for x in (name, best) if len(values[x]) > 1), default=0.0)
+            sep = p_sep = None
             if "oracle" in runs and "random" in runs:
-                sep = (float(np.mean(runs["oracle"]) - np.mean(runs["random"])),
-                       max((float(np.std(runs[x], ddof=1)) for x in ("oracle", "random") if len(runs[x]) > 1), default=0.0))
+                sep = (float(np.mean(values["oracle"]) - np.mean(values["random"])),
+                       max((float(np.std(values[x], ddof=1)) for x in ("oracle", "random") if len(values[x]) > 1),
+                           default=0.0))
+                p_sep = paired_difference(runs["oracle"], runs["random"])[:2]
             tally[cell_kind(sep)][("win", "tie", "loss").index(verdict(diff, sd))] += 1
+            p_diff, p_sd, _ = paired_difference(runs[name], runs[best])
+            paired[cell_kind(p_sep)][("win", "tie", "loss").index(verdict(p_diff, p_sd))] += 1
             diffs.append(diff)
         if diffs:
             out.append([name, str(len(diffs)), "/".join(map(str, tally["evidence"])), "/".join(map(str, tally["control"])),
-                        f"{np.mean(diffs):+.4f}"])
+                        f"{np.mean(diffs):+.4f}", "/".join(map(str, paired["evidence"])),
+                        "/".join(map(str, paired["control"]))])
     return out
 
 
@@ -454,12 +468,13 @@ def report_ablation(args, results_path: Path, tags: list[str]) -> None:
             opts = r.get("auto_options") if k["method"] == "auto" else r.get("albat_options")
             legend[tag] = f"{k['method']}: " + (" ".join(opts or []) or "default options") + (
                 f", candidate pool k = {r['k']} neighbours per example" if r.get("k", 64) != 64 else "")
-        cells.setdefault((k["domain"], k["n_a"], k["m"]), {}).setdefault(name, []).append(r["mrr"])
+        cells.setdefault((k["domain"], k["n_a"], k["m"]), {}).setdefault(name, {})[k["seed"]] = r["mrr"]
     names = [m for m in METHODS if any(m in c for c in cells.values())] + [t for t in tags if t in legend]
     rows = []
     for cell in sorted(c for c, runs in cells.items() if any(t in runs for t in legend)):
         runs = cells[cell]
-        rows.append([*cell] + [f"{np.mean(runs[n]):.3f}±{np.std(runs[n], ddof=1) if len(runs[n]) > 1 else 0:.3f}"
+        values = {n: list(v.values()) for n, v in runs.items()}
+        rows.append([*cell] + [f"{np.mean(values[n]):.3f}±{np.std(values[n], ddof=1) if len(values[n]) > 1 else 0:.3f}"
                                if n in runs else "-" for n in names])
     note = ("The variants ran before `tau`'s default moved from 0 to inf: each ran with τ = 0 and ε = 1 unless its "
             "options say otherwise, so `abl-tau0` is their reference." if args.section == "select" else
@@ -473,7 +488,8 @@ def report_ablation(args, results_path: Path, tags: list[str]) -> None:
             "report (tie: within the larger seed std of the two; evidence: oracle − random beyond their spread); "
             "mean difference over the cells it ran. Each baseline is held to the same test against the best of the "
             "*other* baselines, which changes from cell to cell (how robust a single fixed choice is):", "",
-            markdown_table(["variant", "cells", "evidence (W/T/L)", "control (W/T/L)", "mean − best"],
+            markdown_table(["variant", "cells", "evidence (W/T/L)", "control (W/T/L)", "mean − best",
+                            "paired: evidence (W/T/L)", "paired: control (W/T/L)"],
                            variant_counts(cells, [n for n in names if n != "oracle"]))]
     write_section(args.out, f"{args.section}-ablation", "Selection quality: albat ablation"
                   + ("" if args.section == "select" else f" ({args.section})"), "\n".join(body))

@@ -33,3 +33,16 @@ def test_robustness_pairs_runs_by_seed():
     assert rows["knn"][5:] == ["1 of 1", 1, "1 of 1"]  # knn against random (mine is not a baseline): 4-4.5 below
     groups.update(_runs(cell, "random", [104.0, 103.0, 115.0]))  # knn − random: -4, +2, -5, so not beyond paired; random − oracle 6, 0, 7: still evidence
     assert robustness_rows(groups, [cell], ["knn"])[0][5:] == ["1 of 1", 0, "0 of 1"]
+
+
+def test_variant_counts_pair_runs_by_seed():
+    """Contrastive track (MRR, higher is better): a variant 0.01 above knn on every seed while the seeds move
+    every method by ±0.05 ties unpaired and wins paired; the cell is evidence only paired."""
+    from benchmarks.bench_select import variant_counts
+
+    seeds = lambda values: dict(enumerate(values))  # noqa: E731
+    cell = {"knn": seeds([0.30, 0.35, 0.40]), "mine": seeds([0.31, 0.36, 0.41]),
+            "random": seeds([0.28, 0.33, 0.385]), "oracle": seeds([0.30, 0.35, 0.40])}
+    row = variant_counts({("d", 16, 64): cell}, ["mine"])[0]
+    assert row[:5] == ["mine", "1", "0/0/0", "0/1/0", "+0.0100"]  # unpaired: a control cell, a tie
+    assert row[5:] == ["1/0/0", "0/0/0"]  # paired: oracle − random 0.02, 0.02, 0.015: evidence; mine wins
