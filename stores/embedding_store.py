@@ -308,9 +308,13 @@ class EmbeddingStore:
     def texts_for_ids(self, ids: np.ndarray, column: str | None = None) -> list[str]:
         """Texts (default: the embedded text column, a chat column rendered as embedded) of some ids,
         reading only the shards that hold them."""
+        return self.texts_at(self.id_positions(ids), column)
+
+    def texts_at(self, positions: np.ndarray, column: str | None = None) -> list[str]:
+        """Texts (as `texts_for_ids`) at global row positions, reading only the shards that hold them."""
         column = column or self.info["text_column"]
-        out: list[str] = [""] * len(ids)
-        for index, mask, rows in self.locate(self.id_positions(ids)):
+        out: list[str] = [""] * len(positions)
+        for index, mask, rows in self.locate(positions):
             texts = as_texts(self.metadata(index, [column]).column(column).take(rows), self.chat_template)
             for slot, text in zip(np.nonzero(mask)[0], texts):
                 out[slot] = text

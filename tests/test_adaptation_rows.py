@@ -269,6 +269,9 @@ def test_whole_run_from_a_memory_url_corpus_and_a_csv_adaptation_set(small_wiki:
     store = EmbeddingStore(tmp_path / "work" / "store")
     assert store.info["rows"] == len(rows) and [f[2] for f in store.info["files"]] == [150, len(rows) - 150]
     assert store.texts_for_ids(np.arange(len(rows), dtype=np.int64)) == [r["text"] for r in rows]
+    positions = np.array([len(rows) - 1, 0, 151, 149])  # across both shards, out of order
+    assert store.texts_at(positions) == [rows[int(i)]["text"] for i in store.ids_at(positions)]
+    assert store.texts_at(positions, "title") == [rows[int(i)]["title"] for i in store.ids_at(positions)]
     table = pa.concat_tables(pq.read_table(f) for f in _shards(tmp_path / "work"))
     adapt = table.filter(table.column("albat_is_adaptation")).sort_by("albat_query")
     assert adapt.column("title").to_pylist() == [r["title"] for r in records]

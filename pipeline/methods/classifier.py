@@ -254,7 +254,8 @@ class ClassifierMethod(SelectionMethod):
             return None if column is None else store.texts_for_ids(row_ids, column)
 
         model = fit_classifier(rows_of(positives, request.adaptation_texts),
-                               rows_of(store.vectors_at(negatives), texts_at(store.ids_at(negatives))),
+                               rows_of(store.vectors_at(negatives),
+                                       None if column is None else store.texts_at(negatives, column)),
                                opts["C"], request.seed)
         if opts["pool"] == "corpus":
             return self._select_corpus(request, model, len(negatives), ids, query_idx, block_reason, column)
