@@ -150,7 +150,9 @@ def main() -> None:
     parser.add_argument("--projection-dim", type=int, default=1024)
     parser.add_argument("--test-texts", type=int, default=300)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--report-only", action="store_true",
+                        help="tabulate WORK/results.jsonl again: only the runs of --seeds and --methods (with the "
+                             "backbone and full references)")
     parser.add_argument("--query-only", action="store_true", help="only run every cell's query stage (no backbone LM "
                         "needed: prepares the cells while it pre-trains)")
     args = parser.parse_args()
@@ -404,12 +406,22 @@ def robustness_rows(groups: dict[tuple, list[dict]], cells: list[tuple], methods
     return rows
 
 
+def tabulated(records: list[dict], seeds: set[int], methods: set[str]) -> list[dict]:
+    """The records a --report-only table shows: the references (backbone, full) and the selection runs of
+    the given seeds and methods, so a method run on more seeds than the others is not compared on
+    unequal seeds."""
+    return [r for r in records if r["key"]["method"] in ("backbone", "full")
+            or (r["key"]["method"] in methods and r["key"].get("seed") in seeds)]
+
+
 def report(args, results_path: Path) -> None:
     """Mean ± std over seeds per (domain, n_A, m, method): perplexity, the none → full gap closed,
     convergence, verdicts and times; tables and a plot into BENCHMARKS.md (section --section)."""
     records = list({json.dumps(r["key"], sort_keys=True): r for r in map(json.loads, results_path.read_text().splitlines())
                     }.values())  # one record per run key: two processes that ran one run both appended it
     records = [r for r in records if r["key"].get("steps", args.steps) == args.steps]
+    if args.report_only:
+        records = tabulated(records, {int(x) for x in args.seeds.split(",") if x}, set(args.methods.split(",")))
     backbone = {r["key"]["domain"]: r["perplexity"] for r in records if r["key"]["method"] == "backbone"}
     full = {(r["key"]["domain"], r["key"]["seed"]): r for r in records if r["key"]["method"] == "full"}
     groups: dict[tuple, list[dict]] = {}

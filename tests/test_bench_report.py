@@ -46,3 +46,14 @@ def test_variant_counts_pair_runs_by_seed():
     row = variant_counts({("d", 16, 64): cell}, ["mine"])[0]
     assert row[:5] == ["mine", "1", "0/0/0", "0/1/0", "+0.0100"]  # unpaired: a control cell, a tie
     assert row[5:] == ["1/0/0", "0/0/0"]  # paired: oracle − random 0.02, 0.02, 0.015: evidence; mine wins
+
+
+def test_report_only_tabulates_the_given_seeds_and_methods():
+    from benchmarks.bench_lm import tabulated
+
+    records = [{"key": {"method": "backbone", "domain": "d"}}, {"key": {"method": "full", "seed": 0}},
+               {"key": {"method": "knn", "seed": 0}}, {"key": {"method": "knn", "seed": 3}},
+               {"key": {"method": "dsir", "seed": 0}}]
+    kept = tabulated(records, {0, 1, 2}, {"knn"})
+    assert [r["key"].get("seed") for r in kept if r["key"]["method"] == "knn"] == [0]
+    assert {r["key"]["method"] for r in kept} == {"backbone", "full", "knn"}
