@@ -375,15 +375,22 @@ def robustness_rows(groups: dict[tuple, list[dict]], cells: list[tuple], methods
     best baseline changes from cell to cell: cells run, at or above it within the larger seed std,
     beyond it, the mean difference in perplexity (negative: better), and the same two counts paired by
     seed (`paired_difference`: the per-seed differences' mean against their std)."""
+    def by_seed(cell: tuple, method: str) -> dict[int, float]:
+        return {r["key"]["seed"]: r["perplexity"] for r in groups.get((*cell, method), [])}
+
+    def is_evidence(cell: tuple) -> bool:  # paired: oracle below random by more than the std of their differences
+        gap, gap_sd, n = paired_difference(by_seed(cell, "random"), by_seed(cell, "oracle"))
+        return bool(n) and gap > gap_sd
+
+    evidence_cells = {cell for cell in cells if is_evidence(cell)}
     rows = []
     for method in methods:
         if method in ("none", "oracle"):
             continue
         diffs, within, beyond, p_within, p_beyond, evidence, e_beyond = [], 0, 0, 0, 0, 0, 0
         for cell in cells:
-            mine = {r["key"]["seed"]: r["perplexity"] for r in groups.get((*cell, method), [])}
-            others = {b: {r["key"]["seed"]: r["perplexity"] for r in groups[(*cell, b)]} for b in BASELINES
-                      if b not in (method, "none") and (*cell, b) in groups}
+            mine = by_seed(cell, method)
+            others = {b: by_seed(cell, b) for b in BASELINES if b not in (method, "none") and (*cell, b) in groups}
             if not mine or not others:
                 continue
             best = min(others, key=lambda b: np.mean(list(others[b].values())))
@@ -395,9 +402,7 @@ def robustness_rows(groups: dict[tuple, list[dict]], cells: list[tuple], methods
             p_diff, p_sd, _ = paired_difference(mine, others[best])
             p_within += p_diff <= p_sd
             p_beyond += p_diff < -p_sd
-            seeds_of = lambda m: {r["key"]["seed"]: r["perplexity"] for r in groups.get((*cell, m), [])}  # noqa: E731
-            gap, gap_sd, n = paired_difference(seeds_of("random"), seeds_of("oracle"))
-            if n and gap > gap_sd:  # an evidence cell, paired: oracle below random by more than their std
+            if cell in evidence_cells:
                 evidence += 1
                 e_beyond += p_diff < -p_sd
         if diffs:

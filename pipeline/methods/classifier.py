@@ -250,7 +250,7 @@ class ClassifierMethod(SelectionMethod):
         def rows_of(vectors: np.ndarray, texts: list[str] | None):
             return feature_rows(vectors, texts, features, buckets)
 
-        def texts_at(row_ids: np.ndarray) -> list[str] | None:
+        def texts_of(row_ids: np.ndarray) -> list[str] | None:
             return None if column is None else store.texts_for_ids(row_ids, column)
 
         model = fit_classifier(rows_of(positives, request.adaptation_texts),
@@ -259,15 +259,14 @@ class ClassifierMethod(SelectionMethod):
                                opts["C"], request.seed)
         if opts["pool"] == "corpus":
             return self._select_corpus(request, model, len(negatives), ids, query_idx, block_reason, column)
-        score = log_odds(model, rows_of(store.vectors_for_ids(ids), texts_at(ids))) if len(ids) else np.zeros(0)
+        score = log_odds(model, rows_of(store.vectors_for_ids(ids), texts_of(ids))) if len(ids) else np.zeros(0)
         open_rows = np.nonzero(~blocked)[0]
         if opts["draw"] == "target":
             ranked = open_rows[target_draw(score[open_rows], ids[open_rows], request.budget, request.seed)]
         else:
             ranked = open_rows[top_scores(score[open_rows], ids[open_rows], opts["spread"] * request.budget)]
-            ranked = ranked[:spread_pool(score[ranked], request.budget, opts["spread_floor"])]
-        chosen, cost = self._spread(store, ids, ranked, request.budget)
-        passed_over = set(ranked.tolist()) - set(chosen.tolist()) if cost else set()
+        chosen, cost, pool = self._spread(store, ids, ranked, score[ranked], request.budget)
+        passed_over = set(pool.tolist()) - set(chosen.tolist()) if cost else set()
         m, n_neg, seed, spread = len(chosen), len(negatives), request.seed, opts["spread"]
         cut = f"lowest kept {score[chosen].min():.3f}" if m else "budget 0"
         if opts["draw"] == "target":
@@ -278,7 +277,7 @@ class ClassifierMethod(SelectionMethod):
             if opts["draw"] == "target":
                 return f"rejected: classifier log-odds {score[row]:.3f}, not drawn ({cut})"
             if row in passed_over:
-                return passed_over_reason(score[row], len(ranked), "", spread)
+                return passed_over_reason(score[row], len(pool), "", spread)
             if spread > 1 and score[row] < opts["spread_floor"]:
                 return (f"rejected: classifier log-odds {score[row]:.3f} below the spread floor "
                         f"{opts['spread_floor']:g} and the {m} kept ({cut})")
@@ -295,15 +294,19 @@ class ClassifierMethod(SelectionMethod):
         features = self.options["features"]
         return "" if features == "embedding" else f"features {features}, "
 
-    def _spread(self, store: EmbeddingStore, ids: np.ndarray, ranked: np.ndarray,
-                budget: int) -> tuple[np.ndarray, dict[int, float]]:
-        """`ranked` (rows, best first) cut to the budget: the first `budget` (spread 1, or too few rows
-        to choose among), or the spread picks among them with each pick's summed cosine to the earlier
-        ones (empty when nothing was spread)."""
-        if self.options["spread"] == 1 or len(ranked) <= budget:
-            return ranked[:budget], {}
-        picks, cost = spread_picks(store.vectors_for_ids(ids[ranked]), budget)
-        return ranked[picks], dict(zip(ranked[picks].tolist(), cost.tolist()))
+    def _spread(self, store: EmbeddingStore, ids: np.ndarray, ranked: np.ndarray, ranked_score: np.ndarray,
+                budget: int) -> tuple[np.ndarray, dict[int, float], np.ndarray]:
+        """`ranked` (rows, best first; their log-odds `ranked_score`) cut to the budget: the first `budget`
+        (spread 1, or too few rows to choose among), or the spread picks among the rows at or above
+        `spread_floor` (`spread_pool`). Returns the kept rows, each spread pick's summed cosine to the earlier
+        ones (empty when nothing was spread) and the rows the picks chose among."""
+        if self.options["spread"] == 1:
+            return ranked[:budget], {}, ranked[:budget]
+        pool = ranked[:spread_pool(ranked_score, budget, self.options["spread_floor"])]
+        if len(pool) <= budget:
+            return pool[:budget], {}, pool
+        picks, cost = spread_picks(store.vectors_for_ids(ids[pool]), budget)
+        return pool[picks], dict(zip(pool[picks].tolist(), cost.tolist())), pool
 
     def _select_corpus(self, request: SelectionRequest, model: LogisticRegression, n_neg: int, cand_ids: np.ndarray,
                        cand_query: np.ndarray, block_reason: list[str | None], column: str | None) -> SelectionResult:
@@ -319,11 +322,8 @@ class ClassifierMethod(SelectionMethod):
         top_ids, top_score, top_key = (np.concatenate([p[k] for p in parts]) for k in ("ids", "score", "key"))
         best = top_scores(top_key, top_ids, spread * budget)
         top_ids, top_score = top_ids[best], top_score[best]
-        if draw == "top":
-            cut_at = spread_pool(top_score, budget, self.options["spread_floor"])
-            top_ids, top_score = top_ids[:cut_at], top_score[:cut_at]
-        order, cost = self._spread(request.store, top_ids, np.arange(len(top_ids)), budget)
-        passed_over_ids = top_ids[~np.isin(np.arange(len(top_ids)), order)]  # among the spread x budget best, not kept
+        order, cost, pool = self._spread(request.store, top_ids, np.arange(len(top_ids)), top_score, budget)
+        passed_over_ids = top_ids[np.setdiff1d(pool, order)]  # among those the spread chose from, not kept
         kept_ids, kept_score = top_ids[order], top_score[order]
         cand_score = np.full(len(cand_ids), np.nan)
         sorter = np.argsort(cand_ids)
@@ -347,7 +347,7 @@ class ClassifierMethod(SelectionMethod):
 
         def rejected_reason(row: int) -> str:
             if row in passed_over:
-                return passed_over_reason(score[row], len(top_ids), " of the corpus", spread)
+                return passed_over_reason(score[row], len(pool), " of the corpus", spread)
             return (f"rejected: classifier log-odds {score[row]:.3f}, not among the {m} kept from the corpus ({cut})")
 
         return ranked_result(
