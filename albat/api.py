@@ -141,9 +141,16 @@ def stage_paths(stage: str, work: Any) -> dict[str, Path]:
 
 
 def workdir(config: Mapping[str, Any]):
-    """The work directory a config names (stores.workdir.Workdir)."""
+    """The work directory a config names (stores.workdir.Workdir); for a URL (`s3://...`), its local
+    mirror, with `remote` the stores.remote.Mirror that pulls and pushes it."""
+    from albat.stores.remote import Mirror, is_remote
     from albat.stores.workdir import Workdir
 
+    if is_remote(config["work"]):
+        mirror = Mirror(config["work"])
+        work = Workdir(mirror.local, output=config["emit"]["output"], task=config["task"])
+        work.remote = mirror
+        return work
     return Workdir(config["work"], output=config["emit"]["output"], task=config["task"])
 
 
@@ -154,11 +161,16 @@ def run_stages(stages: Sequence[str], config: dict[str, Any], show_progress: boo
     from albat.pipeline.stage import run_stage, stage_class
 
     work = workdir(config)
+    if work.remote is not None:  # a URL: pull what the remote holds into the mirror, run there, push each stage
+        work.remote.pull()
+        work = workdir(config)  # its task and output placed from the pulled files
     work.lock(read_links=not {"embed", "index"} & set(stages))  # a linked store is only read by the others
     results: dict[str, StageResult] = {}
     try:
         for stage in stages:
             summary = run_stage(stage_class(stage)(config, work, show_progress=show_progress, force=force))
+            if work.remote is not None:
+                work.remote.push()
             skipped = bool(summary.pop("skipped", False))
             result = RESULT_TYPES.get(stage, StageResult)(stage, skipped, summary, stage_paths(stage, work))
             results[stage] = result
@@ -353,13 +365,15 @@ def sql(work: str | os.PathLike, query: str, **tables: Any):
     `candidate_pairs`, `blocked`, `adaptation`, `selection`, `mix`, `mix_groups`, `shards`, the macro `reason_kind`), as a
     pyarrow Table; `tables`: more views, name -> a pyarrow Table or DataFrame."""
     from albat.pipeline.sql import query_table
+    from albat.stores.remote import local_work
 
-    return query_table(os.fspath(work), query, tables)
+    return query_table(local_work(os.fspath(work)), query, tables)
 
 
 def report(work: str | os.PathLike, out: str | os.PathLike | None = None, *, task: str = "default",
            seed: int = 0) -> Path:
     """`albat report`: the HTML page of one run; returns its path."""
     from albat.pipeline.report import write_report
+    from albat.stores.remote import local_work
 
-    return write_report(os.fspath(work), out=os.fspath(out) if out is not None else None, seed=seed, task=task)
+    return write_report(local_work(os.fspath(work)), out=os.fspath(out) if out is not None else None, seed=seed, task=task)

@@ -153,6 +153,77 @@ def ray_overhead(tmp: Path, rows: int, rounds: int) -> tuple[list[list], bool]:
     return out, same
 
 
+def real_text_corpus(root: Path, n: int, seed: int, file_rows: int = 100_000) -> list[Path]:
+    """N rows of real text: the selection benchmark's pool (WordNet glosses, FOLDOC entries, German
+    fortunes, VERA acronyms, Wikipedia summaries) repeated; repeat 0 is the pool itself, each later
+    repeat drops one word per text, chosen by a generator seeded [seed, repeat]. Parquet files of
+    `file_rows` rows (id, text); the same seed gives the same bytes, and N=100k is the first file of N=1M."""
+    pool = pq.read_table("data/select/pool.parquet", columns=["text"])["text"].to_pylist()
+    root.mkdir(parents=True, exist_ok=True)
+    files, texts, start = [], [], 0
+    for position in range(n):
+        repeat, i = divmod(position, len(pool))
+        text = pool[i]
+        if repeat:
+            if i == 0:
+                drops = np.random.default_rng([seed, repeat]).integers(0, 2**31, len(pool))
+            words = text.split()
+            if len(words) > 1:
+                del words[drops[i] % len(words)]
+            text = " ".join(words)
+        texts.append(text)
+        if len(texts) == file_rows or position == n - 1:
+            files.append(root / f"part-{len(files):03d}.parquet")
+            pq.write_table(pa.table({"id": np.arange(start, start + len(texts), dtype=np.int64), "text": texts}), files[-1])
+            start += len(texts)
+            texts = []
+    return files
+
+
+def run_stage(argv: list[str]) -> dict:
+    """One CLI stage in its own process: wall seconds, peak RSS and peak anonymous memory (MiB)."""
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", CHILD, *argv, "--quiet"], capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    wall = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(result.stderr[-3000:])
+    return {"wall": wall, "rss": int(result.stderr.split("PEAK_RSS_KIB")[-1].split()[0]) / 1024,
+            "anon": int(result.stderr.split("PEAK_ANON_KIB")[-1].split()[0]) / 1024, "stderr": result.stderr}
+
+
+def text_scale(tmp: Path, sizes: list[int], budget: str, adaptation: str) -> list[list]:
+    """embed, index (IVF lists merged on disk under `budget`) and query on N rows of real text, each
+    stage in its own process: rows/s, wall time, peak RSS and anonymous memory; the index's recall and
+    queries/s as the stage measures them."""
+    rows = []
+    for n in sizes:
+        work = tmp / f"text-{n}"
+        files = real_text_corpus(tmp / f"text-corpus-{n}", n, seed=0)
+        embed = run_stage(["embed", "--work", str(work), "--input", *map(str, files)])
+        runtime = json.loads((work / "store" / "store.json").read_text()).get("encoder", {})
+        print(f"embed {n}: {embed['wall']:.0f} s, {n / embed['wall']:.0f} rows/s", flush=True)
+        index = run_stage(["index", "--work", str(work), "--memory-budget", budget, "--flat-max-rows", "10000",
+                           "--on-disk"])
+        infos = json.loads((work / "index" / "index_infos.json").read_text())
+        print(f"index {n}: {index['wall']:.0f} s {infos['index_key']}", flush=True)
+        query = run_stage(["query", "--work", str(work), "--adaptation", adaptation])
+        print(f"query {n}: {query['wall']:.0f} s", flush=True)
+        label = f"{runtime.get('backend', '?')}/{runtime.get('dtype', '?')}"
+        rows.append([f"{n:,}", "embed", label, f"{embed['wall']:.0f}", f"{n / embed['wall']:.0f}",
+                     f"{embed['rss']:.0f}", f"{embed['anon']:.0f}", ""])
+        rows.append([f"{n:,}", "index", f"{infos['index_key']}, {budget} on disk", f"{index['wall']:.0f}", "",
+                     f"{index['rss']:.0f}", f"{index['anon']:.0f}",
+                     f"recall@10 {infos['recall_at_k']:.3f}" + (f" at nprobe {infos['nprobe']}" if infos["nprobe"] else "")
+                     + f", {infos['queries_per_s']:.0f} queries/s"])
+        rows.append([f"{n:,}", "query", Path(adaptation).parent.name, f"{query['wall']:.0f}", "",
+                     f"{query['rss']:.0f}", f"{query['anon']:.0f}", ""])
+        import shutil
+        shutil.rmtree(work)
+        shutil.rmtree(tmp / f"text-corpus-{n}")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="100000,1000000")
@@ -166,7 +237,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--out", default="BENCHMARKS.md")
     parser.add_argument("--section", default="scale", help="BENCHMARKS.md section name")
+    parser.add_argument("--parts", default="index,text", help="comma-separated: index (synthetic vectors, autofaiss, "
+                        "Ray embed), text (real text through embed, index and query)")
+    parser.add_argument("--text-sizes", default="100000,1000000")
+    parser.add_argument("--text-budget", default="512MB")
+    parser.add_argument("--text-adaptation", default="data/select/foldoc/adapt.parquet")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    if "text" in parts:
+        text_part(args)
+    if "index" not in parts:
+        return
     rows, load = [], [os.getloadavg()[0]]
     sizes = [int(x) for x in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -217,6 +298,33 @@ def main() -> None:
             f"{'yes' if same else 'NO'}.\n\n"
             + markdown_table(["executor", "rows", "wall s per round", "median s", "rows/s", "vs local"], embed_rows)) if embed_rows else ""))
     write_section(Path(args.out), args.section, "Scale: index at 100k and 1M vectors, autofaiss, the Ray executor", body)
+    print(body)
+
+
+def text_part(args: argparse.Namespace) -> None:
+    load = [os.getloadavg()[0]]
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    with tempfile.TemporaryDirectory(dir=os.environ.get("ALBAT_BENCH_TMP")) as tmp_name:
+        rows = text_scale(Path(tmp_name), [int(x) for x in args.text_sizes.split(",")], args.text_budget,
+                          args.text_adaptation)
+    load.append(os.getloadavg()[0])
+    cores = os.cpu_count() or 1
+    body = (f"Run {started} to {time.strftime('%H:%M UTC', time.gmtime())}; load average {min(load):.1f} to "
+            f"{max(load):.1f} on {cores} cores.\n\n"
+            "**Real text through embed, index and query.** The corpus is the selection benchmark's pool "
+            "(`data/select/pool.parquet`: WordNet glosses, FOLDOC entries, German fortunes, VERA acronyms, Wikipedia "
+            "summaries; 135,433 texts, 127 characters on average) repeated to N rows: repeat 0 is the pool, each later "
+            "repeat drops one word per text (seeded). Real text repeated with variation, not 1M distinct texts. "
+            "Parquet files of 100k rows; each stage is the CLI in its own process with its defaults (encoder runtime "
+            "`auto`: the probe's choice on this CPU), except the index: `--memory-budget "
+            f"{args.text_budget} --flat-max-rows 10000 --on-disk` (IVF lists merged on disk). The query stage retrieves "
+            f"for `{args.text_adaptation}` (exact-duplicate scan of every shard, k-NN, re-rank). Wall time includes "
+            "start-up and, for embed, the runtime probe. Peak anon MiB: the process's anonymous memory (RssAnon "
+            "sampled every 20 ms); peak RSS also counts memory-mapped store pages.\n\n"
+            + markdown_table(["rows", "stage", "runtime / index / adaptation set", "wall s", "rows/s", "peak RSS MiB",
+                              "peak anon MiB", "search"], rows))
+    write_section(Path(args.out), "scale-text", "Scale: 100k and 1M rows of real text through embed, index and query",
+                  body)
     print(body)
 
 

@@ -214,6 +214,10 @@ def _closed_pipe() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in ("sql", "report", "verify"):
+            from albat.stores.remote import local_work
+
+            args.work = local_work(args.work)
         if args.command == "sql":
             from albat.pipeline.sql import run_sql
 
@@ -239,6 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             given = {"work": args.work, **({"seed": args.seed} if args.seed is not None else {}),
                      **({"task": args.task} if args.task is not None else {})}
             config = load_config(args.config, given)
+            from albat.stores.remote import local_work
+
+            config["work"] = local_work(config["work"])
             print(run_diagnose(config, args.budgets, args.lams, options, out=args.json), flush=True)
             return 0
         from albat.pipeline.progress import configure_logging, log
@@ -250,9 +257,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                   else (args.command,)))
         run_stages(stages, config, show_progress=not runtime["quiet"], force=runtime["force"], as_json=runtime["json"])
         if args.command in ("run", "emit"):
-            output = Path(config["work"]) / "tasks" / config["task"] / config["emit"]["output"]
+            from albat.stores.remote import is_remote
+
+            where = f"tasks/{config['task']}/{config['emit']['output']}"
+            output = f"{config['work'].rstrip('/')}/{where}" if is_remote(config["work"]) else Path(config["work"]) / where
             task = "" if config["task"] == "default" else f" --task {config['task']}"
-            hint = (f"shards: {output / 'data'} (open that folder with any Parquet reader; manifest.json and the dataset "
+            hint = (f"shards: {output}/data (open that folder with any Parquet reader; manifest.json and the dataset "
                     f"card README.md beside it); inspect with: albat sql {config['work']}{task} \"SELECT * FROM shards "
                     "LIMIT 5\"")
             log.info(hint) if runtime["json"] else print(hint)

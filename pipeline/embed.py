@@ -320,8 +320,9 @@ class EmbedStage(Stage):
             todo = [t for t in plan.inputs["tasks"] if not store.is_done(t.shard)]
             if todo:  # Ray missing or unreachable is refused here, before anything is written
                 start_ray(executor["ray_address"], int(executor["ray_cpus"]))
+            remote = self.work.remote
             return embed_on_ray(todo, spec, encoder_settings(encoder, options), str(store.root),
-                                {**options, **executor})
+                                {**options, **executor}, remote_shards=f"{remote.url}/store/shards" if remote else None)
         return encode_shards(encoder, spec, store, plan.inputs["tasks"], int(options["batch_size"]), self.show_progress)
 
     def write(self, plan: Plan, computed: Iterator[tuple[int, int, pa.Table | None, np.ndarray | None,
@@ -360,10 +361,14 @@ class EmbedStage(Stage):
         store, tasks = plan.inputs["store"], plan.inputs["tasks"]
         if not store.exists() and tasks:
             store.write_info(plan.inputs["base_info"])
+        if self.work.remote is not None:  # the description first: the shards the actors put are then attributed
+            self.work.remote.push()
         encoded = 0
         for _, _, encoded_rows in computed:
             encoded += encoded_rows
             crash_point("embed.ray_shard")
+        if self.work.remote is not None:  # the actors put their shards on the remote: fetch them for the id index
+            self.work.remote.pull("store/shards")
         missing = [t.shard for t in tasks if not store.is_done(t.shard)]
         if missing:
             raise AlbatError(f"{store.root}: the ray executor left shards {missing[:5]} unwritten; rerun `albat embed`")

@@ -9,11 +9,14 @@ embeds one task at a time with `pipeline.embed.embed_task`, then writes the shar
 store, its shard names and bytes are those of the local executor, a shard with a completion record
 is skipped by either executor, and a run killed under one resumes under the other. The driver
 writes `store.json` before the first task and the id lookup files and `complete` after the last.
-Workers must see the work directory at the same path (one machine, or a shared file system).
+Workers must see the work directory at the same path (one machine, or a shared file system), unless
+the work directory is a URL (`--work s3://...`, stores.remote): then each actor writes its shard in a
+scratch folder of its own and puts the files on the remote, the completion record last.
 
 `map_shards_on_ray` runs a per-shard function of the corpus scans (the query stage's exact
 duplicates, dsir's two passes; `pipeline.shard_map`) as Ray Data tasks, one shard a row; each
-result travels back as .npz bytes and the driver combines them in shard order.
+result travels back as .npz bytes and the driver combines them in shard order. With a remote work
+directory each worker fetches the shard it scans from the remote (`stores.remote.fetch_shard`).
 """
 from __future__ import annotations
 
@@ -31,7 +34,8 @@ from albat.stores.errors import AlbatError
 class EncoderActor:
     """A Ray Data callable class: one encoder per actor, one shard task per batch row."""
 
-    def __init__(self, spec: dict[str, Any], encoder: dict[str, Any], store_root: str, batch_size: int, threads: int):
+    def __init__(self, spec: dict[str, Any], encoder: dict[str, Any], store_root: str, batch_size: int, threads: int,
+                 remote_shards: str | None = None):
         from albat.pipeline.encoders import TextEncoder
         from albat.pipeline.threads import set_threads
         from albat.stores.embedding_store import EmbeddingStore
@@ -39,6 +43,12 @@ class EncoderActor:
         set_threads(threads)
         self.spec = CorpusSpec(**spec)
         self.encoder = TextEncoder(**encoder)
+        self.remote_shards = remote_shards
+        if remote_shards:  # a scratch store of this actor's own; each shard goes to the remote when written
+            import tempfile
+
+            self._scratch = tempfile.TemporaryDirectory(prefix="albat-actor-")
+            store_root = self._scratch.name
         self.store = EmbeddingStore(store_root)
         self.batch_size = batch_size
 
@@ -54,11 +64,23 @@ class EncoderActor:
                 meta, vectors, pair_vectors = embed_task(self.encoder, self.spec, task, self.batch_size)
                 crash_point("embed.before_shard_write")
                 self.store.write_shard(task.shard, vectors, meta, pair_vectors)
+                if self.remote_shards:
+                    self._put(task.shard)
             shards.append(task.shard)
             rows.append(task.rows)
             encoded.append(0 if done else task.rows)
         return {"shard": np.array(shards, np.int64), "rows": np.array(rows, np.int64),
                 "encoded": np.array(encoded, np.int64)}
+
+
+    def _put(self, shard: int) -> None:
+        """The shard's files to the remote store (data first, record last), then out of the scratch folder."""
+        from albat.stores.embedding_store import shard_name
+        from albat.stores.remote import upload_shard
+
+        upload_shard(self.store.shard_dir, shard_name(shard), self.remote_shards)
+        for path in self.store.shard_dir.glob(f"{shard_name(shard)}.*"):
+            path.unlink()
 
 
 def start_ray(address: str | None, cpus: int) -> Any:
@@ -75,9 +97,10 @@ def start_ray(address: str | None, cpus: int) -> Any:
 
 
 def embed_on_ray(tasks: list[ShardTask], spec: CorpusSpec, encoder: dict[str, Any], store_root: str,
-                 options: dict[str, Any]) -> Iterator[tuple[int, int, int]]:
+                 options: dict[str, Any], remote_shards: str | None = None) -> Iterator[tuple[int, int, int]]:
     """(shard, rows, rows encoded here) per task as the actors finish them (any order); tasks
-    already done are counted, not sent."""
+    already done are counted, not sent. `remote_shards`: the URL the actors put each shard under
+    (a remote work directory's `store/shards`), else they write under `store_root`."""
     if not tasks:
         return
     ray = start_ray(options["ray_address"], int(options["ray_cpus"]))
@@ -89,7 +112,8 @@ def embed_on_ray(tasks: list[ShardTask], spec: CorpusSpec, encoder: dict[str, An
         EncoderActor, batch_size=1, concurrency=int(options["ray_actors"]),
         num_cpus=float(options["ray_actor_cpus"]), num_gpus=float(options["ray_actor_gpus"]) or None,
         fn_constructor_kwargs={"spec": asdict(spec), "encoder": encoder, "store_root": store_root,
-                               "batch_size": int(options["batch_size"]), "threads": int(options["threads"])})
+                               "batch_size": int(options["batch_size"]), "threads": int(options["threads"]),
+                               "remote_shards": remote_shards})
     for row in dataset.iter_rows():
         yield int(row["shard"]), int(row["rows"]), int(row["encoded"])
 
@@ -108,14 +132,25 @@ def unpack(blob: bytes) -> dict[str, np.ndarray]:
 
 
 def _shard_batch(batch: dict[str, np.ndarray], fn: Callable[..., dict[str, np.ndarray]], store_root: str,
-                 kwargs: dict[str, Any]) -> dict[str, np.ndarray]:
-    """A Ray Data batch function: `fn(store, shard, **kwargs)` for each shard index in the batch."""
+                 kwargs: dict[str, Any], remote_store: str | None = None) -> dict[str, np.ndarray]:
+    """A Ray Data batch function: `fn(store, shard, **kwargs)` for each shard index in the batch.
+    `remote_store` (a URL): each shard is fetched into a scratch store first (stores.remote)."""
     from albat.stores.embedding_store import EmbeddingStore
 
-    store = EmbeddingStore(store_root)
     shards = [int(s) for s in batch["shard"]]
-    return {"shard": np.array(shards, np.int64),
-            "payload": np.array([pack(fn(store, shard, **kwargs)) for shard in shards], dtype=object)}
+    if remote_store is None:
+        store = EmbeddingStore(store_root)
+        payloads = [pack(fn(store, shard, **kwargs)) for shard in shards]
+    else:
+        import tempfile
+
+        from albat.stores.remote import fetch_shard
+
+        payloads = []
+        for shard in shards:
+            with tempfile.TemporaryDirectory(prefix="albat-scan-") as scratch:
+                payloads.append(pack(fn(fetch_shard(remote_store, shard, scratch), shard, **kwargs)))
+    return {"shard": np.array(shards, np.int64), "payload": np.array(payloads, dtype=object)}
 
 
 def map_shards_on_ray(fn: Callable[..., dict[str, np.ndarray]], store_root: str, shards: list[int],
@@ -126,6 +161,6 @@ def map_shards_on_ray(fn: Callable[..., dict[str, np.ndarray]], store_root: str,
     ray.data.DataContext.get_current().enable_progress_bars = False
     dataset = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards)).map_batches(
         _shard_batch, batch_size=1, num_cpus=1,
-        fn_kwargs={"fn": fn, "store_root": store_root, "kwargs": kwargs})
+        fn_kwargs={"fn": fn, "store_root": store_root, "kwargs": kwargs, "remote_store": executor.get("remote_store")})
     results = {int(row["shard"]): unpack(row["payload"]) for row in dataset.iter_rows()}
     return [(shard, results[shard]) for shard in shards]

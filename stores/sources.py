@@ -82,14 +82,16 @@ def format_of(source: str, fmt: str) -> str:
 
 
 # ----- expanding input arguments ------------------------------------------------------------------
-def _filesystem(raw: str):
+def url_filesystem(raw: str, label: str | None = None):
+    """(fsspec file system, path inside it) for a URL; one line naming `label` (default: the URL)
+    and the package to install when the scheme has no file system here."""
     import fsspec  # only for URLs
 
     try:
         return fsspec.core.url_to_fs(raw)
     except (ImportError, ValueError) as exc:
         scheme = raw.split("://", 1)[0]
-        raise AlbatError(f"{raw}: no file system for '{scheme}://' here ({str(exc).splitlines()[0]}); install the "
+        raise AlbatError(f"{label or raw}: no file system for '{scheme}://' here ({str(exc).splitlines()[0]}); install the "
                          "fsspec package for it (s3fs, gcsfs, adlfs, aiohttp for http) with "
                          "pip install -c constraints.txt") from None
 
@@ -99,7 +101,7 @@ def expand_url(raw: str, fmt: str) -> list[tuple[str, str]]:
     if raw.startswith("hf://") and hub_offline():
         raise AlbatError(f"{raw}: the Hugging Face Hub is off (HF_HUB_OFFLINE=1); download those files on a machine "
                          "that reaches the hub and pass their local paths")
-    fs, root = _filesystem(raw)
+    fs, root = url_filesystem(raw)
     try:
         if any(c in root for c in "*?["):
             names = sorted(fs.glob(root))
@@ -176,7 +178,7 @@ def signature(source: str) -> list:
     if source.startswith(HUB):
         return [[source]]
     if is_url(source):
-        fs, root = _filesystem(source)
+        fs, root = url_filesystem(source)
         try:
             info = fs.info(root)
         except Exception:  # noqa: BLE001 - the readers report an unreadable source with its name

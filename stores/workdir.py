@@ -67,6 +67,7 @@ class Workdir:
         self.tasks = self.root / "tasks"
         self.task = check_task_name(task)
         self._output_name = output
+        self.remote: Any = None  # stores.remote.Mirror when this is the local mirror of a URL
         self._lock_fd: int | None = None
         self._shared_fds: list[int] = []
         self._created: list[Path] = []

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import REPO, SmallWiki, albat, small_run_config
 
@@ -92,3 +93,36 @@ def test_a_killed_ray_run_resumes_locally_to_the_same_store(small_wiki: SmallWik
     assert _files(tmp_path / "work") == _files(local_store)
     assert _info(tmp_path / "work") == _info(local_store)
     assert not list(store.rglob(".*tmp-*"))
+
+
+def _embed_remote(config: Path, url: str, mirror: Path, *flags: str, kill_at: str | None = None):
+    os.environ["ALBAT_WORK_MIRROR"] = str(mirror)
+    try:
+        return _embed(config, "--work", url, *flags, kill_at=kill_at)
+    finally:
+        del os.environ["ALBAT_WORK_MIRROR"]
+
+
+def test_ray_actors_put_shards_on_a_url_work_directory_and_a_killed_run_resumes_elsewhere(
+        small_wiki: SmallWiki, tiny_encoder: str, local_store: Path, tmp_path: Path) -> None:
+    """`--work file://...` (fsspec's local file system standing in for s3://): the actors write their
+    shards to the remote themselves; a run killed after 3 shards leaves recorded shards and an
+    incomplete store.json there, and the local executor, from another (empty) mirror, finishes it
+    to the local run's store byte for byte."""
+    config = small_run_config(tmp_path, small_wiki, tiny_encoder)
+    url = f"file://{tmp_path / 'bucket'}"
+    killed = _embed_remote(config, url, tmp_path / "mirror-a", *RAY, kill_at="embed.ray_shard:3")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    remote = tmp_path / "bucket" / "store"
+    done = sorted(remote.glob("shards/part-*.done.json"))
+    assert 3 <= len(done) < 16 and not json.loads((remote / "store.json").read_text())["complete"]
+    for record in done:  # every recorded shard's data is there, whole
+        assert json.loads(record.read_text())["rows"] == len(np.load(record.with_name(record.name.replace(".done.json", ".emb.npy"))))
+    resumed = _embed_remote(config, url, tmp_path / "mirror-b")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    encoded = int(re.search(r"encoded_rows=(\d+)", resumed.stdout).group(1))
+    assert encoded <= small_wiki.rows - sum(json.loads(p.read_text())["rows"] for p in done)
+    assert _files(tmp_path / "bucket") == _files(local_store)
+    assert _info(tmp_path / "bucket") == _info(local_store)
+    again = _embed_remote(config, url, tmp_path / "mirror-c", *RAY)  # complete: nothing runs on Ray
+    assert again.returncode == 0 and "skipped (complete)" in again.stdout, again.stderr[-3000:]

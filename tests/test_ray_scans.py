@@ -122,3 +122,25 @@ def test_merging_per_shard_top_keys_draws_what_one_pass_over_every_row_draws() -
     for name in ("ids", "log_w", "key", "cand_log_w", "cand_key"):
         np.testing.assert_array_equal(getattr(merged, name), getattr(whole, name), err_msg=name)
     assert 55 not in whole.ids and len(whole.ids) == budget
+
+
+def test_ray_scans_fetch_their_shards_from_a_url_work_directory(ray_session, local_run: Path,
+                                                                small_wiki: SmallWiki) -> None:
+    """With `remote_store` set (a `--work s3://...` run), each Ray task fetches the one shard it scans
+    from the remote store, and the results equal the local scan's."""
+    store = EmbeddingStore(local_run / "work" / "store")
+    remote = local_run.parent / f"{local_run.name}-bucket"
+    shutil.copytree(store.root, remote / "store")
+    for extra in (remote / "store" / "ids.sorted.npy", remote / "store" / "ids.order.npy"):
+        extra.unlink()  # a worker needs only store.json and its shard
+    texts = pq.read_table(small_wiki.corpus).column("text").to_pylist()
+    sets = [("adaptation", texts[:3]), ("exclude", texts[5:7])]
+    on_remote = {**RAY, "remote_store": f"file://{remote / 'store'}"}
+    assert exact_duplicates(sets, store, on_remote) == exact_duplicates(sets, store)
+    scan = {"column": "text", "buckets": 1000, "blocked": np.array([], np.int64)}
+    for (_, a), (_, b) in zip(map_shards(shard_raw_counts, store, scan), map_shards(shard_raw_counts, store, scan,
+                                                                                   on_remote)):
+        np.testing.assert_array_equal(a["counts"], b["counts"])
+    (remote / "store" / "shards" / "part-00002.done.json").unlink()  # a shard without its record is refused
+    with pytest.raises(Exception, match="part-00002.done.json: no completion record"):
+        map_shards(shard_raw_counts, store, scan, on_remote)
