@@ -65,3 +65,23 @@ def test_identity_round_trips_and_detects_another_encoder(tiny_encoder: str) -> 
     drifted = {**identity, "probe": [x + 0.1 for x in identity["probe"]]}
     with pytest.raises(AlbatError, match="different embeddings"):
         check_same_encoder(drifted, again, "here")
+
+
+def test_cpu_bfloat16_pads_lengths_to_a_multiple_of_16_without_changing_the_vectors(tiny_encoder: str) -> None:
+    """oneDNN caches a kernel per input shape: padded (masked) lengths bound the shapes a long run sees."""
+    import numpy as np
+
+    from albat.pipeline.encoder_backends import TorchBackend, pad_features
+
+    backend = TorchBackend(tiny_encoder, "bfloat16", None, "cpu")
+    texts = ["a short text", "a somewhat longer text with more words in it than the first one has, and then some"]
+    features = backend.tokenize(texts)
+    unpadded = backend.model.preprocess(texts)
+    assert backend.pad_multiple == 16 and unpadded["input_ids"].shape[1] % 16 != 0
+    assert features["input_ids"].shape[1] % 16 == 0 and features["input_ids"].shape[1] > unpadded["input_ids"].shape[1]
+    assert int(features["attention_mask"].sum()) == int(unpadded["attention_mask"].sum())  # only masked tokens added
+    padded, plain = backend.forward(features), backend.forward(unpadded)
+    cosine = (padded * plain).sum(1) / np.linalg.norm(padded, axis=1) / np.linalg.norm(plain, axis=1)
+    assert cosine.min() > 0.999
+    assert pad_features(unpadded, 1) is unpadded
+    assert TorchBackend(tiny_encoder, "float32", None, "cpu").pad_multiple == 1
