@@ -93,7 +93,7 @@ bench-index: setup data
 	.venv-autofaiss/bin/python -m pip install --quiet -c constraints.txt 'autofaiss==2.18.0' 'pyarrow<16'
 	touch $@
 
-bench-scale: setup data .venv-autofaiss/.installed
+bench-scale: setup data data-select .venv-autofaiss/.installed
 	$(PY) -m benchmarks.bench_scale --out BENCHMARKS.md
 
 $(VENV)/.bench: $(VENV)/.installed

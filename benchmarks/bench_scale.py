@@ -1,10 +1,11 @@
-"""Scale: the index stage on 100k and 1M synthetic vectors under memory budgets (flat, IVF in
+"""Scale: 100k and 1M rows of real text through embed, index and query (`--parts text`), and the
+index stage on 100k and 1M synthetic vectors under memory budgets (flat, IVF in
 memory, IVF lists merged on disk, IVF-PQ, HNSW), side by side with autofaiss on the same vectors
 and budget, and the embed stage through the Ray executor against local on the same real texts.
 
-The index runs use a synthetic store of N clustered unit vectors (no encoder embeds a million
-texts on 2 CPU cores in a benchmark's time), indexed by `albat index` in a separate process, which
-reports its own peak RSS. Synthetic vectors are not text embeddings: the recall here says the
+The index runs also use a synthetic store of N clustered unit vectors (index configurations and
+autofaiss on vectors that need no encoder time), indexed by `albat index` in a separate process,
+which reports its own peak RSS. Synthetic vectors are not text embeddings: the recall here says the
 machinery works at this size, not what recall a real corpus gets (bench-index does that).
 autofaiss runs in its own virtual environment (`.venv-autofaiss`; it pins numpy<2)."""
 from __future__ import annotations
