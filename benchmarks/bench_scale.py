@@ -156,10 +156,13 @@ def ray_overhead(tmp: Path, rows: int, rounds: int) -> tuple[list[list], bool]:
 
 def real_text_corpus(root: Path, n: int, seed: int, file_rows: int = 100_000) -> list[Path]:
     """N rows of real text: the selection benchmark's pool (WordNet glosses, FOLDOC entries, German
-    fortunes, VERA acronyms, Wikipedia summaries) repeated; repeat 0 is the pool itself, each later
+    fortunes, VERA acronyms, Wikipedia summaries) in a seeded order (the file is sorted by source:
+    a 100k prefix of it would hold no long Wikipedia text, and an encoder's memory follows the longest
+    batches it meets), repeated; repeat 0 is the pool itself, each later
     repeat drops one word per text, chosen by a generator seeded [seed, repeat]. Parquet files of
     `file_rows` rows (id, text); the same seed gives the same bytes, and N=100k is the first file of N=1M."""
-    pool = pq.read_table("data/select/pool.parquet", columns=["text"])["text"].to_pylist()
+    texts = pq.read_table("data/select/pool.parquet", columns=["text"])["text"].to_pylist()
+    pool = [texts[i] for i in np.random.default_rng([seed, 0, 0]).permutation(len(texts))]  # every prefix: the same mix
     root.mkdir(parents=True, exist_ok=True)
     files, texts, start = [], [], 0
     for position in range(n):
@@ -314,8 +317,9 @@ def text_part(args: argparse.Namespace) -> None:
             f"{max(load):.1f} on {cores} cores.\n\n"
             "**Real text through embed, index and query.** The corpus is the selection benchmark's pool "
             "(`data/select/pool.parquet`: WordNet glosses, FOLDOC entries, German fortunes, VERA acronyms, Wikipedia "
-            "summaries; 135,433 texts, 127 characters on average) repeated to N rows: repeat 0 is the pool, each later "
-            "repeat drops one word per text (seeded). Real text repeated with variation, not 1M distinct texts. "
+            "summaries; 135,433 texts, 127 characters on average) in a seeded order, so that 100k and 1M rows hold the same "
+            "mix of short and long texts, repeated to N rows: repeat 0 is the pool, each later repeat drops one word per "
+            "text (seeded). Real text repeated with variation, not 1M distinct texts. "
             "Parquet files of 100k rows; each stage is the CLI in its own process with its defaults (encoder runtime "
             "`auto`: the probe's choice on this CPU), except the index: `--memory-budget "
             f"{args.text_budget} --flat-max-rows 10000 --on-disk` (IVF lists merged on disk). The query stage retrieves "
