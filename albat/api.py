@@ -143,10 +143,10 @@ def stage_paths(stage: str, work: Any) -> dict[str, Path]:
 def workdir(config: Mapping[str, Any]):
     """The work directory a config names (stores.workdir.Workdir); for a URL (`s3://...`), its local
     mirror, with `remote` the stores.remote.Mirror that pulls and pushes it."""
-    from albat.stores.remote import Mirror, is_remote
+    from albat.stores.remote import Mirror, is_work_url
     from albat.stores.workdir import Workdir
 
-    if is_remote(config["work"]):
+    if is_work_url(config["work"]):
         mirror = Mirror(config["work"])
         work = Workdir(mirror.local, output=config["emit"]["output"], task=config["task"])
         work.remote = mirror

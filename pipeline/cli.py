@@ -257,10 +257,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                   else (args.command,)))
         run_stages(stages, config, show_progress=not runtime["quiet"], force=runtime["force"], as_json=runtime["json"])
         if args.command in ("run", "emit"):
-            from albat.stores.remote import is_remote
+            from albat.stores.remote import is_work_url
 
             where = f"tasks/{config['task']}/{config['emit']['output']}"
-            output = f"{config['work'].rstrip('/')}/{where}" if is_remote(config["work"]) else Path(config["work"]) / where
+            output = f"{config['work'].rstrip('/')}/{where}" if is_work_url(config["work"]) else Path(config["work"]) / where
             task = "" if config["task"] == "default" else f" --task {config['task']}"
             hint = (f"shards: {output}/data (open that folder with any Parquet reader; manifest.json and the dataset "
                     f"card README.md beside it); inspect with: albat sql {config['work']}{task} \"SELECT * FROM shards "

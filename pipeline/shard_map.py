@@ -25,11 +25,11 @@ def executor_settings(config: dict[str, Any]) -> dict[str, Any]:
     """The run's executor options (top level of the config); local when the config has none.
     `remote_store`: the store's URL when the work directory is one (stores.remote), where Ray
     workers fetch the shards they scan; None for a local work directory."""
-    from albat.stores.remote import is_remote
+    from albat.stores.remote import is_work_url
 
     work = config.get("work")
     return {**{k: config.get(k, v) for k, v in LOCAL.items()},
-            "remote_store": f"{work.rstrip('/')}/store" if is_remote(work) else None}
+            "remote_store": f"{work.rstrip('/')}/store" if is_work_url(work) else None}
 
 
 def map_shards(fn: ShardFn, store: EmbeddingStore, kwargs: dict[str, Any], executor: dict[str, Any] | None = None,

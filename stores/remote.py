@@ -35,9 +35,11 @@ STATE = ".albat-mirror.json"
 SHARD_DATA = (".emb.npy", ".meta.parquet", ".pair.npy")
 
 
-def is_remote(work: str | os.PathLike) -> bool:
-    """A work directory given as a URL (`scheme://...`), not a local path."""
-    return isinstance(work, str) and "://" in work
+def is_work_url(work: str | os.PathLike) -> bool:
+    """A work directory given as a URL (`scheme://...`, file:// included), not a local path."""
+    from albat.stores.sources import has_scheme
+
+    return isinstance(work, str) and has_scheme(work)
 
 
 def filesystem(url: str) -> tuple[Any, str]:
@@ -106,7 +108,8 @@ class Mirror:
         self.local = Path(local) if local is not None else mirror_root(self.url)
 
     # ----- bookkeeping -------------------------------------------------------------------
-    def _state(self) -> dict[str, dict[str, list]]:
+    def _state(self) -> dict[str, Any]:
+        """{"url": ..., "files": {rel: {"local": stamp, "remote": stamp}}} of the last transfer, or {}."""
         try:
             state = json.loads((self.local / STATE).read_text())
         except (OSError, ValueError):
@@ -198,15 +201,14 @@ def upload_shard(shard_dir: Path, name: str, remote_shards: str) -> None:
     shards folder: its data files first, the completion record last."""
     fs, root = filesystem(remote_shards)
     fs.makedirs(root, exist_ok=True)
-    files = sorted(shard_dir.glob(f"{name}.*"), key=lambda p: p.name.endswith(".done.json"))
-    for path in files:
-        fs.put_file(str(path), f"{root.rstrip('/')}/{path.name}")
+    for file in push_order([p.name for p in shard_dir.glob(f"{name}.*")]):
+        fs.put_file(str(shard_dir / file), f"{root.rstrip('/')}/{file}")
 
 
 def local_work(work: str) -> str:
     """The folder a reader (sql, report, verify, diagnose) opens: `work` itself, or for a URL its
     mirror, pulled first."""
-    if not is_remote(work):
+    if not is_work_url(work):
         return work
     mirror = Mirror(work)
     mirror.pull()

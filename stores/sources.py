@@ -32,8 +32,13 @@ _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _STRUCTURED = {"parquet", "jsonl", "csv", "tsv"}
 
 
+def has_scheme(raw: str) -> bool:
+    """`scheme://...`: a URL, file:// included."""
+    return bool(_URL.match(raw))
+
+
 def is_url(raw: str) -> bool:
-    return bool(_URL.match(raw)) and not raw.startswith("file://")
+    return has_scheme(raw) and not raw.startswith("file://")
 
 
 def is_remote(source: str) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import SmallWiki, albat, small_run_config
 
-from albat.stores.remote import Mirror, is_record, is_remote, push_order, recorded_only
+from albat.stores.remote import Mirror, is_record, is_work_url, push_order, recorded_only
 
 
 def test_records_are_done_files_store_description_stage_records_and_success() -> None:
@@ -41,9 +41,10 @@ def test_a_shard_without_its_record_and_temporaries_are_not_trusted() -> None:
                                    "index/knn.index"}
 
 
-def test_is_remote_takes_urls_only() -> None:
-    assert is_remote("s3://bucket/run") and is_remote("file:///tmp/x") and is_remote("memory://w")
-    assert not is_remote("work") and not is_remote("/abs/work") and not is_remote(Path("s3:/x"))
+def test_is_work_url_takes_urls_only() -> None:
+    assert is_work_url("s3://bucket/run") and is_work_url("file:///tmp/x") and is_work_url("memory://w")
+    assert not is_work_url("work") and not is_work_url("/abs/work") and not is_work_url(Path("s3:/x"))
+    assert not is_work_url("runs/a://b")  # a scheme starts the string
 
 
 def _tree(root: Path) -> dict[str, bytes]:
