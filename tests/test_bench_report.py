@@ -1,6 +1,8 @@
 """The benchmarks' paired comparison: per-seed differences, by hand."""
 import math
 
+import numpy as np
+
 import pytest
 
 from benchmarks.bench_lm import robustness_rows
@@ -57,3 +59,19 @@ def test_report_only_tabulates_the_given_seeds_and_methods():
     kept = tabulated(records, {0, 1, 2}, {"knn"})
     assert [r["key"].get("seed") for r in kept if r["key"]["method"] == "knn"] == [0]
     assert {r["key"]["method"] for r in kept} == {"backbone", "full", "knn"}
+
+
+def test_roc_auc_by_hand_and_against_brute_force():
+    from benchmarks.bench_image import roc_auc
+
+    # positives 0.9, 0.4; negatives 0.5, 0.1: pairs (0.9>0.5, 0.9>0.1, 0.4<0.5, 0.4>0.1) = 3 of 4
+    assert roc_auc(np.array([0.9, 0.5, 0.4, 0.1]), np.array([1, 0, 1, 0])) == 0.75
+    assert roc_auc(np.array([0.3, 0.3]), np.array([1, 0])) == 0.5  # a tie counts one half
+    assert roc_auc(np.array([1.0, 0.0]), np.array([0, 1])) == 0.0
+    rng = np.random.default_rng(0)
+    scores, positive = rng.integers(0, 5, 40).astype(float), rng.random(40) < 0.4
+    pos, neg = scores[positive], scores[~positive]
+    brute = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg))
+    assert abs(roc_auc(scores, positive) - brute) < 1e-12
+    with pytest.raises(ValueError):
+        roc_auc(np.array([0.1, 0.2]), np.array([1, 1]))
