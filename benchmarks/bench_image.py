@@ -194,6 +194,7 @@ def zeroshot_table(records: list[dict], metric: str) -> tuple[list[str], list[li
             groups.setdefault((k["domain"], k["n_a"], k["m"], k["method"]), []).append(r[metric])
     frozen = {r["key"]["domain"]: r[metric] for r in records if r["key"]["method"] == "frozen"}
     methods = [m for m in bench_select.METHODS if any(key[3] == m for key in groups)]
+    methods += sorted({key[3] for key in groups} - set(methods))  # --variant names, after the methods
     rows = []
     for domain, n_a, m in sorted({key[:3] for key in groups}):
         cells = [domain, n_a, m, f"{frozen[domain]:.3f}" if domain in frozen else "-"]
