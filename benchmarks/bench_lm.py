@@ -110,6 +110,13 @@ def parse_ratios(spec: str) -> list[tuple[int, int | None]]:
     return out
 
 
+def grid(sizes: str, ratios: str) -> list[tuple[int, int]]:
+    """The (n_A, ratio) cells of --sizes and --ratios, smallest n_A first: "16,64" and "2,32@16" ->
+    [(16, 2), (16, 32), (64, 2)]."""
+    return [(n_a, ratio) for n_a in [int(x) for x in sizes.split(",") if x]
+            for ratio, only in parse_ratios(ratios) if only in (None, n_a)]
+
+
 def build_backbone_store(data: Path, store_work: Path) -> None:
     """The MiniLM backbone store + index the query stage retrieves from (skipped when complete)."""
     run("embed", "--work", store_work / "backbone", "--input", data / "pool.parquet", *EMBED_ARGS)
@@ -165,11 +172,10 @@ def main() -> None:
         bench_select.THREADS[0] = args.threads
     if args.query_only:
         build_backbone_store(args.data, args.store_work)
-        for n_a in [int(x) for x in args.sizes.split(",") if x]:
-            for ratio in [r for r, only in parse_ratios(args.ratios) if only in (None, n_a)]:
-                for domain in domains:
-                    for seed in [int(s) for s in args.seeds.split(",")]:
-                        run_cell(args, None, Path(), domain, n_a, ratio, seed, ["none"], {}, set(), None,
+        for n_a, ratio in grid(args.sizes, args.ratios):
+            for domain in domains:
+                for seed in [int(s) for s in args.seeds.split(",")]:
+                    run_cell(args, None, Path(), domain, n_a, ratio, seed, ["none"], {}, set(), None,
                                  pq.read_table(args.data / domain["adapt"]), [], None, np.empty(0))
         return
     if not args.report_only:
@@ -221,13 +227,12 @@ def run_all(args, model: Path, domains: list[dict], results_path: Path) -> None:
                     np.save(delta_path, delta)
                     record(key, perplexity=ppl, rows=len(texts), **rec)
                 full_delta[(slug, seed)] = np.load(delta_path, allow_pickle=False)
-        for n_a in [int(x) for x in args.sizes.split(",") if x]:  # smallest first: a partial run covers every domain
-            for ratio in [r for r, only in parse_ratios(args.ratios) if only in (None, n_a)]:
-                for domain in domains:
-                    for seed in seeds:
-                        run_cell(args, trainer, model, domain, n_a, ratio, seed, methods, variants, done, record,
-                                 adapts[domain["slug"]], tests[domain["slug"]], owns[domain["slug"]],
-                                 reference_delta(full_delta, domain["slug"], seed))
+        for n_a, ratio in grid(args.sizes, args.ratios):  # smallest n_A first: a partial run covers every domain
+            for domain in domains:
+                for seed in seeds:
+                    run_cell(args, trainer, model, domain, n_a, ratio, seed, methods, variants, done, record,
+                             adapts[domain["slug"]], tests[domain["slug"]], owns[domain["slug"]],
+                             reference_delta(full_delta, domain["slug"], seed))
 
 
 def reference_delta(full_delta: dict[tuple[str, int], np.ndarray], slug: str, seed: int) -> np.ndarray:
@@ -411,12 +416,15 @@ def robustness_rows(groups: dict[tuple, list[dict]], cells: list[tuple], methods
     return rows
 
 
-def tabulated(records: list[dict], seeds: set[int], methods: set[str]) -> list[dict]:
+def tabulated(records: list[dict], seeds: set[int], methods: set[str],
+              cells: set[tuple[int, int]] | None = None) -> list[dict]:
     """The records a --report-only table shows: the references (backbone, full) and the selection runs of
     the given seeds and methods, so a method run on more seeds than the others is not compared on
-    unequal seeds."""
+    unequal seeds, and of the given (n_A, m) cells (None: every cell), so runs of another grid that share
+    the results file stay out of this section."""
     return [r for r in records if r["key"]["method"] in ("backbone", "full")
-            or (r["key"]["method"] in methods and r["key"].get("seed") in seeds)]
+            or (r["key"]["method"] in methods and r["key"].get("seed") in seeds
+                and (cells is None or (r["key"].get("n_a"), r["key"].get("m")) in cells))]
 
 
 def report(args, results_path: Path) -> None:
@@ -426,7 +434,8 @@ def report(args, results_path: Path) -> None:
                     }.values())  # one record per run key: two processes that ran one run both appended it
     records = [r for r in records if r["key"].get("steps", args.steps) == args.steps]
     if args.report_only:
-        records = tabulated(records, {int(x) for x in args.seeds.split(",") if x}, set(args.methods.split(",")))
+        records = tabulated(records, {int(x) for x in args.seeds.split(",") if x}, set(args.methods.split(",")),
+                            {(n_a, ratio * n_a) for n_a, ratio in grid(args.sizes, args.ratios)})
     backbone = {r["key"]["domain"]: r["perplexity"] for r in records if r["key"]["method"] == "backbone"}
     full = {(r["key"]["domain"], r["key"]["seed"]): r for r in records if r["key"]["method"] == "full"}
     groups: dict[tuple, list[dict]] = {}

@@ -61,6 +61,20 @@ def test_report_only_tabulates_the_given_seeds_and_methods():
     assert {r["key"]["method"] for r in kept} == {"backbone", "full", "knn"}
 
 
+def test_report_only_keeps_its_own_grid():
+    from benchmarks.bench_lm import grid, tabulated
+
+    assert grid("16,64", "2,32@16") == [(16, 2), (16, 32), (64, 2)]
+    records = [{"key": {"method": "full", "seed": 0}},
+               {"key": {"method": "knn", "seed": 0, "n_a": 16, "m": 512}},
+               {"key": {"method": "knn", "seed": 0, "n_a": 64, "m": 512}},
+               {"key": {"method": "knn", "seed": 0, "n_a": 16, "m": 128}}]
+    cells = {(n_a, ratio * n_a) for n_a, ratio in grid("16", "32")}
+    kept = tabulated(records, {0}, {"knn"}, cells)
+    assert [(r["key"].get("n_a"), r["key"].get("m")) for r in kept] == [(None, None), (16, 512)]
+    assert len(tabulated(records, {0}, {"knn"})) == 4  # no cells given: every cell
+
+
 def test_roc_auc_by_hand_and_against_brute_force():
     from benchmarks.bench_image import roc_auc
 
