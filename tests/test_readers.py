@@ -406,9 +406,8 @@ print(json.dumps([count, tracemalloc.get_traced_memory()[1], arrow_peak]))
 def _peaks(path: Path) -> tuple[int, int, int]:
     """(rows, peak Python bytes, peak Arrow bytes) while reading the file in 100-row batches (the
     modules the reader imports are imported beforehand, on a small file of the same format). Measured
-    in a fresh interpreter: tracemalloc counts every thread's allocations, and in one pytest-xdist worker
-    (which runs many files) the .csv.zst peak once rose 2.9 MB at three times the rows, where alone it
-    does not: what earlier tests leave in the process must not count."""
+    in a fresh interpreter, since tracemalloc counts every thread's allocations and what earlier tests
+    leave running in a pytest-xdist worker must not count."""
     warm = path.with_name("warm-" + path.name)
     _write_large(warm, 10)
     done = subprocess.run([sys.executable, "-c", _PEAKS, str(path), str(warm)], capture_output=True, text=True,
@@ -430,6 +429,13 @@ def test_reading_a_large_file_holds_a_bounded_part_of_it(tmp_path, suffix):
         assert count == rows
         peaks.append((python_peak, arrow_peak))
     assert sizes[1] > 36e6
+    # pyarrow.csv reads blocks ahead on its own thread, and how many it holds at the peak depends on the
+    # scheduling: a .csv.zst Python peak was measured at 4.5-10.0 MB for 1,500 rows and 10.5-10.8 MB for
+    # 4,500 and 9,000 (2026-12-06), bounded but not always reached on the smaller file. So CSV's allowance
+    # for growth is its read-ahead, 32 blocks; the others keep 2 MB.
+    from albat.stores.corpus import CSV_BLOCK_BYTES
+
+    allowance = 2e6 + (32 * CSV_BLOCK_BYTES if ".csv" in suffix else 0)
     for small, large in zip(*peaks):
-        assert large < 1.1 * small + 2e6, peaks  # three times the file, not more memory
+        assert large < 1.1 * small + allowance, peaks  # three times the file, not more memory
         assert large < sizes[1] / 2, peaks
