@@ -95,16 +95,15 @@ def prepare(images: Path, out: Path, targets: list[tuple[str, str]], adapt_pool:
 
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """ROC AUC of `scores` separating the `positive` rows from the rest (Mann–Whitney U with midranks for
-    ties): the chance that a random positive scores above a random negative, ties counting ½."""
-    from scipy.stats import rankdata
+    """ROC AUC of `scores` separating the `positive` rows from the rest: the chance that a random
+    positive scores above a random negative, ties counting ½ (scikit-learn's; ValueError if one class
+    is empty)."""
+    from sklearn.metrics import roc_auc_score
 
     positive = np.asarray(positive, bool)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if not n_pos or not n_neg:
+    if positive.all() or not positive.any():
         raise ValueError("roc_auc needs both positive and negative rows")
-    ranks = rankdata(scores)
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc_score(positive, scores))
 
 
 def image_embed_args(model: str, pretrained: str) -> list[str]:
@@ -193,8 +192,7 @@ def zeroshot_table(records: list[dict], metric: str) -> tuple[list[str], list[li
         if k["method"] != "frozen":
             groups.setdefault((k["domain"], k["n_a"], k["m"], k["method"]), []).append(r[metric])
     frozen = {r["key"]["domain"]: r[metric] for r in records if r["key"]["method"] == "frozen"}
-    methods = [m for m in bench_select.METHODS if any(key[3] == m for key in groups)]
-    methods += sorted({key[3] for key in groups} - set(methods))  # --variant names, after the methods
+    methods = bench_select.method_columns(groups)
     rows = []
     for domain, n_a, m in sorted({key[:3] for key in groups}):
         cells = [domain, n_a, m, f"{frozen[domain]:.3f}" if domain in frozen else "-"]

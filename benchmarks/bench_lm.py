@@ -176,7 +176,7 @@ def main() -> None:
             for domain in domains:
                 for seed in [int(s) for s in args.seeds.split(",")]:
                     run_cell(args, None, Path(), domain, n_a, ratio, seed, ["none"], {}, set(), None,
-                                 pq.read_table(args.data / domain["adapt"]), [], None, np.empty(0))
+                             pq.read_table(args.data / domain["adapt"]), [], None, np.empty(0))
         return
     if not args.report_only:
         args.work.mkdir(parents=True, exist_ok=True)

@@ -279,6 +279,12 @@ def run_all(args, domains: list[dict], results_path: Path, track: Track | None =
                               f"kept={len(kept)} in-domain={in_domain:.2f} select={seconds:.1f}s", flush=True)
 
 
+def method_columns(groups: dict[tuple, list]) -> list[str]:
+    """The methods present in groups keyed (domain, n_A, m, method): METHODS' order, then --variant names."""
+    methods = [m for m in METHODS if any(key[3] == m for key in groups)]
+    return methods + sorted({key[3] for key in groups} - set(methods))
+
+
 def report(args, results_path: Path, track: Track | None = None) -> None:
     """Mean ± std over seeds per (domain, n_A, m, method); the table and a plot into BENCHMARKS.md."""
     records = [r for r in map(json.loads, results_path.read_text().splitlines()) if r["key"].get("tag", "") == args.tag]
@@ -288,8 +294,7 @@ def report(args, results_path: Path, track: Track | None = None) -> None:
         k = r["key"]
         if k["method"] != "frozen":
             groups.setdefault((k["domain"], k["n_a"], k["m"], k["method"]), []).append(r)
-    methods = [m for m in METHODS if any(key[3] == m for key in groups)]
-    methods += sorted({key[3] for key in groups} - set(methods))  # --variant names, after the methods
+    methods = method_columns(groups)
     header = ["domain", "n_A", "m", "frozen"] + methods
     rows, wins = [], []
     for domain, n_a, m in sorted({key[:3] for key in groups}):
