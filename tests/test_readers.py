@@ -10,8 +10,6 @@ import csv
 import gzip
 import io
 import json
-import subprocess
-import sys
 import uuid
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -385,34 +383,25 @@ def _write_large(path: Path, rows: int) -> int:
     return sum(len(r["text"]) for r in records)
 
 
-_PEAKS = """
-import json, sys, tracemalloc
-import pyarrow as pa
-from albat.stores.corpus import CorpusSpec, iter_batches, read_all
-
-path, warm = sys.argv[1], sys.argv[2]
-read_all(CorpusSpec(paths=[warm], id_column="id"))
-base = pa.total_allocated_bytes()
-batches = iter_batches(CorpusSpec(paths=[path], id_column="id"), batch_rows=100)
-count, arrow_peak = 0, 0
-tracemalloc.start()
-for batch in batches:
-    count += batch.table.num_rows
-    arrow_peak = max(arrow_peak, pa.total_allocated_bytes() - base)
-print(json.dumps([count, tracemalloc.get_traced_memory()[1], arrow_peak]))
-"""
-
-
 def _peaks(path: Path) -> tuple[int, int, int]:
     """(rows, peak Python bytes, peak Arrow bytes) while reading the file in 100-row batches (the
-    modules the reader imports are imported beforehand, on a small file of the same format). Measured
-    in a fresh interpreter, since tracemalloc counts every thread's allocations and what earlier tests
-    leave running in a pytest-xdist worker must not count."""
+    modules the reader imports are imported beforehand, on a small file of the same format)."""
+    import tracemalloc
+
     warm = path.with_name("warm-" + path.name)
     _write_large(warm, 10)
-    done = subprocess.run([sys.executable, "-c", _PEAKS, str(path), str(warm)], capture_output=True, text=True,
-                          check=True)
-    count, python_peak, arrow_peak = json.loads(done.stdout.splitlines()[-1])
+    read_all(CorpusSpec(paths=[str(warm)], id_column="id"))
+    base = pa.total_allocated_bytes()
+    batches = iter_batches(CorpusSpec(paths=[str(path)], id_column="id"), batch_rows=100)
+    count, arrow_peak = 0, 0
+    tracemalloc.start()
+    try:
+        for batch in batches:
+            count += batch.table.num_rows
+            arrow_peak = max(arrow_peak, pa.total_allocated_bytes() - base)
+        python_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     return count, python_peak, arrow_peak
 
 
