@@ -275,16 +275,38 @@ def run_cell(args, trainer, model: Path, domain: dict, n_a: int, ratio: int, see
         else:
             extra = surrogate_options(args, model) if method in ("albat", "gradalign") else []
             extra += ["--filter-threads", args.threads] if args.threads else []
-            extra += [x for o in options for x in ("--method-option", o)]
+            method_options, emit_args = split_emit_options(options)
+            if method == "auto" and "judge=lm" in method_options:  # the fold judge trains like every arm here
+                extra += [x for o in lm_judge_options(args, model, method_options) for x in ("--method-option", o)]
+            extra += [x for o in method_options for x in ("--method-option", o)]
             run("filter", "--work", exp, "--method", method, "--budget", m, "--seed", seed, "--quiet", *extra)
             summary = json.loads((exp / "tasks/default/_stages" / "filter.json").read_text())["summary"]
-            run("emit", "--work", exp, "--output", f"emitted-{name}-m{m}", "--quiet")
+            run("emit", "--work", exp, "--output", f"emitted-{name}-m{m}", "--quiet", *emit_args)
             texts, weights = trainer.load_shard_set(exp / "tasks/default" / f"emitted-{name}-m{m}")
             kept, select_seconds = int(summary["kept"]), float(summary["seconds"])
         ppl, delta, rec = adapt_and_measure(trainer, model, texts, weights, test, args, seed)
         record(keys[name], perplexity=ppl, kept=kept, rows=len(texts), select_seconds=select_seconds,
                candidates=candidates, k=k, **rec,
                distance_to_full=float(np.linalg.norm(delta - full) / max(np.linalg.norm(full), 1e-12)))
+
+
+def lm_judge_options(args, model: Path, given: list[str]) -> list[str]:
+    """`auto`'s judge=lm options that make its fold judge the benchmark's LoRA (checkpoint, learning rate,
+    batch size, rank, alpha, max length), unless the variant sets them itself."""
+    opts = {"model": model, "judge_lr": args.lr, "judge_batch_size": args.batch_size, "lora_rank": args.rank,
+            "lora_alpha": args.alpha, "max_length": args.max_length}
+    set_keys = {o.partition("=")[0] for o in given}
+    return [f"{k}={v}" for k, v in opts.items() if k not in set_keys]
+
+
+def split_emit_options(options: list[str]) -> tuple[list[str], list[str]]:
+    """A --variant's options: the method's, and `albat emit` flags for the emit options among them
+    (["spread=2", "backbone_weight=0.5"] -> (["spread=2"], ["--backbone-weight", "0.5"]))."""
+    emit_keys = {"backbone_weight"}
+    method_options = [o for o in options if o.partition("=")[0] not in emit_keys]
+    emit_args = [x for o in options if o.partition("=")[0] in emit_keys
+                 for x in ("--" + o.partition("=")[0].replace("_", "-"), o.partition("=")[2])]
+    return method_options, emit_args
 
 
 def in_domain_shares(args, records: list[dict]) -> dict[str, list[float]]:

@@ -1,5 +1,6 @@
 """The benchmarks' paired comparison: per-seed differences, by hand."""
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -89,3 +90,21 @@ def test_roc_auc_by_hand_and_against_brute_force():
     assert abs(roc_auc(scores, positive) - brute) < 1e-12
     with pytest.raises(ValueError):
         roc_auc(np.array([0.1, 0.2]), np.array([1, 1]))
+
+
+def test_a_variant_s_emit_options_go_to_emit_and_the_rest_to_the_method():
+    from benchmarks.bench_lm import split_emit_options
+
+    assert split_emit_options(["spread=2", "backbone_weight=0.5", "spread_floor=0"]) == (
+        ["spread=2", "spread_floor=0"], ["--backbone-weight", "0.5"])
+    assert split_emit_options([]) == ([], [])
+
+
+def test_the_lm_judge_of_a_variant_trains_like_the_benchmark_unless_told_otherwise():
+    from types import SimpleNamespace
+
+    from benchmarks.bench_lm import lm_judge_options
+
+    args = SimpleNamespace(lr=2e-3, batch_size=16, rank=8, alpha=16.0, max_length=64)
+    assert lm_judge_options(args, Path("ckpt"), ["judge=lm", "judge_lr=0.01"]) == [
+        "model=ckpt", "judge_batch_size=16", "lora_rank=8", "lora_alpha=16.0", "max_length=64"]

@@ -24,6 +24,7 @@ fold would cost more than every other method together.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,20 @@ AUTO_OPTIONS = (
     Option("distractors", INT, 512, "backbone distractors of the held-out retrieval", min=0),
     Option("view_sigma", FLOAT, 1.0, "single-column data: noise norm of the second view", min=0),
     Option("prefer", STR, "", "keep this method unless another beats it on every fold (empty: best mean)"),
+    Option("lambdas", STR, "", "comma-separated λ grid to choose from with the method (0: add nothing); the "
+           "chosen λ is folded into the rows' weight w_b, so leave emit's backbone_weight at 1 (empty: "
+           "backbone_weight only, nothing folded)"),
+    Option("judge", STR, "contrastive", "fold judge: contrastive (residual adapter on the store's embeddings) or "
+           "lm (LoRA on the causal LM in model=, scored by minus the held-out log-perplexity)",
+           choices=("contrastive", "lm")),
+    Option("model", STR, "", "judge=lm: local Hugging Face causal-LM checkpoint directory (nothing is downloaded)",
+           metavar="DIR", path=True),
+    Option("judge_batch_size", INT, 16, "judge=lm: LoRA batch size", min=1),
+    Option("max_length", INT, 128, "judge=lm: tokens per text, BOS included", min=2),
+    Option("lora_rank", INT, 8, "judge=lm: LoRA rank", min=1),
+    Option("lora_alpha", FLOAT, 16.0, "judge=lm: LoRA alpha", above=0),
+    Option("target_modules", STR, "", "judge=lm: comma-separated LoRA targets (empty: peft's default)"),
+    Option("device", STR, "auto", "judge=lm: auto (CUDA when present), cpu, cuda, cuda:N"),
 )
 DEFAULTS: dict[str, Any] = {o.name: o.default for o in AUTO_OPTIONS}
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {"dsir": {"pool": "candidates"}}
@@ -117,6 +132,52 @@ def choose(table: list[MethodScores], prefer: str = "") -> MethodScores:
     if default is None or default is best:
         return best
     return best if all(b > d for b, d in zip(best.scores, default.scores)) else default
+
+
+def parse_lambdas(text: str) -> list[float]:
+    """The `lambdas` grid: "0, 1,4" -> [0.0, 1.0, 4.0] (sorted, no repeats); empty text -> []."""
+    values = []
+    for item in (x.strip() for x in str(text).split(",")):
+        if not item:
+            continue
+        try:
+            value = float(item)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0:
+            raise AlbatError(f"method auto: lambdas={text!r}: {item!r} is not a finite number >= 0; "
+                             "write e.g. lambdas=0,1,4")
+        values.append(value)
+    return sorted(set(values))
+
+
+def choose_weight(tables: dict[float, list[MethodScores]], prefer: str = "") -> tuple[float, MethodScores]:
+    """The (λ, method) with the best fold scores over a λ grid: `choose` within each λ, then the best
+    key across λ; exact ties go to the smaller λ (add less). At λ = 0 every method trains on the fold
+    alone, so its choice stands for "add nothing"."""
+    best: tuple[float, MethodScores] | None = None
+    for lam in sorted(tables):
+        try:
+            pick = choose(tables[lam], prefer)
+        except AlbatError:
+            continue
+        if best is None or pick.key > best[1].key:
+            best = (lam, pick)
+    if best is None:
+        raise AlbatError("method auto: no candidate method ran on every fold at any λ: "
+                         + "; ".join(f"{t.name}: {t.error}" for t in next(iter(tables.values()))))
+    return best
+
+
+def weight_verdict(tables: dict[float, list[MethodScores]]) -> dict[str, Any]:
+    """With λ = 0 in the grid: does the best λ > 0 beat adding nothing by more than the larger fold spread?"""
+    if 0.0 not in tables or len(tables) < 2:
+        return {}
+    lam, best = choose_weight({k: v for k, v in tables.items() if k > 0})
+    alone = choose(tables[0.0])
+    margin, spread = best.mean - alone.mean, max(best.std, alone.std)
+    return {"best": best.name, "lambda": lam, "helps": bool(margin > spread), "margin": round(margin, 6),
+            "spread": round(spread, 6)}
 
 
 def augmentation_verdict(table: list[MethodScores]) -> dict[str, Any]:
@@ -223,11 +284,15 @@ def cross_validate(request: SelectionRequest, methods: list[str], per_method: di
         raise AlbatError(f"method auto: score={opts['score']!r}; choose mrr or loss")
     n = len(request.adaptation_vectors)
     fold_of = assign_folds(n, opts["folds"], request.seed)
-    judge = Judge(request, opts)
-    pick = 0 if opts["score"] == "mrr" else 1
+    lm = opts.get("judge") == "lm"
+    if lm:
+        from albat.pipeline.methods.lm_judge import LmJudge
+    judge = LmJudge(request, opts) if lm else Judge(request, opts)
+    pick = 1 if lm or opts["score"] == "loss" else 0
     out = {(m, lam): [MethodScores(name) for name in methods] for m in budgets for lam in lams}
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small matrices: a second thread only contends
+    if not lm:
+        torch.set_num_threads(1)  # small matrices: a second thread only contends
     try:
         for fold in range(opts["folds"]):
             train, held = np.nonzero(fold_of != fold)[0], np.nonzero(fold_of == fold)[0]
@@ -245,7 +310,7 @@ def cross_validate(request: SelectionRequest, methods: list[str], per_method: di
                     kept = result.ids[result.keep]
                     for lam in lams:
                         row = out[(budget, lam)][i]
-                        scores = judge.score(train, held, kept, lam)
+                        scores = judge.score(train, held, kept if lam > 0 else kept[:0], lam)
                         row.scores.append(scores[pick])
                         row.tiebreak.append(scores[1])
                         row.seconds.append(seconds)
@@ -297,23 +362,38 @@ class AutoMethod(SelectionMethod):
 
     def select(self, request: SelectionRequest) -> SelectionResult:
         methods, opts, per_method = self.methods, self.opts, self.per_method
-        clock = time.perf_counter()
-        table = cross_validate(request, methods, per_method, opts, [request.budget],
-                               [opts["backbone_weight"]])[(request.budget, opts["backbone_weight"])]
-        cv_seconds = time.perf_counter() - clock
         if opts["prefer"] and opts["prefer"] not in methods:
             raise AlbatError(f"method auto: prefer={opts['prefer']!r} is not among methods={','.join(methods)}")
-        chosen = choose(table, opts["prefer"])
-        result = get_method(chosen.name, **per_method[chosen.name]).select(
-            request)
-        note = f" (auto chose {chosen.name}: mean held-out {opts['score']} {chosen.mean:.4f} over {opts['folds']} folds)"
+        grid = parse_lambdas(opts["lambdas"])
+        lams = grid or [opts["backbone_weight"]]
+        clock = time.perf_counter()
+        results = cross_validate(request, methods, per_method, opts, [request.budget], lams)
+        cv_seconds = time.perf_counter() - clock
+        tables = {lam: results[(request.budget, lam)] for lam in lams}
+        lam, chosen = choose_weight(tables, opts["prefer"])
+        judged = "minus the held-out log-perplexity" if opts["judge"] == "lm" else f"held-out {opts['score']}"
+        if lam == 0:
+            result = get_method("none").select(request)
+            note = (f" (auto: λ = 0 scored best, {judged} {chosen.mean:.4f} over {opts['folds']} folds: adding "
+                    "backbone rows at any λ of the grid did worse on the held-out folds than the adaptation set alone)")
+        else:
+            result = get_method(chosen.name, **per_method[chosen.name]).select(request)
+            if grid:  # the chosen λ is carried by w_b; emit's backbone_weight stays 1
+                result.weight = lam * (np.ones(len(result.ids)) if result.weight is None else result.weight)
+            note = f" (auto chose {chosen.name}" + (f" at λ = {lam:g}" if grid else "") + \
+                f": mean {judged} {chosen.mean:.4f} over {opts['folds']} folds)"
         result.reason = [r + note for r in result.reason]
-        result.report = {"auto": {"choice": chosen.name, "prefer": opts["prefer"], "score": opts["score"],
-                                  "folds": opts["folds"],
-                                  "judge_steps": opts["judge_steps"], "backbone_weight": opts["backbone_weight"],
+        table = tables[lam]
+        result.report = {"auto": {"choice": "none" if lam == 0 else chosen.name, "prefer": opts["prefer"],
+                                  "judge": opts["judge"], "score": "loss" if opts["judge"] == "lm" else opts["score"],
+                                  "folds": opts["folds"], "judge_steps": opts["judge_steps"],
+                                  "backbone_weight": lam,
                                   "fold_budgets": fold_budgets(request.budget, len(request.adaptation_vectors),
                                                                opts["folds"], request.seed),
                                   "seed": request.seed, "table": [t.row() for t in table],
-                                  "verdict": augmentation_verdict(table), "cv_seconds": round(cv_seconds, 3)},
+                                  "verdict": augmentation_verdict(table), "cv_seconds": round(cv_seconds, 3),
+                                  **({"lambdas": lams, "lambda": lam, "weight_verdict": weight_verdict(tables),
+                                      "tables": [{"lambda": x, "table": [t.row() for t in tables[x]]} for x in lams]}
+                                     if grid else {})},
                          "chosen_report": result.report}
         return result

@@ -1,0 +1,80 @@
+"""`auto`'s `judge=lm`: the fold judge is the causal language model the user will adapt.
+
+The contrastive judge (auto.Judge) is a residual adapter on the store's sentence embeddings: cheap,
+and the same class as a contrastive adapted model, but not a language model. On the language-model
+benchmark the question that matters is one it cannot answer: does training the LM's LoRA on the
+adaptation texts plus the selection (weighted as `albat emit` weighs it) lower the held-out
+perplexity of the target, and at which weight λ (BENCHMARKS.md, `lm-lambda`: λ = 4 beats λ = 1 on
+every in-pool target; on a target outside the pool every λ > 0 loses to the adaptation set alone).
+
+    score(train, held, kept, λ) = − log perplexity of the held-out fold's texts under
+        LoRA(`judge_steps` AdamW steps on the training fold's texts with weight 1 each and the kept
+             backbone rows with weight λ·n_train/|kept| each)         (pipeline/surrogates/lora_train.py)
+
+λ = 0, or nothing kept, is training on the fold alone: one fit per fold, shared by every method and
+budget (fits are cached by (train rows, kept ids, λ)). Every fit starts from the same seeded LoRA
+initialisation and batch order, so the arms of one fold are paired. The backbone checkpoint is
+loaded once; each fit's adapter is removed again (peft's `unload`) before the next one.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from albat.pipeline.methods.base import SelectionRequest
+from albat.stores.errors import AlbatError
+
+
+def judge_weights(n_train: int, n_kept: int, lam: float) -> np.ndarray:
+    """Row weights of one fit: the training fold's texts 1 each, the kept rows λ·n_train/n_kept each
+    (emit's weighting, pipeline/emit.backbone_weights with w_b = 1); none when λ = 0."""
+    from albat.pipeline.emit import backbone_weights
+
+    kept = backbone_weights(np.ones(n_kept), n_train, lam) if lam > 0 else np.zeros(0)
+    return np.concatenate([np.ones(n_train), kept])
+
+
+class LmJudge:
+    """Same interface as auto.Judge: `score(train, held, kept, lam) -> (score, score)`."""
+
+    def __init__(self, request: SelectionRequest, opts: dict[str, Any]):
+        from albat.pipeline.surrogates.lm import load_causal_lm
+
+        if not opts.get("model"):
+            raise AlbatError("method auto: judge=lm needs model=DIR, the local causal-LM checkpoint you will adapt "
+                             "(--method-option model=DIR)")
+        self.base, self.tokenizer = load_causal_lm(opts["model"], opts["device"])
+        self.texts = list(request.adaptation_texts)
+        self.store, self.opts, self.seed = request.store, opts, request.seed
+        self.cache: dict[tuple, float] = {}
+        self.fits = 0
+
+    def score(self, train: np.ndarray, held: np.ndarray, kept: np.ndarray, lam: float) -> tuple[float, float]:
+        kept = np.sort(np.asarray(kept, np.int64)) if lam > 0 else np.zeros(0, np.int64)
+        key = (tuple(int(i) for i in train), tuple(int(i) for i in held), kept.tobytes(), float(lam) if len(kept) else 0.0)
+        if key not in self.cache:
+            self.cache[key] = self._fit_and_score(train, held, kept, lam)
+        value = self.cache[key]
+        return value, value
+
+    def _fit_and_score(self, train: np.ndarray, held: np.ndarray, kept: np.ndarray, lam: float) -> float:
+        from albat.pipeline.surrogates.lora_train import perplexity, train_lora
+
+        opts = self.opts
+        texts = [self.texts[i] for i in train] + (self.store.texts_for_ids(kept) if len(kept) else [])
+        weights = judge_weights(len(train), len(kept), lam)
+        targets = [t for t in str(opts["target_modules"]).split(",") if t] or None
+        model, tokenizer, _ = train_lora(None, texts, weights, steps=opts["judge_steps"],
+                                         batch_size=opts["judge_batch_size"], lr=opts["judge_lr"],
+                                         rank=opts["lora_rank"], alpha=opts["lora_alpha"], target_modules=targets,
+                                         max_length=opts["max_length"], seed=self.seed,
+                                         backbone=(self.base, self.tokenizer))
+        try:
+            value = -math.log(perplexity(model, tokenizer, [self.texts[i] for i in held], opts["max_length"]))
+        finally:
+            self.base = model.unload()  # the checkpoint without the adapter, for the next fit
+            self.base.eval()
+        self.fits += 1
+        return value
