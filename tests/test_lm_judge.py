@@ -24,7 +24,7 @@ def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_lambdas_parse_sorted_without_repeats_and_refuse_bad_values() -> None:
-    assert parse_lambdas("4, 0,1,1") == [0.0, 1.0, 4.0] and parse_lambdas("") == [] and parse_lambdas(" , ") == []
+    assert parse_lambdas("4, 0,1,1") == [0.0, 1.0, 4.0] == parse_lambdas("1 4 0") and parse_lambdas("") == [] and parse_lambdas(" , ") == []
     for bad in ("-1", "nan", "inf", "two"):
         with pytest.raises(AlbatError, match="not a finite number >= 0"):
             parse_lambdas(f"0,{bad}")

@@ -47,7 +47,7 @@ AUTO_OPTIONS = (
     Option("distractors", INT, 512, "backbone distractors of the held-out retrieval", min=0),
     Option("view_sigma", FLOAT, 1.0, "single-column data: noise norm of the second view", min=0),
     Option("prefer", STR, "", "keep this method unless another beats it on every fold (empty: best mean)"),
-    Option("lambdas", STR, "", "comma-separated λ grid to choose from with the method (0: add nothing); the "
+    Option("lambdas", STR, "", "λ grid (commas or spaces) to choose from with the method (0: add nothing); the "
            "chosen λ is folded into the rows' weight w_b, so leave emit's backbone_weight at 1 (empty: "
            "backbone_weight only, nothing folded)"),
     Option("judge", STR, "contrastive", "fold judge: contrastive (residual adapter on the store's embeddings) or "
@@ -135,9 +135,10 @@ def choose(table: list[MethodScores], prefer: str = "") -> MethodScores:
 
 
 def parse_lambdas(text: str) -> list[float]:
-    """The `lambdas` grid: "0, 1,4" -> [0.0, 1.0, 4.0] (sorted, no repeats); empty text -> []."""
+    """The `lambdas` grid, split on commas or spaces: "0, 1,4" or "0 1 4" -> [0.0, 1.0, 4.0] (sorted, no
+    repeats); empty text -> []."""
     values = []
-    for item in (x.strip() for x in str(text).split(",")):
+    for item in str(text).replace(",", " ").split():
         if not item:
             continue
         try:
