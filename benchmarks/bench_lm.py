@@ -118,9 +118,8 @@ def grid(sizes: str, ratios: str) -> list[tuple[int, int]]:
 
 
 def build_backbone_store(data: Path, store_work: Path) -> None:
-    """The MiniLM backbone store + index the query stage retrieves from (skipped when complete)."""
-    run("embed", "--work", store_work / "backbone", "--input", data / "pool.parquet", *EMBED_ARGS)
-    run("index", "--work", store_work / "backbone", "--quiet")
+    """The MiniLM backbone store + index the query stage retrieves from (bench_select.backbone_store)."""
+    bench_select.backbone_store(store_work / "backbone", data / "pool.parquet", EMBED_ARGS)
 
 
 def main() -> None:

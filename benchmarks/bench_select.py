@@ -45,11 +45,25 @@ def run(*args: Any) -> None:
         torch.set_num_threads(THREADS[0])
 
 
+def backbone_store(folder: Path, pool: Path, embed_args: list[str]) -> None:
+    """Embed and index the pool in `folder` (skipped when complete). A second bench process finds it
+    locked while another one runs a stage on an experiment linked to it (a shared lock): a completed
+    index is then used as it is."""
+    from albat.stores.workdir import Workdir
+
+    try:
+        run("embed", "--work", folder, "--input", pool, *embed_args)
+        run("index", "--work", folder, "--quiet")
+    except SystemExit:
+        if not Workdir(folder).stage_record("index"):
+            raise
+        print(f"{folder}: in use by another process and complete; using it as it is", flush=True)
+
+
 def build_stores(data: Path, work: Path, domains: list[dict],
                  embed_args: list[str] = EMBED_ARGS) -> tuple[EmbeddingStore, EmbeddingStore]:
     """The backbone store + index, and one store holding every domain's adaptation and test pairs."""
-    run("embed", "--work", work / "backbone", "--input", data / "pool.parquet", *embed_args)
-    run("index", "--work", work / "backbone", "--quiet")
+    backbone_store(work / "backbone", data / "pool.parquet", embed_args)
     heldout = work / "heldout_input.parquet"
     if not heldout.exists():
         tables = [pq.read_table(data / d[split]) for d in domains for split in ("adapt", "test")]
@@ -83,12 +97,12 @@ def retrieval(W, queries: np.ndarray, docs: np.ndarray, distractors: np.ndarray)
     return float((rank == 0).float().mean()), float((1.0 / (rank + 1).float()).mean())
 
 
-def judge_adapter(train, extra, bank, args, seed: int):
-    """The judge's residual adapter W, trained on the adaptation pairs plus the selection (weight λ)."""
+def judge_adapter(train, extra, bank, args, seed: int, extra_weight: np.ndarray | None = None):
+    """The judge's residual adapter W, trained on the adaptation pairs plus the selection (weight λ·w_b)."""
     from albat.pipeline.surrogates.contrastive import train_adapter
 
     W, _ = train_adapter(train, bank, steps=args.judge_steps, lr=args.judge_lr, batch_size=64, seed=seed,
-                         extra=extra, backbone_weight=args.lam)
+                         extra=extra, extra_weight=extra_weight, backbone_weight=args.lam)
     return W
 
 
@@ -119,18 +133,20 @@ def text_metrics(args, backbone: EmbeddingStore):
 
 
 def select(method: str, exp: Path, budget: int, seed: int, oracle_pool: np.ndarray, blocked: np.ndarray,
-           options: dict[str, list[str]]) -> tuple[np.ndarray, float]:
-    """Ids the method keeps and its selection time (the filter stage's own measurement)."""
+           options: dict[str, list[str]]) -> tuple[np.ndarray, np.ndarray, float]:
+    """Ids the method keeps, their weights w_b (1 unless the method sets them: `auto` with a λ grid
+    carries its chosen λ there) and its selection time (the filter stage's own measurement)."""
     if method == "oracle":
         rng = np.random.default_rng([seed, budget])
         allowed = oracle_pool[~np.isin(oracle_pool, blocked)]
-        return rng.choice(allowed, size=min(budget, len(allowed)), replace=False), 0.0
+        kept = rng.choice(allowed, size=min(budget, len(allowed)), replace=False)
+        return kept, np.ones(len(kept)), 0.0
     extra = [x for o in options.get(method, []) for x in ("--method-option", o)]
     run("filter", "--work", exp, "--method", method, "--budget", budget, "--seed", seed, "--quiet", *extra)
-    table = pq.read_table(exp / "tasks/default/filter" / "selection.parquet", columns=["id", "keep"])
-    kept = table.filter(table.column("keep")).column("id").to_numpy()
+    table = pq.read_table(exp / "tasks/default/filter" / "selection.parquet", columns=["id", "keep", "weight"])
+    table = table.filter(table.column("keep"))
     summary = json.loads((exp / "tasks/default/_stages" / "filter.json").read_text())["summary"]
-    return kept, float(summary["seconds"])
+    return table.column("id").to_numpy(), table.column("weight").to_numpy(), float(summary["seconds"])
 
 
 def load_domains(data: Path, selected: str, outside_pool: bool = True) -> list[dict]:
@@ -257,12 +273,12 @@ def run_all(args, domains: list[dict], results_path: Path, track: Track | None =
                     for method, ratio in pending:
                         m = ratio * n_a
                         base, options = variants.get(method, (method, None))
-                        kept, seconds = select(base, exp, m, seed, oracle_pool, blocked,
+                        kept, weights, seconds = select(base, exp, m, seed, oracle_pool, blocked,
                                                {"albat": args.albat_option, "auto": args.auto_option}
                                                if options is None else {base: options})
                         extra = pairs_for(backbone, kept) if len(kept) else None
                         started = time.perf_counter()
-                        scores = metrics(judge_adapter(train, extra, bank, args, seed), test, domain)
+                        scores = metrics(judge_adapter(train, extra, bank, args, seed, weights), test, domain)
                         r1, mrr = scores["recall1"], scores["mrr"]
                         in_domain = float(np.isin(kept, oracle_pool).mean()) if len(kept) else float("nan")
                         record = {"key": {"domain": domain["slug"], "n_a": n_a, "m": m, "seed": seed, "method": method,
