@@ -14,7 +14,7 @@ from conftest import SmallWiki, albat, small_run_config
 from lm_fixtures import SENTENCES, make_tiny_lm
 
 from albat.pipeline.methods.auto import MethodScores, choose_weight, parse_lambdas, weight_verdict
-from albat.pipeline.methods.lm_judge import LmJudge, judge_weights
+from albat.pipeline.methods.lm_judge import LmJudge, fold_steps, judge_weights
 from albat.stores.errors import AlbatError
 
 
@@ -56,6 +56,10 @@ def test_weight_verdict_needs_a_margin_beyond_the_spread_over_adding_nothing() -
     assert weight_verdict({1.0: alone}) == {}  # no λ = 0 to compare with
 
 
+def test_a_fold_trains_its_share_of_the_steps() -> None:
+    assert fold_steps(100, 43, 64) == 67 and fold_steps(100, 64, 64) == 100 and fold_steps(3, 1, 16) == 1
+
+
 def test_judge_weights_match_emit() -> None:
     np.testing.assert_allclose(judge_weights(6, 3, 2.0), [1, 1, 1, 1, 1, 1, 4, 4, 4])  # λ·n_train/|kept| = 2·6/3
     np.testing.assert_allclose(judge_weights(4, 5, 0.0), [1, 1, 1, 1])
@@ -91,8 +95,9 @@ def test_lm_judge_scores_minus_the_held_out_log_perplexity(tiny_lm: Path) -> Non
     score, tiebreak = judge.score(train, held, kept, 2.0)
     assert score == tiebreak
     texts = SENTENCES[:4] + [SENTENCES[6], SENTENCES[7]]  # the kept ids sorted: 100, 101
-    model, tok, _ = train_lora(tiny_lm, texts, np.array([1, 1, 1, 1, 4, 4.0]), steps=6, batch_size=4, lr=1e-2, rank=2,
-                               alpha=4.0, max_length=16, seed=3, device="cpu")
+    # judge_steps 6 scaled to the fold's 4 of 6 texts: 4 steps
+    model, tok, _ = train_lora(tiny_lm, texts, np.array([1, 1, 1, 1, 4, 4.0]), steps=4, batch_size=4, lr=1e-2,
+                               rank=2, alpha=4.0, max_length=16, seed=3, device="cpu")
     assert score == pytest.approx(-math.log(perplexity(model, tok, SENTENCES[4:6], 16)), abs=1e-6)
     assert judge.fits == 1
     assert judge.score(train, held, kept[::-1], 2.0)[0] == score and judge.fits == 1  # cached: the same fit

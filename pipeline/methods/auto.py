@@ -40,7 +40,8 @@ AUTO_OPTIONS = (
     Option("methods", STR, "albat,knn,dsir,classifier,random", "comma-separated candidate methods"),
     Option("folds", INT, 3, "folds of the adaptation set", min=2),
     Option("score", STR, "mrr", "held-out score of the fold judge: mrr or loss", choices=("mrr", "loss")),
-    Option("judge_steps", INT, 50, "training steps of the fold judge", min=1),
+    Option("judge_steps", INT, 50, "training steps of the fold judge (judge=lm: the steps your training will take; "
+           "each fold trains its share of them)", min=1),
     Option("judge_lr", FLOAT, 1e-3, "learning rate of the fold judge", above=0),
     Option("backbone_weight", FLOAT, 1.0, "λ of the fold judge's BAT loss", above=0),
     Option("bank_size", INT, 128, "fixed backbone negatives of the fold judge", min=1),

@@ -8,8 +8,15 @@ perplexity of the target, and at which weight λ (BENCHMARKS.md, `lm-lambda`: λ
 every in-pool target; on a target outside the pool every λ > 0 loses to the adaptation set alone).
 
     score(train, held, kept, λ) = − log perplexity of the held-out fold's texts under
-        LoRA(`judge_steps` AdamW steps on the training fold's texts with weight 1 each and the kept
-             backbone rows with weight λ·n_train/|kept| each)         (pipeline/surrogates/lora_train.py)
+        LoRA(s AdamW steps on the training fold's texts with weight 1 each and the kept backbone
+             rows with weight λ·n_train/|kept| each)                  (pipeline/surrogates/lora_train.py)
+    s = round(`judge_steps` · n_train / n_A)                          (`fold_steps`)
+
+Set `judge_steps` to the steps the real training will take: the fold's rows (its share of the
+adaptation set, and a budget scaled the same way) are then seen as many times as the full set's rows
+will be. With the full `judge_steps` on a smaller fold, the fold-alone arm overfits sooner than the
+real run will and adding data looks better than it is (measured: on vera at n_A = 64 the unscaled judge
+chose λ = 1 where the adaptation set alone is better, docs/albat-design.md round eleven).
 
 λ = 0, or nothing kept, is training on the fold alone: one fit per fold, shared by every method and
 budget (fits are cached by (train rows, kept ids, λ)). Every fit starts from the same seeded LoRA
@@ -25,6 +32,12 @@ import numpy as np
 
 from albat.pipeline.methods.base import SelectionRequest
 from albat.stores.errors import AlbatError
+
+
+def fold_steps(judge_steps: int, n_train: int, n: int) -> int:
+    """Training steps of a fold's fit: `judge_steps` scaled to the fold's share of the adaptation set
+    (at least 1), so each row is seen as often as in `judge_steps` steps on all n."""
+    return max(1, int(round(judge_steps * n_train / n)))
 
 
 def judge_weights(n_train: int, n_kept: int, lam: float) -> np.ndarray:
@@ -66,7 +79,8 @@ class LmJudge:
         texts = [self.texts[i] for i in train] + (self.store.texts_for_ids(kept) if len(kept) else [])
         weights = judge_weights(len(train), len(kept), lam)
         targets = [t for t in str(opts["target_modules"]).split(",") if t] or None
-        model, tokenizer, _ = train_lora(None, texts, weights, steps=opts["judge_steps"],
+        steps = fold_steps(opts["judge_steps"], len(train), len(self.texts))
+        model, tokenizer, _ = train_lora(None, texts, weights, steps=steps,
                                          batch_size=opts["judge_batch_size"], lr=opts["judge_lr"],
                                          rank=opts["lora_rank"], alpha=opts["lora_alpha"], target_modules=targets,
                                          max_length=opts["max_length"], seed=self.seed,
