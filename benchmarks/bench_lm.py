@@ -141,6 +141,8 @@ def main() -> None:
     parser.add_argument("--full-seeds", default=None, help="seeds of the full-target reference runs (default: "
                         "--seeds; fewer saves time: a seed without its own reference uses the others' mean)")
     parser.add_argument("--methods", default=",".join(METHODS), help="methods and --variant names to run")
+    parser.add_argument("--product", default="", help="comma-separated methods or --variant names judged against "
+                        "the baselines in the verdict tables (default: every name starting with albat)")
     parser.add_argument("--variant", action="append", default=[],
                         help="NAME=METHOD[:key=value,...]: a method with options, reported as NAME")
     parser.add_argument("--domains", default="", help="comma-separated slugs (default: all)")
@@ -363,9 +365,11 @@ def reference_perplexity(full: dict[tuple[str, int], dict], domain: str, seed: i
     return float(np.mean(others)) if others else None
 
 
-def product_methods(methods: list[str]) -> list[str]:
-    """albat and its --variant configurations (every name starting with albat): what must beat the baselines."""
-    return [m for m in methods if m.startswith("albat")]
+def product_methods(methods: list[str], named: str = "") -> list[str]:
+    """What must beat the baselines: the --product names among `methods`, by default albat and its
+    --variant configurations (every name starting with albat)."""
+    wanted = [x for x in named.split(",") if x]
+    return [m for m in methods if m in wanted] if wanted else [m for m in methods if m.startswith("albat")]
 
 
 def _stats(values: list[float], digits: int = 2) -> str:
@@ -502,7 +506,7 @@ def report(args, results_path: Path) -> None:
     checkpoints = sorted({int(s) for rs in groups.values() for r in rs for s in r.get("curve", {})})
     curve_rows = [[m] + [_stats([g for c in cells for g in gaps(c, m, str(step))]) for step in checkpoints]
                   for m in methods if m != "none"]
-    products = product_methods(methods)
+    products = product_methods(methods, args.product)
     verdict_rows, counts = [], []
     for product in products:
         rows = [[product] + label(c) + v for c in cells if (v := cell_verdicts(groups, c, product))]

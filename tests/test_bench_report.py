@@ -108,3 +108,11 @@ def test_the_lm_judge_of_a_variant_trains_like_the_benchmark_unless_told_otherwi
     args = SimpleNamespace(lr=2e-3, batch_size=16, rank=8, alpha=16.0, max_length=64)
     assert lm_judge_options(args, Path("ckpt"), ["judge=lm", "judge_lr=0.01"]) == [
         "model=ckpt", "judge_batch_size=16", "lora_rank=8", "lora_alpha=16.0", "max_length=64"]
+
+
+def test_the_verdict_tables_judge_the_named_products_else_albat_s_configurations():
+    from benchmarks.bench_lm import product_methods
+
+    methods = ["none", "knn", "albat", "albat_v2", "lm_auto"]
+    assert product_methods(methods) == ["albat", "albat_v2"]
+    assert product_methods(methods, "lm_auto,missing") == ["lm_auto"]
