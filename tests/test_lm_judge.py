@@ -147,3 +147,14 @@ def test_run_auto_with_the_lm_judge_chooses_a_method_and_a_weight(small_wiki: Sm
         assert auto["choice"] == best[1]["method"] and len(kept) == BUDGET
         np.testing.assert_allclose(kept["weight"], best[0])  # the chosen λ rides on w_b
     assert auto["weight_verdict"]["spread"] >= 0
+    # `albat diagnose` cross-validates with the same judge, folds and seed: the same fold scores
+    out = tmp_path / "diagnose.json"
+    assert albat("diagnose", work, "--config", config, "--budgets", BUDGET, "--lams", "1,4", "--json", out, *args) == 0
+    report = json.loads(out.read_text())
+    for lam in (1.0, 4.0):
+        table = next(t["table"] for t in report["tables"] if t["lambda"] == lam)
+        assert [r["method"] for r in table] == ["knn", "random", "none"]
+        for mine, theirs in zip(table, tables[lam]):
+            assert mine["fold_scores"] == pytest.approx(theirs["fold_scores"], abs=1e-5)
+        assert table[2]["fold_scores"] == pytest.approx(tables[0.0][0]["fold_scores"], abs=1e-5)  # none = λ 0
+    assert report["prediction"]["helps"] == any(g["helps"] for g in report["grid"])
