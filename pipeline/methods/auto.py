@@ -10,6 +10,12 @@ The best baseline changes from task to task (BENCHMARKS.md), so `auto` asks the 
 3. pick the method with the best mean fold score (`choose`; ties to the earlier method in `methods`;
    with `prefer=METHOD`, that method unless the best beats it on every fold) and run it on the full
    adaptation set at budget m.
+
+With `lambdas` (e.g. "0 1 4") the judge is fitted at every λ of the grid and auto picks the (method, λ)
+with the best mean (`choose_weight`; ties to the smaller λ); the chosen λ is written into the rows' w_b
+(emit's backbone_weight stays 1), and λ = 0 means the adaptation set alone did best: nothing is kept.
+`judge=lm` replaces the contrastive judge by LoRA on the causal LM in `model=` (pipeline/methods/
+lm_judge.py), scored by minus the held-out log-perplexity: the judge for language-model adaptation.
 Every fold score, the means, spreads and the choice go to the filter record (`auto`), and so to the
 manifest's `selection`. Blocked ids stay blocked in every fold: near-duplicates of a held-out
 example can never be selected for its own fold.
@@ -18,7 +24,9 @@ Options: `methods` [albat,knn,dsir,classifier,random; `none` may be added, but t
 favours it: on the selection benchmark auto with none chose it in 3 of its first 4 cells, where the
 full judge ranked none last], `folds` [3], `score` [mrr], `judge_steps`
 [50], `judge_lr` [1e-3], `backbone_weight` [1.0] (λ of the judge), `bank_size` [128], `distractors`
-[512], `view_sigma` [1.0], `prefer` [none: plain best mean]; any option of a candidate method as `METHOD.KEY` (e.g. `albat.beta=0.5`).
+[512], `view_sigma` [1.0], `prefer` [none: plain best mean], `lambdas` [empty: backbone_weight only],
+`judge` [contrastive], `model`, `judge_batch_size`, `max_length`, `lora_rank`, `lora_alpha`,
+`target_modules`, `device` (judge=lm); any option of a candidate method as `METHOD.KEY` (e.g. `albat.beta=0.5`).
 `dsir` runs with `pool=candidates` unless `dsir.pool` says otherwise: scoring the whole corpus once per
 fold would cost more than every other method together.
 """
