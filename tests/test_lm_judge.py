@@ -158,3 +158,13 @@ def test_run_auto_with_the_lm_judge_chooses_a_method_and_a_weight(small_wiki: Sm
             assert mine["fold_scores"] == pytest.approx(theirs["fold_scores"], abs=1e-5)
         assert table[2]["fold_scores"] == pytest.approx(tables[0.0][0]["fold_scores"], abs=1e-5)  # none = λ 0
     assert report["prediction"]["helps"] == any(g["helps"] for g in report["grid"])
+
+
+def test_auto_refuses_a_bad_grid_or_a_missing_model_before_any_work() -> None:
+    from albat.pipeline.methods.auto import AutoMethod
+
+    with pytest.raises(AlbatError, match="lambdas='1 -2'"):
+        AutoMethod(lambdas="1 -2")
+    with pytest.raises(AlbatError, match="judge=lm needs model=DIR"):
+        AutoMethod(judge="lm", lambdas="0 1")
+    assert AutoMethod(lambdas="4,0").grid == [0.0, 4.0]

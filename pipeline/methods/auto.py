@@ -148,8 +148,6 @@ def parse_lambdas(text: str) -> list[float]:
     repeats); empty text -> []."""
     values = []
     for item in str(text).replace(",", " ").split():
-        if not item:
-            continue
         try:
             value = float(item)
         except ValueError:
@@ -368,13 +366,17 @@ class AutoMethod(SelectionMethod):
 
     def __init__(self, **options: Any):
         self.methods, self.opts, self.per_method = auto_options(options)
+        self.grid = parse_lambdas(self.opts["lambdas"])  # a bad grid or a missing model fail before any work
+        if self.opts["judge"] == "lm" and not self.opts["model"]:
+            raise AlbatError("method auto: judge=lm needs model=DIR, the local causal-LM checkpoint you will adapt "
+                             "(--method-option model=DIR)")
         self.options = {**self.opts, **{k: v for k, v in options.items() if "." in k}}
 
     def select(self, request: SelectionRequest) -> SelectionResult:
         methods, opts, per_method = self.methods, self.opts, self.per_method
         if opts["prefer"] and opts["prefer"] not in methods:
             raise AlbatError(f"method auto: prefer={opts['prefer']!r} is not among methods={','.join(methods)}")
-        grid = parse_lambdas(opts["lambdas"])
+        grid = self.grid
         lams = grid or [opts["backbone_weight"]]
         clock = time.perf_counter()
         results = cross_validate(request, methods, per_method, opts, [request.budget], lams)
