@@ -110,12 +110,10 @@ def test_lm_judge_scores_minus_the_held_out_log_perplexity(tiny_lm: Path) -> Non
 
 
 def test_lm_judge_needs_a_model() -> None:
-    from albat.pipeline.methods.base import SelectionRequest
+    from albat.pipeline.methods.auto import auto_options
 
-    request = SelectionRequest(candidates=None, pairs=None, blocked_ids=np.zeros(0), store=None, adaptation_texts=[],
-                               adaptation_vectors=np.zeros((0, 2)), budget=1, seed=0)
-    with pytest.raises(AlbatError, match="judge=lm needs model=DIR"):
-        LmJudge(request, {"model": "", "device": "cpu"})
+    with pytest.raises(AlbatError, match="judge=lm needs model=DIR"):  # auto and `albat diagnose` read options here
+        auto_options({"judge": "lm"})
 
 
 BUDGET = 8

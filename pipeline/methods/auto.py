@@ -338,6 +338,9 @@ def auto_options(options: dict[str, Any]) -> tuple[list[str], dict[str, Any], di
     methods = parse_methods(options.get("methods", DEFAULTS["methods"]))
     own, per_method = split_options(options, methods)
     opts = resolve(AUTO_OPTIONS, own, "method auto")
+    if opts["judge"] == "lm" and not opts["model"]:  # auto and `albat diagnose` both fail before any work
+        raise AlbatError("method auto: judge=lm needs model=DIR, the local causal-LM checkpoint you will adapt "
+                         "(--method-option model=DIR)")
     for name in methods:  # unknown options of a candidate method fail before any work
         check_options(name, per_method[name])
     return methods, opts, per_method
@@ -366,10 +369,7 @@ class AutoMethod(SelectionMethod):
 
     def __init__(self, **options: Any):
         self.methods, self.opts, self.per_method = auto_options(options)
-        self.grid = parse_lambdas(self.opts["lambdas"])  # a bad grid or a missing model fail before any work
-        if self.opts["judge"] == "lm" and not self.opts["model"]:
-            raise AlbatError("method auto: judge=lm needs model=DIR, the local causal-LM checkpoint you will adapt "
-                             "(--method-option model=DIR)")
+        self.grid = parse_lambdas(self.opts["lambdas"])  # a bad grid fails before any work
         self.options = {**self.opts, **{k: v for k, v in options.items() if "." in k}}
 
     def select(self, request: SelectionRequest) -> SelectionResult:

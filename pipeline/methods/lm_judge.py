@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 
 from albat.pipeline.methods.base import SelectionRequest
-from albat.stores.errors import AlbatError
 
 
 def fold_steps(judge_steps: int, n_train: int, n: int) -> int:
@@ -55,9 +54,6 @@ class LmJudge:
     def __init__(self, request: SelectionRequest, opts: dict[str, Any]):
         from albat.pipeline.surrogates.lm import load_causal_lm
 
-        if not opts.get("model"):
-            raise AlbatError("method auto: judge=lm needs model=DIR, the local causal-LM checkpoint you will adapt "
-                             "(--method-option model=DIR)")
         self.base, self.tokenizer = load_causal_lm(opts["model"], opts["device"])
         self.texts = list(request.adaptation_texts)
         self.store, self.opts, self.seed = request.store, opts, request.seed
