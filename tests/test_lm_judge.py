@@ -14,7 +14,7 @@ from conftest import SmallWiki, albat, small_run_config
 from lm_fixtures import SENTENCES, make_tiny_lm
 
 from albat.pipeline.methods.auto import MethodScores, choose_weight, parse_lambdas, weight_verdict
-from albat.pipeline.methods.lm_judge import LmJudge, fold_steps, judge_weights
+from albat.pipeline.methods.lm_judge import LmJudge, fold_plan, fold_steps, judge_weights
 from albat.stores.errors import AlbatError
 
 
@@ -60,6 +60,21 @@ def test_a_fold_trains_its_share_of_the_steps() -> None:
     assert fold_steps(100, 43, 64) == 67 and fold_steps(100, 64, 64) == 100 and fold_steps(3, 1, 16) == 1
 
 
+def test_a_fold_plan_keeps_the_steps_or_the_batch() -> None:
+    # batch: the real run's 100 steps at the fold's share of batch 16 (43/64 of 16 = 10.75 -> 11)
+    assert fold_plan(100, 16, 43, 64) == (100, 11) and fold_plan(100, 16, 43, 64, "batch") == (100, 11)
+    assert fold_plan(100, 16, 11, 16) == (100, 11)  # a few texts: full batch, as the real run's
+    assert fold_plan(100, 1, 1, 16) == (100, 1)  # never a batch of 0
+    # steps: the batch kept, the steps scaled (fold_steps)
+    assert fold_plan(100, 16, 43, 64, "steps") == (67, 16)
+    # either way each row is seen about as often as in the real run: steps·batch/n_train ≈ 100·16/64
+    for scale in ("batch", "steps"):
+        steps, batch = fold_plan(100, 16, 43, 64, scale)
+        assert steps * batch / 43 == pytest.approx(100 * 16 / 64, rel=0.03)
+    with pytest.raises(ValueError, match="fold_scale"):
+        fold_plan(100, 16, 43, 64, "epochs")
+
+
 def test_judge_weights_match_emit() -> None:
     np.testing.assert_allclose(judge_weights(6, 3, 2.0), [1, 1, 1, 1, 1, 1, 4, 4, 4])  # λ·n_train/|kept| = 2·6/3
     np.testing.assert_allclose(judge_weights(4, 5, 0.0), [1, 1, 1, 1])
@@ -75,7 +90,7 @@ class _Store:
         return [self.texts[int(i)] for i in ids]
 
 
-def _judge(lm: Path, steps: int = 6) -> LmJudge:
+def _judge(lm: Path, steps: int = 6, scale: str | None = None) -> LmJudge:
     from albat.pipeline.methods.base import SelectionRequest
 
     request = SelectionRequest(candidates=None, pairs=None, blocked_ids=np.zeros(0, np.int64),
@@ -84,6 +99,8 @@ def _judge(lm: Path, steps: int = 6) -> LmJudge:
                                budget=4, seed=3)
     opts = {"model": str(lm), "device": "cpu", "judge_steps": steps, "judge_batch_size": 4, "judge_lr": 1e-2,
             "lora_rank": 2, "lora_alpha": 4.0, "max_length": 16, "target_modules": ""}
+    if scale is not None:
+        opts["fold_scale"] = scale
     return LmJudge(request, opts)
 
 
@@ -95,8 +112,8 @@ def test_lm_judge_scores_minus_the_held_out_log_perplexity(tiny_lm: Path) -> Non
     score, tiebreak = judge.score(train, held, kept, 2.0)
     assert score == tiebreak
     texts = SENTENCES[:4] + [SENTENCES[6], SENTENCES[7]]  # the kept ids sorted: 100, 101
-    # judge_steps 6 scaled to the fold's 4 of 6 texts: 4 steps
-    model, tok, _ = train_lora(tiny_lm, texts, np.array([1, 1, 1, 1, 4, 4.0]), steps=4, batch_size=4, lr=1e-2,
+    # fold_scale=batch (the default): judge_steps 6 at batch 4 scaled to the fold's 4 of 6 texts, 3
+    model, tok, _ = train_lora(tiny_lm, texts, np.array([1, 1, 1, 1, 4, 4.0]), steps=6, batch_size=3, lr=1e-2,
                                rank=2, alpha=4.0, max_length=16, seed=3, device="cpu")
     assert score == pytest.approx(-math.log(perplexity(model, tok, SENTENCES[4:6], 16)), abs=1e-6)
     assert judge.fits == 1
@@ -107,6 +124,20 @@ def test_lm_judge_scores_minus_the_held_out_log_perplexity(tiny_lm: Path) -> Non
     judge.cache.clear()  # after `unload` the checkpoint carries no adapter: a refit gives the same number
     assert judge.score(train, held, kept, 2.0)[0] == pytest.approx(score, abs=1e-6)
     assert not [n for n, _ in judge.base.named_parameters() if "lora" in n]
+
+
+def test_lm_judge_with_fold_scale_steps_trains_fewer_steps_at_the_full_batch(tiny_lm: Path) -> None:
+    from albat.pipeline.surrogates.lora_train import perplexity, train_lora
+
+    judge = _judge(tiny_lm, scale="steps")
+    train, held, kept = np.array([0, 1, 2, 3]), np.array([4, 5]), np.array([100, 101])
+    score = judge.score(train, held, kept, 2.0)[0]
+    texts = SENTENCES[:4] + [SENTENCES[6], SENTENCES[7]]
+    # judge_steps 6 scaled to the fold's 4 of 6 texts: 4 steps, at the full batch 4
+    model, tok, _ = train_lora(tiny_lm, texts, np.array([1, 1, 1, 1, 4, 4.0]), steps=4, batch_size=4, lr=1e-2,
+                               rank=2, alpha=4.0, max_length=16, seed=3, device="cpu")
+    assert score == pytest.approx(-math.log(perplexity(model, tok, SENTENCES[4:6], 16)), abs=1e-6)
+    assert score != pytest.approx(_judge(tiny_lm).score(train, held, kept, 2.0)[0], abs=1e-6)
 
 
 def test_lm_judge_needs_a_model() -> None:

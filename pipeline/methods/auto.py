@@ -25,7 +25,7 @@ favours it: on the selection benchmark auto with none chose it in 3 of its first
 full judge ranked none last], `folds` [3], `score` [mrr], `judge_steps`
 [50], `judge_lr` [1e-3], `backbone_weight` [1.0] (λ of the judge), `bank_size` [128], `distractors`
 [512], `view_sigma` [1.0], `prefer` [none: plain best mean], `lambdas` [empty: backbone_weight only],
-`judge` [contrastive], `model`, `judge_batch_size`, `max_length`, `lora_rank`, `lora_alpha`,
+`judge` [contrastive], `model`, `judge_batch_size`, `fold_scale`, `max_length`, `lora_rank`, `lora_alpha`,
 `target_modules`, `device` (judge=lm); any option of a candidate method as `METHOD.KEY` (e.g. `albat.beta=0.5`).
 `dsir` runs with `pool=candidates` unless `dsir.pool` says otherwise: scoring the whole corpus once per
 fold would cost more than every other method together.
@@ -64,7 +64,9 @@ AUTO_OPTIONS = (
            choices=("contrastive", "lm")),
     Option("model", STR, "", "judge=lm: local Hugging Face causal-LM checkpoint directory (nothing is downloaded)",
            metavar="DIR", path=True),
-    Option("judge_batch_size", INT, 16, "judge=lm: LoRA batch size", min=1),
+    Option("judge_batch_size", INT, 16, "judge=lm: LoRA batch size (your training's)", min=1),
+    Option("fold_scale", STR, "batch", "judge=lm: what a fold's fit scales to its share of the adaptation set: "
+           "batch (same steps, smaller batch) or steps (same batch, fewer steps)", choices=("batch", "steps")),
     Option("max_length", INT, 128, "judge=lm: tokens per text, BOS included", min=2),
     Option("lora_rank", INT, 8, "judge=lm: LoRA rank", min=1),
     Option("lora_alpha", FLOAT, 16.0, "judge=lm: LoRA alpha", above=0),

@@ -8,15 +8,24 @@ perplexity of the target, and at which weight λ (BENCHMARKS.md, `lm-lambda`: λ
 every in-pool target; on a target outside the pool every λ > 0 loses to the adaptation set alone).
 
     score(train, held, kept, λ) = − log perplexity of the held-out fold's texts under
-        LoRA(s AdamW steps on the training fold's texts with weight 1 each and the kept backbone
-             rows with weight λ·n_train/|kept| each)                  (pipeline/surrogates/lora_train.py)
-    s = round(`judge_steps` · n_train / n_A)                          (`fold_steps`)
+        LoRA(s AdamW steps of batch b on the training fold's texts with weight 1 each and the kept
+             backbone rows with weight λ·n_train/|kept| each)         (pipeline/surrogates/lora_train.py)
 
-Set `judge_steps` to the steps the real training will take: the fold's rows (its share of the
-adaptation set, and a budget scaled the same way) are then seen as many times as the full set's rows
-will be. With the full `judge_steps` on a smaller fold, the fold-alone arm overfits sooner than the
-real run will and adding data looks better than it is (measured: on vera at n_A = 64 the unscaled judge
-chose λ = 1 where the adaptation set alone is better, docs/albat-design.md round eleven).
+Set `judge_steps` to the steps the real training will take and `judge_batch_size` to its batch. A fold
+holds n_train = (1 − 1/folds)·n_A of the adaptation texts and a budget scaled the same way, so the real
+run's (steps, batch) cannot be copied as they are. `fold_scale` says what the fold keeps:
+
+    fold_scale=batch [default]: s = judge_steps, b = round(judge_batch_size · n_train / n_A)  (`fold_plan`)
+        as many optimizer steps as the real run, and every row seen as often (steps·b / rows equal);
+    fold_scale=steps:           s = round(judge_steps · n_train / n_A), b = judge_batch_size
+        every row seen as often, but fewer steps (round eleven's judge).
+
+Why batch: on a few texts the real run's batch holds the whole adaptation set, so training on it alone is
+full-batch and overfits with every step. fold_scale=steps gives that arm a third fewer steps, catches it
+before it overfits and keeps λ = 0 where adding rows wins (fortunes_de at n_A = 16: +90 perplexity
+against random, docs/albat-design.md round eleven). The full `judge_steps` at the full batch on a smaller
+fold shows each row more often than the real run will, so the fold-alone arm overfits sooner and adding
+data looks better than it is (vera at n_A = 64: λ = 1 chosen where the adaptation set alone is better).
 
 λ = 0, or nothing kept, is training on the fold alone: one fit per fold, shared by every method and
 budget (fits are cached by (train rows, kept ids, λ)). Every fit starts from the same seeded LoRA
@@ -37,6 +46,17 @@ def fold_steps(judge_steps: int, n_train: int, n: int) -> int:
     """Training steps of a fold's fit: `judge_steps` scaled to the fold's share of the adaptation set
     (at least 1), so each row is seen as often as in `judge_steps` steps on all n."""
     return max(1, int(round(judge_steps * n_train / n)))
+
+
+def fold_plan(judge_steps: int, batch_size: int, n_train: int, n: int, scale: str = "batch") -> tuple[int, int]:
+    """(steps, batch) of a fold's fit on n_train of the n adaptation texts: `scale=batch` keeps the
+    steps and shrinks the batch to the fold's share (at least 1), `scale=steps` keeps the batch and
+    shrinks the steps (`fold_steps`). Either way each row is seen about as often as in the real run."""
+    if scale == "batch":
+        return judge_steps, max(1, int(round(batch_size * n_train / n)))
+    if scale == "steps":
+        return fold_steps(judge_steps, n_train, n), batch_size
+    raise ValueError(f"fold_scale={scale!r}: choose batch or steps")
 
 
 def judge_weights(n_train: int, n_kept: int, lam: float) -> np.ndarray:
@@ -75,9 +95,9 @@ class LmJudge:
         texts = [self.texts[i] for i in train] + (self.store.texts_for_ids(kept) if len(kept) else [])
         weights = judge_weights(len(train), len(kept), lam)
         targets = [t for t in str(opts["target_modules"]).split(",") if t] or None
-        steps = fold_steps(opts["judge_steps"], len(train), len(self.texts))
-        model, tokenizer, _ = train_lora(None, texts, weights, steps=steps,
-                                         batch_size=opts["judge_batch_size"], lr=opts["judge_lr"],
+        steps, batch = fold_plan(opts["judge_steps"], opts["judge_batch_size"], len(train), len(self.texts),
+                                 opts.get("fold_scale", "batch"))
+        model, tokenizer, _ = train_lora(None, texts, weights, steps=steps, batch_size=batch, lr=opts["judge_lr"],
                                          rank=opts["lora_rank"], alpha=opts["lora_alpha"], target_modules=targets,
                                          max_length=opts["max_length"], seed=self.seed,
                                          backbone=(self.base, self.tokenizer))
