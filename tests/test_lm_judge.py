@@ -14,7 +14,7 @@ from conftest import SmallWiki, albat, small_run_config
 from lm_fixtures import SENTENCES, make_tiny_lm
 
 from albat.pipeline.methods.auto import MethodScores, choose_weight, parse_lambdas, weight_verdict
-from albat.pipeline.methods.lm_judge import LmJudge, fold_plan, fold_steps, judge_weights
+from albat.pipeline.methods.lm_judge import LmJudge, fit_steps, fold_steps, judge_weights
 from albat.stores.errors import AlbatError
 
 
@@ -60,19 +60,29 @@ def test_a_fold_trains_its_share_of_the_steps() -> None:
     assert fold_steps(100, 43, 64) == 67 and fold_steps(100, 64, 64) == 100 and fold_steps(3, 1, 16) == 1
 
 
-def test_a_fold_plan_keeps_the_steps_or_the_batch() -> None:
-    # batch: the real run's 100 steps at the fold's share of batch 16 (43/64 of 16 = 10.75 -> 11)
-    assert fold_plan(100, 16, 43, 64) == (100, 11) and fold_plan(100, 16, 43, 64, "batch") == (100, 11)
-    assert fold_plan(100, 16, 11, 16) == (100, 11)  # a few texts: full batch, as the real run's
-    assert fold_plan(100, 1, 1, 16) == (100, 1)  # never a batch of 0
-    # steps: the batch kept, the steps scaled (fold_steps)
-    assert fold_plan(100, 16, 43, 64, "steps") == (67, 16)
-    # either way each row is seen about as often as in the real run: steps·batch/n_train ≈ 100·16/64
-    for scale in ("batch", "steps"):
-        steps, batch = fold_plan(100, 16, 43, 64, scale)
-        assert steps * batch / 43 == pytest.approx(100 * 16 / 64, rel=0.03)
+def passes(steps: int, batch: int, rows: float) -> float:
+    """Passes over `rows` rows that `steps` steps of `batch` make (a batch holds at most every row)."""
+    return steps * min(batch, rows) / rows
+
+
+def test_a_fold_fit_makes_as_many_passes_as_the_real_run() -> None:
+    # more rows than the batch on both sides: the steps scale with the fold's share (fold_steps)
+    assert fit_steps(100, 16, 43, 43, 64) == 67 == fold_steps(100, 43, 64)
+    assert fit_steps(100, 16, 43 + 341, 43, 64) == 67  # with kept rows, 576 real rows
+    # the real arm fits in one batch (16 texts alone, batch 16): full-batch on both sides, all 100 steps
+    assert fit_steps(100, 16, 11, 11, 16) == 100
+    # fold full-batch (11 rows), real run not (24 rows, batch 16): 100·16/24 = 66.7 passes, one per step
+    assert fit_steps(100, 16, 11, 11, 24) == 67
+    for steps, batch, rows, n_train, n in [(100, 16, 99, 11, 16), (100, 16, 11, 11, 16), (200, 8, 30, 20, 30),
+                                           (100, 16, 11, 11, 24), (50, 4, 5, 4, 6)]:
+        real = rows * n / n_train
+        got = fit_steps(steps, batch, rows, n_train, n)
+        assert passes(got, batch, rows) == pytest.approx(passes(steps, batch, real), rel=0.05, abs=0.5 * batch / rows)
+    assert fit_steps(3, 16, 1, 1, 200) == 1  # at least one step
+    # steps: round eleven's judge, the fold's share of the steps whatever the rows
+    assert fit_steps(100, 16, 11, 11, 16, "steps") == 69 and fit_steps(100, 16, 43, 43, 64, "steps") == 67
     with pytest.raises(ValueError, match="fold_scale"):
-        fold_plan(100, 16, 43, 64, "epochs")
+        fit_steps(100, 16, 43, 43, 64, "batch")
 
 
 def test_judge_weights_match_emit() -> None:
@@ -90,14 +100,14 @@ class _Store:
         return [self.texts[int(i)] for i in ids]
 
 
-def _judge(lm: Path, steps: int = 6, scale: str | None = None) -> LmJudge:
+def _judge(lm: Path, steps: int = 6, scale: str | None = None, batch: int = 4) -> LmJudge:
     from albat.pipeline.methods.base import SelectionRequest
 
     request = SelectionRequest(candidates=None, pairs=None, blocked_ids=np.zeros(0, np.int64),
                                store=_Store({100 + i: s for i, s in enumerate(SENTENCES[6:])}),
                                adaptation_texts=SENTENCES[:6], adaptation_vectors=np.zeros((6, 2), np.float32),
                                budget=4, seed=3)
-    opts = {"model": str(lm), "device": "cpu", "judge_steps": steps, "judge_batch_size": 4, "judge_lr": 1e-2,
+    opts = {"model": str(lm), "device": "cpu", "judge_steps": steps, "judge_batch_size": batch, "judge_lr": 1e-2,
             "lora_rank": 2, "lora_alpha": 4.0, "max_length": 16, "target_modules": ""}
     if scale is not None:
         opts["fold_scale"] = scale
@@ -112,8 +122,9 @@ def test_lm_judge_scores_minus_the_held_out_log_perplexity(tiny_lm: Path) -> Non
     score, tiebreak = judge.score(train, held, kept, 2.0)
     assert score == tiebreak
     texts = SENTENCES[:4] + [SENTENCES[6], SENTENCES[7]]  # the kept ids sorted: 100, 101
-    # fold_scale=batch (the default): judge_steps 6 at batch 4 scaled to the fold's 4 of 6 texts, 3
-    model, tok, _ = train_lora(tiny_lm, texts, np.array([1, 1, 1, 1, 4, 4.0]), steps=6, batch_size=3, lr=1e-2,
+    # fold_scale=passes (the default): 6 rows here stand for 9 in the real run, where judge_steps 6 at
+    # batch 4 make 6·4/9 passes; at batch 4 on 6 rows that is round(2.67·6/4) = 4 steps
+    model, tok, _ = train_lora(tiny_lm, texts, np.array([1, 1, 1, 1, 4, 4.0]), steps=4, batch_size=4, lr=1e-2,
                                rank=2, alpha=4.0, max_length=16, seed=3, device="cpu")
     assert score == pytest.approx(-math.log(perplexity(model, tok, SENTENCES[4:6], 16)), abs=1e-6)
     assert judge.fits == 1
@@ -126,18 +137,22 @@ def test_lm_judge_scores_minus_the_held_out_log_perplexity(tiny_lm: Path) -> Non
     assert not [n for n, _ in judge.base.named_parameters() if "lora" in n]
 
 
-def test_lm_judge_with_fold_scale_steps_trains_fewer_steps_at_the_full_batch(tiny_lm: Path) -> None:
+def test_the_fold_alone_arm_trains_every_step_of_a_full_batch_run(tiny_lm: Path) -> None:
     from albat.pipeline.surrogates.lora_train import perplexity, train_lora
 
-    judge = _judge(tiny_lm, scale="steps")
-    train, held, kept = np.array([0, 1, 2, 3]), np.array([4, 5]), np.array([100, 101])
-    score = judge.score(train, held, kept, 2.0)[0]
-    texts = SENTENCES[:4] + [SENTENCES[6], SENTENCES[7]]
-    # judge_steps 6 scaled to the fold's 4 of 6 texts: 4 steps, at the full batch 4
-    model, tok, _ = train_lora(tiny_lm, texts, np.array([1, 1, 1, 1, 4, 4.0]), steps=4, batch_size=4, lr=1e-2,
+    train, held = np.array([0, 1, 2, 3]), np.array([4, 5])
+    # 6 texts fit in the real run's batch 8: full-batch, so the fold's 4 texts alone train all 6 steps
+    judge = _judge(tiny_lm, batch=8)
+    alone = judge.score(train, held, np.zeros(0, np.int64), 0.0)[0]
+    model, tok, _ = train_lora(tiny_lm, SENTENCES[:4], np.ones(4), steps=6, batch_size=8, lr=1e-2,
                                rank=2, alpha=4.0, max_length=16, seed=3, device="cpu")
-    assert score == pytest.approx(-math.log(perplexity(model, tok, SENTENCES[4:6], 16)), abs=1e-6)
-    assert score != pytest.approx(_judge(tiny_lm).score(train, held, kept, 2.0)[0], abs=1e-6)
+    assert alone == pytest.approx(-math.log(perplexity(model, tok, SENTENCES[4:6], 16)), abs=1e-6)
+    # round eleven's fold_scale=steps trained the fold's share, round(6·4/6) = 4 steps: a different fit
+    shorter = _judge(tiny_lm, batch=8, scale="steps").score(train, held, np.zeros(0, np.int64), 0.0)[0]
+    model, tok, _ = train_lora(tiny_lm, SENTENCES[:4], np.ones(4), steps=4, batch_size=8, lr=1e-2,
+                               rank=2, alpha=4.0, max_length=16, seed=3, device="cpu")
+    assert shorter == pytest.approx(-math.log(perplexity(model, tok, SENTENCES[4:6], 16)), abs=1e-6)
+    assert shorter != pytest.approx(alone, abs=1e-6)
 
 
 def test_lm_judge_needs_a_model() -> None:

@@ -65,8 +65,9 @@ AUTO_OPTIONS = (
     Option("model", STR, "", "judge=lm: local Hugging Face causal-LM checkpoint directory (nothing is downloaded)",
            metavar="DIR", path=True),
     Option("judge_batch_size", INT, 16, "judge=lm: LoRA batch size (your training's)", min=1),
-    Option("fold_scale", STR, "batch", "judge=lm: what a fold's fit scales to its share of the adaptation set: "
-           "batch (same steps, smaller batch) or steps (same batch, fewer steps)", choices=("batch", "steps")),
+    Option("fold_scale", STR, "passes", "judge=lm: a fold's steps: passes (as many passes over its rows as your "
+           "training will make) or steps (judge_steps scaled to the fold's share, round eleven)",
+           choices=("passes", "steps")),
     Option("max_length", INT, 128, "judge=lm: tokens per text, BOS included", min=2),
     Option("lora_rank", INT, 8, "judge=lm: LoRA rank", min=1),
     Option("lora_alpha", FLOAT, 16.0, "judge=lm: LoRA alpha", above=0),

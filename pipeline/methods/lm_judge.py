@@ -8,24 +8,32 @@ perplexity of the target, and at which weight λ (BENCHMARKS.md, `lm-lambda`: λ
 every in-pool target; on a target outside the pool every λ > 0 loses to the adaptation set alone).
 
     score(train, held, kept, λ) = − log perplexity of the held-out fold's texts under
-        LoRA(s AdamW steps of batch b on the training fold's texts with weight 1 each and the kept
-             backbone rows with weight λ·n_train/|kept| each)         (pipeline/surrogates/lora_train.py)
+        LoRA(s AdamW steps of batch b on the fold's r rows: the training fold's texts with weight 1
+             each and the kept backbone rows with weight λ·n_train/|kept| each)
+                                                                      (pipeline/surrogates/lora_train.py)
 
-Set `judge_steps` to the steps the real training will take and `judge_batch_size` to its batch. A fold
-holds n_train = (1 − 1/folds)·n_A of the adaptation texts and a budget scaled the same way, so the real
-run's (steps, batch) cannot be copied as they are. `fold_scale` says what the fold keeps:
+Set `judge_steps` (S) and `judge_batch_size` (b) to what the real training will use. A fold holds
+n_train = (1 − 1/folds)·n_A of the adaptation texts and a budget scaled the same way, so the real run of
+the same arm has R = r·n_A/n_train rows. The fold's fit makes as many passes over its rows as that run
+will (`fit_steps`, `fold_scale=passes`, the default); a step passes over min(b, rows) rows, since a batch
+cannot hold more rows than there are:
 
-    fold_scale=batch [default]: s = judge_steps, b = round(judge_batch_size · n_train / n_A)  (`fold_plan`)
-        as many optimizer steps as the real run, and every row seen as often (steps·b / rows equal);
-    fold_scale=steps:           s = round(judge_steps · n_train / n_A), b = judge_batch_size
-        every row seen as often, but fewer steps (round eleven's judge).
+    passes = S · min(b, R) / R,        s = round(passes · r / min(b, r))
 
-Why batch: on a few texts the real run's batch holds the whole adaptation set, so training on it alone is
-full-batch and overfits with every step. fold_scale=steps gives that arm a third fewer steps, catches it
-before it overfits and keeps λ = 0 where adding rows wins (fortunes_de at n_A = 16: +90 perplexity
-against random, docs/albat-design.md round eleven). The full `judge_steps` at the full batch on a smaller
-fold shows each row more often than the real run will, so the fold-alone arm overfits sooner and adding
-data looks better than it is (vera at n_A = 64: λ = 1 chosen where the adaptation set alone is better).
+With more rows than the batch on both sides this is s = S·n_train/n_A. When the real arm fits in one
+batch (the adaptation set alone on a few texts) it is s = S: every step is full-batch on both sides and
+the fold-alone arm overfits as fast as the real one will.
+
+Rejected, with numbers (docs/albat-design.md round twelve):
+    fold_scale=steps: s = round(S·n_train/n_A) for every arm (round eleven's judge). On a few texts the
+        fold-alone arm made a third fewer full-batch steps than the real run, was caught before it
+        overfits, and λ = 0 won where adding rows is better (fortunes_de at n_A = 16: +90 perplexity
+        against random). Kept as an option: it reproduces round eleven.
+    s = S at batch round(b·n_train/n_A): as many steps and passes as the real run, but a smaller batch
+        overfits the fold-alone arm sooner, and λ = 1 won on vera at n_A = 64, where the adaptation set
+        alone is better (seed 0: 166.7 against 158.3 perplexity).
+    s = S at batch b (no scaling): each row is seen more often than in the real run; λ = 1 won on vera
+        at n_A = 64 (round eleven).
 
 λ = 0, or nothing kept, is training on the fold alone: one fit per fold, shared by every method and
 budget (fits are cached by (train rows, kept ids, λ)). Every fit starts from the same seeded LoRA
@@ -48,15 +56,18 @@ def fold_steps(judge_steps: int, n_train: int, n: int) -> int:
     return max(1, int(round(judge_steps * n_train / n)))
 
 
-def fold_plan(judge_steps: int, batch_size: int, n_train: int, n: int, scale: str = "batch") -> tuple[int, int]:
-    """(steps, batch) of a fold's fit on n_train of the n adaptation texts: `scale=batch` keeps the
-    steps and shrinks the batch to the fold's share (at least 1), `scale=steps` keeps the batch and
-    shrinks the steps (`fold_steps`). Either way each row is seen about as often as in the real run."""
-    if scale == "batch":
-        return judge_steps, max(1, int(round(batch_size * n_train / n)))
+def fit_steps(judge_steps: int, batch_size: int, rows: int, n_train: int, n: int, scale: str = "passes") -> int:
+    """Training steps of a fold's fit on `rows` rows (n_train of the n adaptation texts plus the kept
+    backbone rows), at the real run's batch. `passes`: as many passes over the rows as the real run of
+    the same arm (rows·n/n_train rows, `judge_steps` steps) makes, a step passing over min(batch, rows)
+    rows; `steps`: `fold_steps`, the steps scaled to the fold's share whatever the rows."""
     if scale == "steps":
-        return fold_steps(judge_steps, n_train, n), batch_size
-    raise ValueError(f"fold_scale={scale!r}: choose batch or steps")
+        return fold_steps(judge_steps, n_train, n)
+    if scale != "passes":
+        raise ValueError(f"fold_scale={scale!r}: choose passes or steps")
+    real = rows * n / n_train
+    passes = judge_steps * min(batch_size, real) / real
+    return max(1, int(round(passes * rows / min(batch_size, rows))))
 
 
 def judge_weights(n_train: int, n_kept: int, lam: float) -> np.ndarray:
@@ -95,9 +106,10 @@ class LmJudge:
         texts = [self.texts[i] for i in train] + (self.store.texts_for_ids(kept) if len(kept) else [])
         weights = judge_weights(len(train), len(kept), lam)
         targets = [t for t in str(opts["target_modules"]).split(",") if t] or None
-        steps, batch = fold_plan(opts["judge_steps"], opts["judge_batch_size"], len(train), len(self.texts),
-                                 opts.get("fold_scale", "batch"))
-        model, tokenizer, _ = train_lora(None, texts, weights, steps=steps, batch_size=batch, lr=opts["judge_lr"],
+        steps = fit_steps(opts["judge_steps"], opts["judge_batch_size"], len(texts), len(train), len(self.texts),
+                          opts.get("fold_scale", "passes"))
+        model, tokenizer, _ = train_lora(None, texts, weights, steps=steps, batch_size=opts["judge_batch_size"],
+                                         lr=opts["judge_lr"],
                                          rank=opts["lora_rank"], alpha=opts["lora_alpha"], target_modules=targets,
                                          max_length=opts["max_length"], seed=self.seed,
                                          backbone=(self.base, self.tokenizer))
