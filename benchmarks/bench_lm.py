@@ -442,14 +442,15 @@ def robustness_rows(groups: dict[tuple, list[dict]], cells: list[tuple], methods
 
 
 def tabulated(records: list[dict], seeds: set[int], methods: set[str],
-              cells: set[tuple[int, int]] | None = None) -> list[dict]:
+              cells: set[tuple[int, int]] | None = None, domains: set[str] | None = None) -> list[dict]:
     """The records a --report-only table shows: the references (backbone, full) and the selection runs of
     the given seeds and methods, so a method run on more seeds than the others is not compared on
-    unequal seeds, and of the given (n_A, m) cells (None: every cell), so runs of another grid that share
-    the results file stay out of this section."""
-    return [r for r in records if r["key"]["method"] in ("backbone", "full")
-            or (r["key"]["method"] in methods and r["key"].get("seed") in seeds
-                and (cells is None or (r["key"].get("n_a"), r["key"].get("m")) in cells))]
+    unequal seeds, of the given (n_A, m) cells (None: every cell), so runs of another grid that share
+    the results file stay out of this section, and of the given domains (None: every domain)."""
+    return [r for r in records if (domains is None or r["key"].get("domain") in domains)
+            and (r["key"]["method"] in ("backbone", "full")
+                 or (r["key"]["method"] in methods and r["key"].get("seed") in seeds
+                     and (cells is None or (r["key"].get("n_a"), r["key"].get("m")) in cells)))]
 
 
 def report(args, results_path: Path) -> None:
@@ -460,7 +461,8 @@ def report(args, results_path: Path) -> None:
     records = [r for r in records if r["key"].get("steps", args.steps) == args.steps]
     if args.report_only:
         records = tabulated(records, {int(x) for x in args.seeds.split(",") if x}, set(args.methods.split(",")),
-                            {(n_a, ratio * n_a) for n_a, ratio in grid(args.sizes, args.ratios)})
+                            {(n_a, ratio * n_a) for n_a, ratio in grid(args.sizes, args.ratios)},
+                            {d["slug"] for d in load_domains(args.data, args.domains)} if args.domains else None)
     backbone = {r["key"]["domain"]: r["perplexity"] for r in records if r["key"]["method"] == "backbone"}
     full = {(r["key"]["domain"], r["key"]["seed"]): r for r in records if r["key"]["method"] == "full"}
     groups: dict[tuple, list[dict]] = {}

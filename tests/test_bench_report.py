@@ -76,6 +76,17 @@ def test_report_only_keeps_its_own_grid():
     assert len(tabulated(records, {0}, {"knn"})) == 4  # no cells given: every cell
 
 
+def test_report_only_keeps_the_given_domains():
+    from benchmarks.bench_lm import tabulated
+
+    records = [{"key": {"method": "backbone", "domain": "a"}}, {"key": {"method": "backbone", "domain": "b"}},
+               {"key": {"method": "knn", "seed": 0, "domain": "a", "n_a": 16, "m": 128}},
+               {"key": {"method": "knn", "seed": 0, "domain": "b", "n_a": 16, "m": 128}}]
+    kept = tabulated(records, {0}, {"knn"}, None, {"b"})
+    assert [(r["key"]["method"], r["key"]["domain"]) for r in kept] == [("backbone", "b"), ("knn", "b")]
+    assert len(tabulated(records, {0}, {"knn"}, None, None)) == 4  # no domains given: every domain
+
+
 def test_roc_auc_by_hand_and_against_brute_force():
     from benchmarks.bench_image import roc_auc
 
