@@ -175,6 +175,7 @@ def test_run_auto_with_the_lm_judge_chooses_a_method_and_a_weight(small_wiki: Sm
     work = tmp_path / "work"
     auto = json.loads((work / "tasks/default/output" / "manifest.json").read_text())["selection"]["auto"]
     assert auto["judge"] == "lm" and auto["score"] == "loss" and auto["lambdas"] == [0.0, 1.0, 4.0]
+    assert auto["fold_scale"] == "passes" and auto["judge_batch_size"] == 4 and auto["judge_steps"] == 4
     tables = {t["lambda"]: t["table"] for t in auto["tables"]}
     assert sorted(tables) == [0.0, 1.0, 4.0]
     for lam, table in tables.items():

@@ -402,6 +402,8 @@ class AutoMethod(SelectionMethod):
         result.report = {"auto": {"choice": "none" if lam == 0 else chosen.name, "prefer": opts["prefer"],
                                   "judge": opts["judge"], "score": "loss" if opts["judge"] == "lm" else opts["score"],
                                   "folds": opts["folds"], "judge_steps": opts["judge_steps"],
+                                  **({"judge_batch_size": opts["judge_batch_size"], "fold_scale": opts["fold_scale"]}
+                                     if opts["judge"] == "lm" else {}),
                                   "backbone_weight": lam,
                                   "fold_budgets": fold_budgets(request.budget, len(request.adaptation_vectors),
                                                                opts["folds"], request.seed),
