@@ -13,7 +13,7 @@ import pytest
 from conftest import SmallWiki, albat, small_run_config
 from lm_fixtures import SENTENCES, make_tiny_lm
 
-from albat.pipeline.methods.auto import MethodScores, choose_weight, parse_lambdas, weight_verdict
+from albat.pipeline.methods.auto import DEFAULTS, MethodScores, choose_weight, parse_lambdas, weight_verdict
 from albat.pipeline.methods.lm_judge import LmJudge, fit_steps, fold_steps, judge_weights
 from albat.stores.errors import AlbatError
 
@@ -108,9 +108,8 @@ def _judge(lm: Path, steps: int = 6, scale: str | None = None, batch: int = 4) -
                                adaptation_texts=SENTENCES[:6], adaptation_vectors=np.zeros((6, 2), np.float32),
                                budget=4, seed=3)
     opts = {"model": str(lm), "device": "cpu", "judge_steps": steps, "judge_batch_size": batch, "judge_lr": 1e-2,
-            "lora_rank": 2, "lora_alpha": 4.0, "max_length": 16, "target_modules": ""}
-    if scale is not None:
-        opts["fold_scale"] = scale
+            "lora_rank": 2, "lora_alpha": 4.0, "max_length": 16, "target_modules": "",
+            "fold_scale": scale or DEFAULTS["fold_scale"]}
     return LmJudge(request, opts)
 
 

@@ -107,11 +107,10 @@ class LmJudge:
         weights = judge_weights(len(train), len(kept), lam)
         targets = [t for t in str(opts["target_modules"]).split(",") if t] or None
         steps = fit_steps(opts["judge_steps"], opts["judge_batch_size"], len(texts), len(train), len(self.texts),
-                          opts.get("fold_scale", "passes"))
+                          opts["fold_scale"])
         model, tokenizer, _ = train_lora(None, texts, weights, steps=steps, batch_size=opts["judge_batch_size"],
-                                         lr=opts["judge_lr"],
-                                         rank=opts["lora_rank"], alpha=opts["lora_alpha"], target_modules=targets,
-                                         max_length=opts["max_length"], seed=self.seed,
+                                         lr=opts["judge_lr"], rank=opts["lora_rank"], alpha=opts["lora_alpha"],
+                                         target_modules=targets, max_length=opts["max_length"], seed=self.seed,
                                          backbone=(self.base, self.tokenizer))
         try:
             value = -math.log(perplexity(model, tokenizer, [self.texts[i] for i in held], opts["max_length"]))
