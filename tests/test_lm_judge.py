@@ -100,7 +100,7 @@ class _Store:
         return [self.texts[int(i)] for i in ids]
 
 
-def _judge(lm: Path, steps: int = 6, scale: str | None = None, batch: int = 4) -> LmJudge:
+def _judge(lm: Path, steps: int = 6, scale: str | None = None, batch: int = 4, layers: int | None = None) -> LmJudge:
     from albat.pipeline.methods.base import SelectionRequest
 
     request = SelectionRequest(candidates=None, pairs=None, blocked_ids=np.zeros(0, np.int64),
@@ -109,7 +109,8 @@ def _judge(lm: Path, steps: int = 6, scale: str | None = None, batch: int = 4) -
                                budget=4, seed=3)
     opts = {"model": str(lm), "device": "cpu", "judge_steps": steps, "judge_batch_size": batch, "judge_lr": 1e-2,
             "lora_rank": 2, "lora_alpha": 4.0, "max_length": 16, "target_modules": "",
-            "fold_scale": scale or DEFAULTS["fold_scale"]}
+            "fold_scale": scale or DEFAULTS["fold_scale"],
+            "judge_layers": DEFAULTS["judge_layers"] if layers is None else layers}
     return LmJudge(request, opts)
 
 
@@ -154,6 +155,28 @@ def test_the_fold_alone_arm_trains_every_step_of_a_full_batch_run(tiny_lm: Path)
     assert shorter != pytest.approx(alone, abs=1e-6)
 
 
+def test_the_cut_judge_is_lora_on_the_top_layers_of_the_full_model(tmp_path: Path) -> None:
+    """judge_layers=1 on a 3-layer LM: the same score as LoRA on the top layer only of the whole model
+    (peft's regex targets), trained by the full forward pass; each text's layer input is computed once."""
+    from albat.pipeline.surrogates.lora_train import perplexity, train_lora
+
+    lm = make_tiny_lm(tmp_path, layers=3)
+    judge = _judge(lm, layers=1)
+    train, held, kept = np.array([0, 1, 2, 3]), np.array([4, 5]), np.array([101, 100])
+    score = judge.score(train, held, kept, 2.0)[0]
+    assert sorted(judge.states.states) == [("a", i) for i in range(6)] + [("s", 100), ("s", 101)]
+    texts = SENTENCES[:4] + [SENTENCES[6], SENTENCES[7]]
+    top_only = r".*layers\.2\.self_attn\.(q_proj|v_proj)"  # peft's default targets, in the top layer only
+    model, tok, _ = train_lora(lm, texts, np.array([1, 1, 1, 1, 4, 4.0]), steps=4, batch_size=4, lr=1e-2, rank=2,
+                               alpha=4.0, max_length=16, seed=3, device="cpu", target_modules=top_only)
+    assert score == pytest.approx(-math.log(perplexity(model, tok, SENTENCES[4:6], 16)), abs=1e-5)
+    full = judge_full = _judge(lm).score(train, held, kept, 2.0)[0]  # every layer adapted: another fit
+    assert full != pytest.approx(score, abs=1e-4) and judge_full < 0
+    alone = judge.score(train, held, kept, 0.0)[0]
+    assert alone != score and len(judge.states.states) == 8  # the fold alone reuses the cached states
+    assert not [n for n, _ in judge.top.named_parameters() if "lora" in n]
+
+
 def test_lm_judge_needs_a_model() -> None:
     from albat.pipeline.methods.auto import auto_options
 
@@ -175,6 +198,7 @@ def test_run_auto_with_the_lm_judge_chooses_a_method_and_a_weight(small_wiki: Sm
     auto = json.loads((work / "tasks/default/output" / "manifest.json").read_text())["selection"]["auto"]
     assert auto["judge"] == "lm" and auto["score"] == "loss" and auto["lambdas"] == [0.0, 1.0, 4.0]
     assert auto["fold_scale"] == "passes" and auto["judge_batch_size"] == 4 and auto["judge_steps"] == 4
+    assert auto["judge_layers"] == 0
     tables = {t["lambda"]: t["table"] for t in auto["tables"]}
     assert sorted(tables) == [0.0, 1.0, 4.0]
     for lam, table in tables.items():

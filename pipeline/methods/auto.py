@@ -25,7 +25,7 @@ favours it: on the selection benchmark auto with none chose it in 3 of its first
 full judge ranked none last], `folds` [3], `score` [mrr], `judge_steps`
 [50], `judge_lr` [1e-3], `backbone_weight` [1.0] (λ of the judge), `bank_size` [128], `distractors`
 [512], `view_sigma` [1.0], `prefer` [none: plain best mean], `lambdas` [empty: backbone_weight only],
-`judge` [contrastive], `model`, `judge_batch_size`, `fold_scale`, `max_length`, `lora_rank`, `lora_alpha`,
+`judge` [contrastive], `model`, `judge_batch_size`, `fold_scale`, `judge_layers`, `max_length`, `lora_rank`, `lora_alpha`,
 `target_modules`, `device` (judge=lm); any option of a candidate method as `METHOD.KEY` (e.g. `albat.beta=0.5`).
 `dsir` runs with `pool=candidates` unless `dsir.pool` says otherwise: scoring the whole corpus once per
 fold would cost more than every other method together.
@@ -68,6 +68,8 @@ AUTO_OPTIONS = (
     Option("fold_scale", STR, "passes", "judge=lm: a fold's steps: passes (as many passes over its rows as your "
            "training will make) or steps (judge_steps scaled to the fold's share, round eleven)",
            choices=("passes", "steps")),
+    Option("judge_layers", INT, 0, "judge=lm: LoRA on the top k decoder layers only, the layers below run once per "
+           "text and cached (cheaper, less faithful); 0: every layer, the exact fit", min=0),
     Option("max_length", INT, 128, "judge=lm: tokens per text, BOS included", min=2),
     Option("lora_rank", INT, 8, "judge=lm: LoRA rank", min=1),
     Option("lora_alpha", FLOAT, 16.0, "judge=lm: LoRA alpha", above=0),
@@ -402,7 +404,8 @@ class AutoMethod(SelectionMethod):
         result.report = {"auto": {"choice": "none" if lam == 0 else chosen.name, "prefer": opts["prefer"],
                                   "judge": opts["judge"], "score": "loss" if opts["judge"] == "lm" else opts["score"],
                                   "folds": opts["folds"], "judge_steps": opts["judge_steps"],
-                                  **({"judge_batch_size": opts["judge_batch_size"], "fold_scale": opts["fold_scale"]}
+                                  **({"judge_batch_size": opts["judge_batch_size"], "fold_scale": opts["fold_scale"],
+                                      "judge_layers": opts["judge_layers"]}
                                      if opts["judge"] == "lm" else {}),
                                   "backbone_weight": lam,
                                   "fold_budgets": fold_budgets(request.budget, len(request.adaptation_vectors),

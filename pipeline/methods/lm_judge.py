@@ -39,6 +39,11 @@ Rejected, with numbers (docs/albat-design.md round twelve):
 budget (fits are cached by (train rows, kept ids, λ)). Every fit starts from the same seeded LoRA
 initialisation and batch order, so the arms of one fold are paired. The backbone checkpoint is
 loaded once; each fit's adapter is removed again (peft's `unload`) before the next one.
+
+`judge_layers=k` (0, the default, is the exact fit above): LoRA on the top k decoder layers only, on
+inputs of layer L−k computed once per text and cached (pipeline/surrogates/lm_top.py), so a step costs
+the top layers and the head instead of the whole model. A cheaper, less faithful judge: the real run
+adapts every layer. The cache holds rows × tokens × hidden floats.
 """
 from __future__ import annotations
 
@@ -90,6 +95,17 @@ class LmJudge:
         self.store, self.opts, self.seed = request.store, opts, request.seed
         self.cache: dict[tuple, float] = {}
         self.fits = 0
+        self.layers = opts["judge_layers"]
+        self.top = self.states = None
+        if self.layers:
+            from albat.pipeline.surrogates.lm import tokenize
+            from albat.pipeline.surrogates.lm_top import StateCache, check_cut, top_model
+
+            self.top = top_model(self.base, self.layers)
+            probe = tokenize(self.tokenizer, self.texts[:2], opts["max_length"])
+            device = next(self.base.parameters()).device
+            check_cut(self.base, self.top, self.layers, *probe.batch(slice(None), device))
+            self.states = StateCache(self.base, self.layers)
 
     def score(self, train: np.ndarray, held: np.ndarray, kept: np.ndarray, lam: float) -> tuple[float, float]:
         kept = np.sort(np.asarray(kept, np.int64)) if lam > 0 else np.zeros(0, np.int64)
@@ -108,14 +124,32 @@ class LmJudge:
         targets = [t for t in str(opts["target_modules"]).split(",") if t] or None
         steps = fit_steps(opts["judge_steps"], opts["judge_batch_size"], len(texts), len(train), len(self.texts),
                           opts["fold_scale"])
+        held_texts = [self.texts[i] for i in held]
+        fit_states = held_states = None
+        if self.layers:  # the cut model on cached layer inputs: train rows keyed by source and id
+            keys = [("a", int(i)) for i in train] + [("s", int(i)) for i in kept]
+            fit_states = self._cached(keys, texts)
+            held_states = self._cached([("a", int(i)) for i in held], held_texts)
         model, tokenizer, _ = train_lora(None, texts, weights, steps=steps, batch_size=opts["judge_batch_size"],
                                          lr=opts["judge_lr"], rank=opts["lora_rank"], alpha=opts["lora_alpha"],
                                          target_modules=targets, max_length=opts["max_length"], seed=self.seed,
-                                         backbone=(self.base, self.tokenizer))
+                                         backbone=(self.top if self.layers else self.base, self.tokenizer),
+                                         states=fit_states)
         try:
-            value = -math.log(perplexity(model, tokenizer, [self.texts[i] for i in held], opts["max_length"]))
+            value = -math.log(perplexity(model, tokenizer, held_texts, opts["max_length"], states=held_states))
         finally:
-            self.base = model.unload()  # the checkpoint without the adapter, for the next fit
-            self.base.eval()
+            unloaded = model.unload()  # the checkpoint without the adapter, for the next fit
+            unloaded.eval()
+            if self.layers:
+                self.top = unloaded
+            else:
+                self.base = unloaded
         self.fits += 1
         return value
+
+    def _cached(self, keys: list[tuple], texts: list[str]):
+        """`states(rows, width)` for train_lora/perplexity over these texts: their cached layer inputs."""
+        from albat.pipeline.surrogates.lm import tokenize
+
+        self.states.fill(keys, tokenize(self.tokenizer, texts, self.opts["max_length"]))
+        return lambda rows, width: self.states.batch([keys[int(r)] for r in rows], width)

@@ -10,6 +10,9 @@ and minimises the unbiased estimate
     L_B = (N / |B|) · Σ_{i∈B} w_i · ℓ_i  /  Σ_{all i} w_i,
 
 ℓ_i being the mean next-token NLL of row i (the same ℓ as the `lm` surrogate).
+
+With `states` the model is a cut one (pipeline/surrogates/lm_top.py: the top layers of the LM) and
+`states(rows, width)` gives the rows' cached inputs of its first layer; every formula is unchanged.
 """
 from __future__ import annotations
 
@@ -20,21 +23,24 @@ from typing import Any, Callable
 
 import numpy as np
 
-from albat.pipeline.surrogates.lm import attach_lora, load_causal_lm, lora_parameters, resolve_device, token_nll, tokenize
+from albat.pipeline.surrogates.lm import (attach_lora, load_causal_lm, lora_parameters, nll_from_logits, resolve_device,
+                                         token_nll, tokenize)
 
 
 def train_lora(model_dir: str | Path, texts: list[str], weights: np.ndarray, *, steps: int = 200,
                batch_size: int = 16, lr: float = 1e-3, rank: int = 8, alpha: float = 16.0,
                target_modules: list[str] | None = None, max_length: int = 128, seed: int = 0,
                device: str = "auto", backbone: Any = None, eval_at: tuple[int, ...] = (),
-               evaluate: Callable[[Any, Any], float] | None = None) -> tuple[Any, Any, dict[str, Any]]:
+               evaluate: Callable[[Any, Any], float] | None = None,
+               states: Callable[[np.ndarray, int], Any] | None = None) -> tuple[Any, Any, dict[str, Any]]:
     """(peft model, tokenizer, report): LoRA trained `steps` steps on the weighted rows.
 
     `backbone` = (model, tokenizer) from `load_causal_lm` skips reloading the checkpoint; its
     weights are never changed (only the adapter trains), but peft wraps it, so pass a fresh one.
     `evaluate(model, tokenizer)` runs (in eval mode) after each step count in `eval_at` (and after
     step 0 if 0 is listed); the report's `curve` maps those step counts to its values, the
-    convergence of one training run, and `eval_seconds` is the time they took (not in `seconds`)."""
+    convergence of one training run, and `eval_seconds` is the time they took (not in `seconds`).
+    `states(rows, width)`: the cut model's inputs for those rows (lm_top.StateCache.batch)."""
     import torch
 
     if len(texts) != len(weights) or not len(texts):
@@ -70,7 +76,7 @@ def train_lora(model_dir: str | Path, texts: list[str], weights: np.ndarray, *, 
         rows = np.sort(order[cursor: cursor + batch_size])
         cursor += batch_size
         ids, mask = tokens.take(rows).batch(slice(None), device)
-        per_row = token_nll(model, ids, mask)
+        per_row = row_nll(model, ids, mask, None if states is None else states(rows, ids.shape[1]))
         loss = (len(texts) / len(rows)) * (w[rows].to(device) * per_row).sum() / norm
         opt.zero_grad()
         loss.backward()
@@ -86,8 +92,18 @@ def train_lora(model_dir: str | Path, texts: list[str], weights: np.ndarray, *, 
     return model, tokenizer, report
 
 
-def perplexity(model, tokenizer, texts: list[str], max_length: int = 128, batch_size: int = 32) -> float:
-    """exp(total next-token NLL / total predicted tokens) over `texts`."""
+def row_nll(model, ids, mask, states=None):
+    """Per-row mean next-token NLL: `token_nll`, or on a cut model's cached inputs `states`."""
+    if states is None:
+        return token_nll(model, ids, mask)
+    from albat.pipeline.surrogates.lm_top import top_logits
+
+    return nll_from_logits(top_logits(model, states, mask), ids, mask)
+
+
+def perplexity(model, tokenizer, texts: list[str], max_length: int = 128, batch_size: int = 32,
+               states: Callable[[np.ndarray, int], Any] | None = None) -> float:
+    """exp(total next-token NLL / total predicted tokens) over `texts` (`states`: as in train_lora)."""
     import torch
 
     tokens = tokenize(tokenizer, texts, max_length)
@@ -97,7 +113,8 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int = 128, batch_
         for start in range(0, len(tokens), batch_size):
             ids, mask = tokens.batch(slice(start, start + batch_size), device)
             n = mask[:, 1:].sum(1).double()
-            total += float((token_nll(model, ids, mask).double() * n).sum())
+            cached = None if states is None else states(np.arange(start, start + len(ids)), ids.shape[1])
+            total += float((row_nll(model, ids, mask, cached).double() * n).sum())
             count += float(n.sum())
     return math.exp(total / max(count, 1.0))
 
