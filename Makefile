@@ -9,7 +9,7 @@ WORK ?= work/demo
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup data data-images demo-image test test-faults demo embed index query filter mix emit run bench bench-embed bench-filter bench-index bench-scale bench-select bench-lm bench-image clean
+.PHONY: setup data data-images demo-image test test-faults demo embed index query filter mix emit run bench bench-embed bench-filter bench-index bench-scale bench-select bench-lm bench-judge-cut bench-image clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -73,7 +73,7 @@ demo-image: setup data-images
 embed index query filter mix emit run: setup data
 	$(ALBAT) $@ --config $(CONFIG)
 
-bench: bench-embed bench-filter bench-index bench-scale bench-select bench-lm bench-image
+bench: bench-embed bench-filter bench-index bench-scale bench-select bench-lm bench-judge-cut bench-image
 
 bench-embed: setup data
 	$(PY) -m benchmarks.bench_embed --out BENCHMARKS.md
@@ -109,6 +109,11 @@ bench-select: setup data-select $(VENV)/.bench
 MODEL ?=
 bench-lm: setup data-select $(VENV)/.bench
 	$(PY) -m benchmarks.bench_lm --out BENCHMARKS.md $(if $(MODEL),--model $(MODEL))
+
+# What a step of auto's judge=lm fold judge costs with judge_layers=k against every layer, on Llama shapes
+# up to 24 layers (random weights, the pool's texts; after bench-lm, whose backbone's tokenizer it uses).
+bench-judge-cut: setup data-select
+	$(PY) -m benchmarks.bench_judge_cut --out BENCHMARKS.md
 
 # The image track: held-out categories of the real image pool as targets, the benchmark's own small CLIP
 # (pre-trained without the held-out images; CLIP_MODEL=CONFIG.json CLIP_PRETRAINED=FILE use a real one),
