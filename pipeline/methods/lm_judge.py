@@ -43,7 +43,10 @@ loaded once; each fit's adapter is removed again (peft's `unload`) before the ne
 `judge_layers=k` (0, the default, is the exact fit above): LoRA on the top k decoder layers only, on
 inputs of layer L−k computed once per text and cached (pipeline/surrogates/lm_top.py), so a step costs
 the top layers and the head instead of the whole model. A cheaper, less faithful judge: the real run
-adapts every layer. The cache holds rows × tokens × hidden floats.
+adapts every layer. The cache holds rows × tokens × hidden floats. Measured on the benchmark's 4-layer LM
+(docs/albat-design.md round thirteen): k = 1 costs 2.8x one training run instead of 5.9x and chose the
+full judge's λ in the pool and on vera, but λ = 0 on German fortunes at n_A = 16 (the top layer cannot use
+English rows to adapt to German; +90 perplexity against random). So it is not the default.
 """
 from __future__ import annotations
 
