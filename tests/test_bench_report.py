@@ -127,3 +127,22 @@ def test_the_verdict_tables_judge_the_named_products_else_albat_s_configurations
     methods = ["none", "knn", "albat", "albat_v2", "lm_auto"]
     assert product_methods(methods) == ["albat", "albat_v2"]
     assert product_methods(methods, "lm_auto,missing") == ["lm_auto"]
+
+
+def test_bench_run_retries_a_reader_stage_once_and_never_a_writer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader stage refused while another bench process briefly holds the shared store is retried once;
+    a second failure, or any failure of embed/index (whose refusal backbone_store handles), stops the run."""
+    from benchmarks import bench_select
+
+    calls: list[str] = []
+    codes = iter([2, 0, 2, 2, 2])
+    monkeypatch.setattr(bench_select, "albat", lambda argv: calls.append(argv[0]) or next(codes))
+    monkeypatch.setattr(bench_select, "RETRY_PAUSE", [0.0])
+    bench_select.run("filter", "--work", "w")  # refused, then done
+    assert calls == ["filter", "filter"]
+    with pytest.raises(SystemExit, match="albat query --work w failed"):
+        bench_select.run("query", "--work", "w")  # a real error fails twice
+    assert calls[2:] == ["query", "query"]
+    with pytest.raises(SystemExit, match="albat embed"):
+        bench_select.run("embed", "--work", "w")
+    assert calls[4:] == ["embed"]
