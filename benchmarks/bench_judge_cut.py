@@ -70,7 +70,7 @@ def main() -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from albat.pipeline.surrogates.lm import load_causal_lm, tokenize
+    from albat.pipeline.surrogates.lm import load_causal_lm
     from albat.pipeline.surrogates.lm_top import StateCache, top_model
 
     torch.set_num_threads(args.threads)
@@ -93,13 +93,11 @@ def main() -> None:
         full = step_seconds(model, tok, texts, None, args.steps, args.max_length)
         for k in sorted({1, max(1, layers // 8), max(1, layers // 4)}):
             top = top_model(model, k)
-            cache = StateCache(model, k)
-            keys = list(range(len(texts)))
+            cache = StateCache(model, tok, k, args.max_length)
             clock = time.perf_counter()
-            cache.fill(keys, tokenize(tok, texts, args.max_length))
+            cache.fill(list(range(len(texts))), texts)  # a text's key is its row
             fill = (time.perf_counter() - clock) / len(texts)
-            cut = step_seconds(top, tok, texts, lambda r, w: cache.batch([keys[i] for i in r], w), args.steps,
-                               args.max_length)
+            cut = step_seconds(top, tok, texts, lambda r, w: cache.batch([int(i) for i in r], w), args.steps, args.max_length)
             rows.append([f"{layers} × {hidden}, vocab {vocab:,}", k, f"{full * 1e3:.0f}", f"{cut * 1e3:.0f}",
                          f"{full / cut:.2f}x", f"{fill * 1e3:.1f}"])
             print(rows[-1], flush=True)

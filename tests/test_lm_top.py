@@ -51,11 +51,11 @@ def test_caching_stops_below_the_cut(lm3) -> None:
 
 def test_the_state_cache_computes_each_text_once_and_pads_batches(lm3) -> None:
     model, tok = lm3
-    cache = StateCache(model, 1, batch_size=2)
+    cache = StateCache(model, tok, 1, 16, batch_size=2)
     tokens = tokenize(tok, SENTENCES[:3], 16)
-    cache.fill(["a", "b", "c"], tokens)
+    cache.fill(["a", "b", "c"], SENTENCES[:3])
     first = cache.states["a"]
-    cache.fill(["a", "b", "c"], tokens)
+    cache.fill(["a", "b", "c"], SENTENCES[:3])
     assert cache.states["a"] is first  # nothing recomputed
     lengths = tokens.mask.sum(1).tolist()
     assert [len(cache.states[k]) for k in "abc"] == lengths

@@ -108,7 +108,7 @@ class LmJudge:
             probe = tokenize(self.tokenizer, self.texts[:2], opts["max_length"])
             device = next(self.base.parameters()).device
             check_cut(self.base, self.top, self.layers, *probe.batch(slice(None), device))
-            self.states = StateCache(self.base, self.layers)
+            self.states = StateCache(self.base, self.tokenizer, self.layers, opts["max_length"])
 
     def score(self, train: np.ndarray, held: np.ndarray, kept: np.ndarray, lam: float) -> tuple[float, float]:
         kept = np.sort(np.asarray(kept, np.int64)) if lam > 0 else np.zeros(0, np.int64)
@@ -152,7 +152,5 @@ class LmJudge:
 
     def _cached(self, keys: list[tuple], texts: list[str]):
         """`states(rows, width)` for train_lora/perplexity over these texts: their cached layer inputs."""
-        from albat.pipeline.surrogates.lm import tokenize
-
-        self.states.fill(keys, tokenize(self.tokenizer, texts, self.opts["max_length"]))
+        self.states.fill(keys, texts)
         return lambda rows, width: self.states.batch([keys[int(r)] for r in rows], width)

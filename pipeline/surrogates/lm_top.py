@@ -33,7 +33,7 @@ class _Stop(Exception):
 
 def decoder_layers(model) -> Any:
     """The decoder's layer list (`model.model.layers` in Llama, Mistral, Qwen, Gemma...)."""
-    layers = getattr(getattr(model, "base_model", model), "layers", None)
+    layers = getattr(_owner(model), "layers", None)
     if layers is None or not len(layers):
         raise AlbatError(f"method auto: judge_layers needs a decoder whose layers are `model.layers` "
                          f"({type(model).__name__} has none); use judge_layers=0 (the full-model fit)")
@@ -110,18 +110,21 @@ class StateCache:
     """Layer L−k inputs of texts, computed once per key (trimmed to each text's tokens) and padded
     back to a batch's width on demand."""
 
-    def __init__(self, model, k: int, batch_size: int = 32):
-        self.model, self.k, self.batch_size = model, k, batch_size
+    def __init__(self, model, tokenizer, k: int, max_length: int, batch_size: int = 32):
+        self.model, self.tokenizer, self.k = model, tokenizer, k
+        self.max_length, self.batch_size = max_length, batch_size
         self.states: dict[Any, Any] = {}
 
-    def fill(self, keys: list[Any], tokens) -> None:
-        """Compute the states of the `keys` not cached yet; `tokens` (pipeline.surrogates.lm.Tokens)
-        holds their token ids, row i for keys[i]."""
+    def fill(self, keys: list[Any], texts: list[str]) -> None:
+        """Compute the states of the `keys` not cached yet (texts[i] is keys[i]'s text); only those texts
+        are tokenized and run."""
+        from albat.pipeline.surrogates.lm import tokenize
+
         device = next(self.model.parameters()).device
         todo = [i for i, key in enumerate(keys) if key not in self.states]
         for start in range(0, len(todo), self.batch_size):
             rows = todo[start: start + self.batch_size]
-            ids, mask = tokens.take(rows).batch(slice(None), device)
+            ids, mask = tokenize(self.tokenizer, [texts[i] for i in rows], self.max_length).batch(slice(None), device)
             states = bottom_states(self.model, self.k, ids, mask)
             for j, row in enumerate(rows):
                 self.states[keys[row]] = states[j, : int(mask[j].sum())].clone()
