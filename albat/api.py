@@ -164,11 +164,12 @@ def run_stages(stages: Sequence[str], config: dict[str, Any], show_progress: boo
     if work.remote is not None:  # a URL: pull what the remote holds into the mirror, run there, push each stage
         work.remote.pull()
         work = workdir(config)  # its task and output placed from the pulled files
-    work.lock(read_links=not {"embed", "index"} & set(stages))  # a linked store is only read by the others
+    complete = _lock(work, config, stages, show_progress, force)
     results: dict[str, StageResult] = {}
     try:
         for stage in stages:
-            summary = run_stage(stage_class(stage)(config, work, show_progress=show_progress, force=force))
+            summary = complete.get(stage) or run_stage(stage_class(stage)(config, work, show_progress=show_progress,
+                                                                          force=force))
             if work.remote is not None:
                 work.remote.push()
             skipped = bool(summary.pop("skipped", False))
@@ -178,6 +179,48 @@ def run_stages(stages: Sequence[str], config: dict[str, Any], show_progress: boo
     finally:
         work.unlock()
     return results
+
+
+STORE_STAGES = ("embed", "index")  # the stages that write the store and index (other work directories may link them)
+
+
+def _lock(work: Any, config: Mapping[str, Any], stages: Sequence[str], show_progress: bool,
+          force: bool) -> dict[str, dict[str, Any]]:
+    """Take the locks `stages` need; return the summaries of those of embed and index found complete.
+
+    embed and index write the store and index, which other work directories may link and read, so
+    they take those folders' lock exclusively (and wait for every reader). When both are complete with
+    this config (no `force`), nothing will be written there: that is checked under the shared lock,
+    and the run keeps it (the work directory's own lock stays exclusive unless embed and index are all
+    it runs). So `albat embed` or `index` on a finished store passes beside the query or filter of a
+    work directory linked to it, instead of being refused or refusing it. Anything else, or a check
+    that finds work to do, takes the exclusive lock as before."""
+    from albat.pipeline.stage import stage_class
+    from albat.stores.errors import AlbatError
+
+    writers = [s for s in stages if s in STORE_STAGES]
+    if writers and not force and work.remote is None:
+        try:
+            work.lock(shared=len(writers) == len(stages), read_links=True)
+        except AlbatError:
+            pass  # busy: the exclusive lock below says by whom
+        else:
+            complete = {}
+            try:
+                for name in writers:
+                    stage = stage_class(name)(config, work, show_progress=show_progress)
+                    done = stage.finished(stage.plan())
+                    if done is None:
+                        break
+                    complete[name] = {"skipped": True, **done}
+            except BaseException:
+                work.unlock()
+                raise
+            if len(complete) == len(writers):
+                return complete
+            work.unlock()
+    work.lock(read_links=not writers)  # a linked store is only read by the other stages
+    return {}
 
 
 def _plain(value: Any) -> Any:

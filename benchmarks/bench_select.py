@@ -43,9 +43,11 @@ RETRY_PAUSE = [15.0]  # seconds before the one retry of a failed reader stage
 
 def run(*args: Any) -> None:
     """`albat ARGS`; SystemExit when it fails. A reader stage that fails is retried once after
-    RETRY_PAUSE: a second benchmark process starting up runs `embed`/`index` on the shared backbone
-    store (a writer's lock) for a moment, and a reader stage that starts then is refused. Stages are
-    atomic, so the retry redoes nothing that finished; a real error fails twice."""
+    RETRY_PAUSE: while a second benchmark process builds the shared backbone store (embed/index with
+    work to do, a writer's lock), a reader stage that starts is refused. Since `embed`/`index` on a
+    complete store take only the shared lock (albat.api._lock), that happens only while the store is
+    really being built. Stages are atomic, so the retry redoes nothing that finished; a real error fails
+    twice."""
     argv = [str(a) for a in args]
     code = albat(argv)
     if code != 0 and argv and argv[0] in READERS:

@@ -287,6 +287,36 @@ def test_readers_of_a_linked_store_run_side_by_side_and_its_writers_wait(finishe
     assert (links[1] / "tasks" / "default" / "filter" / "selection.parquet").exists()
 
 
+def test_embed_and_index_of_a_complete_linked_store_pass_beside_its_readers(finished, tmp_path: Path,
+                                                                             capsys: pytest.CaptureFixture) -> None:
+    """While a work directory linked to a store runs a reading stage (the store's folder locked shared),
+    `embed` and `index` on the store's own work directory, complete with this config, skip without
+    waiting for it (they write nothing); with --force, or with work to do, they are refused as a writer."""
+    owner, config = _copy(finished, tmp_path)
+    link = tmp_path / "a"
+    link.mkdir()
+    for part in ("store", "index"):
+        (link / part).symlink_to(owner / part)
+    holder = _hold(link, read_links=True)
+    try:
+        capsys.readouterr()
+        for stage in ("embed", "index"):
+            assert albat(stage, "--config", config, "--work", owner) == 0
+            assert f"{stage}: skipped" in capsys.readouterr().out
+        assert albat("index", "--config", config, "--work", owner, "--force", "--quiet") == 2
+        err = capsys.readouterr().err
+        assert f"in use by pid {holder.pid}" in err and len(err.strip().splitlines()) == 1, err
+        (owner / "_stages" / "index.json").unlink()  # index not complete: it would write, so it waits
+        assert albat("index", "--config", config, "--work", owner, "--quiet") == 2
+        err = capsys.readouterr().err
+        assert f"in use by pid {holder.pid}; wait for it to finish" in err, err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert albat("index", "--config", config, "--work", owner, "--quiet") == 0  # free again: rebuilt
+    assert (owner / "_stages" / "index.json").exists()
+
+
 # ----- the earlier single-task layout ---------------------------------------------------------------
 def _to_legacy(work: Path) -> None:
     """Rewrite a finished work directory into the single-task layout of earlier albat versions."""
