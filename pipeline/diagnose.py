@@ -3,7 +3,8 @@ prediction of whether augmentation helps at all, at which budget m and weight λ
 
 It needs a completed query stage. For every (m, λ) of a small grid it cross-validates every candidate
 method on the adaptation set exactly as `--method auto` does (pipeline/methods/auto.py: seeded folds,
-selection on the training folds, the contrastive judge on the held-out fold). Augmentation is
+selection on the training folds, the contrastive judge on the held-out fold), except that it scores
+every fold (`stop_after` does not apply: the spreads need them all). Augmentation is
 predicted to help where the best method's mean fold score beats `none`'s by more than the larger of
 their fold spreads (std over folds); the recommendation is the (method, m, λ) with the best mean
 among those cells, or `none` when no cell clears its spread. Nothing is written unless `--json FILE`.
@@ -79,6 +80,7 @@ def run_diagnose(config: dict[str, Any], budgets: list[int] | None, lams: list[f
     filter_options = config["filter"]
     raw = {**(method_options(filter_options) if filter_options["method"] == "auto" else {}), **options}
     methods, opts, per_method = auto_options(raw)
+    opts = {**opts, "stop_after": 0}  # the whole table: every fold of every (m, λ), for the spreads
     if "none" not in methods:  # the prediction compares against training on the adaptation set alone
         methods.append("none")
         per_method["none"] = {}

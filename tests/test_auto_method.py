@@ -143,6 +143,7 @@ def test_run_auto_records_the_choice_table(auto_run: Path) -> None:
         assert row["mean"] == pytest.approx(np.mean(row["fold_scores"]), abs=1e-6)
     best = max(auto["table"], key=lambda r: (r["mean"], np.mean(r["fold_tiebreak"])))
     assert auto["choice"] == best["method"] and auto["seed"] == 5 and auto["folds"] == 2
+    assert auto["folds_run"] == 2 and auto["stop_after"] == 2  # two folds: nothing to stop early
     assert auto["verdict"]["best"] == auto["choice"]
     assert auto["fold_budgets"] == [6, 6]  # 8 adaptation examples, folds of 4
     selection = pq.read_table(auto_run / "tasks/default/filter" / "selection.parquet").to_pandas()
@@ -206,3 +207,58 @@ def test_prefer_keeps_the_default_unless_beaten_on_every_fold() -> None:
     table[0].scores = [0.56, 0.61, 0.59]
     assert choose(table, prefer="dsir").name == "knn"  # better on every fold
     assert choose(table, prefer="none").name == "knn"  # not a candidate: plain best
+
+
+def test_clear_leader_needs_a_win_on_every_fold_and_lambda_zero_counts_once() -> None:
+    from albat.pipeline.methods.auto import arms, clear_leader
+
+    lead, close = MethodScores("knn", [-4.0, -4.1]), MethodScores("dsir", [-4.2, -4.0])
+    assert not clear_leader([lead, close])  # best mean, but dsir wins fold 1
+    close.scores = [-4.2, -4.2]
+    assert clear_leader([lead, close]) and clear_leader([lead]) and clear_leader([])
+    alone = [MethodScores("knn", [-5.0, -5.0]), MethodScores("dsir", [-5.0, -5.0])]  # λ = 0: the same fit twice
+    assert [t.name for t in arms({0.0: alone, 1.0: [lead, close]})] == ["knn", "knn", "dsir"]
+    assert clear_leader(arms({0.0: alone, 1.0: [lead, close]}))
+    assert clear_leader(arms({0.0: [MethodScores("knn", [-3.0, -3.0]), MethodScores("dsir", [-3.0, -3.0])],
+                              1.0: [lead]}))  # adding nothing wins: its twin rows do not block the stop
+    close.error = "fold 0: failed"
+    assert arms({1.0: [lead, close]}) == [lead]  # a failed method cannot be chosen
+
+
+@pytest.mark.parametrize("stop_after, scores, folds_run, chosen", [
+    (2, {0.0: [-5, -5, -5], 1.0: [-4, -4, -9], 4.0: [-4.5, -4.5, -4.5]}, 2, 1.0),  # λ = 1 wins folds 0, 1: stop
+    (2, {0.0: [-5, -5, -5], 1.0: [-4, -4.6, -4], 4.0: [-4.5, -4.5, -4.5]}, 3, 1.0),  # λ = 4 wins fold 1: go on
+    # every fold: fold 2 turns the choice (the case the stop gambles on; it never happened on the benchmark)
+    (0, {0.0: [-5, -5, -5], 1.0: [-4, -4, -9], 4.0: [-4.5, -4.5, -4.5]}, 3, 4.0),
+    (3, {0.0: [-5, -5, -5], 1.0: [-4, -4, -9], 4.0: [-4.5, -4.5, -4.5]}, 3, 4.0),
+])
+def test_cross_validate_stops_after_the_folds_a_clear_leader_needs(monkeypatch: pytest.MonkeyPatch, stop_after: int,
+                                                                   scores: dict, folds_run: int, chosen: float) -> None:
+    """A fake judge scores (fold, λ) from a table; the folds after `stop_after` are fitted only while no
+    (method, λ) has won every fold so far."""
+    from types import SimpleNamespace
+
+    from albat.pipeline.methods import auto
+
+    n, fits = 9, []
+    fold_of = assign_folds(n, 3, 0)
+
+    class FakeJudge:
+        def __init__(self, request, opts):
+            pass
+
+        def score(self, train, held, kept, lam):
+            fits.append((int(fold_of[held[0]]), lam))
+            value = scores[lam if len(kept) else 0.0][int(fold_of[held[0]])]
+            return value, value
+
+    picked = SimpleNamespace(ids=np.array([7, 8]), keep=np.array([True, True]))
+    monkeypatch.setattr(auto, "Judge", FakeJudge)
+    monkeypatch.setattr(auto, "fold_request", lambda *a: None)
+    monkeypatch.setattr(auto, "get_method", lambda name, **kw: SimpleNamespace(select=lambda sub: picked))
+    request = SimpleNamespace(adaptation_vectors=np.zeros((n, 2)), seed=0)
+    opts = {**auto.DEFAULTS, "stop_after": stop_after}
+    out = auto.cross_validate(request, ["knn"], {"knn": {}}, opts, [4], [0.0, 1.0, 4.0])
+    assert sorted({f for f, _ in fits}) == list(range(folds_run)) and len(fits) == 3 * folds_run
+    assert all(len(out[(4, lam)][0].scores) == folds_run for lam in (0.0, 1.0, 4.0))
+    assert auto.choose_weight({lam: out[(4, lam)] for lam in (0.0, 1.0, 4.0)})[0] == chosen
