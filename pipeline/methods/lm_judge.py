@@ -35,6 +35,10 @@ Rejected, with numbers (docs/albat-design.md round twelve):
     s = S at batch b (no scaling): each row is seen more often than in the real run; λ = 1 won on vera
         at n_A = 64 (round eleven).
 
+auto's `stop_after` (default 2) ends the folds once one λ beats the others on every fold so far: on the
+benchmark (docs/albat-design.md round fourteen) 15 of 21 selections stopped after 2 of 3 folds, every one
+chose the full judge's λ, and a selection cost 4.3x one training run instead of 5.9x (n_A = 16).
+
 λ = 0, or nothing kept, is training on the fold alone: one fit per fold, shared by every method and
 budget (fits are cached by (train rows, kept ids, λ)). Every fit starts from the same seeded LoRA
 initialisation and batch order, so the arms of one fold are paired. The backbone checkpoint is
