@@ -262,3 +262,14 @@ def test_cross_validate_stops_after_the_folds_a_clear_leader_needs(monkeypatch: 
     assert sorted({f for f, _ in fits}) == list(range(folds_run)) and len(fits) == 3 * folds_run
     assert all(len(out[(4, lam)][0].scores) == folds_run for lam in (0.0, 1.0, 4.0))
     assert auto.choose_weight({lam: out[(4, lam)] for lam in (0.0, 1.0, 4.0)})[0] == chosen
+
+
+def test_judge_lm_defaults_to_the_recommended_rows_and_grid_unless_given() -> None:
+    from albat.pipeline.methods.auto import LM_PRESET, auto_options
+
+    methods, opts, _ = auto_options({"judge": "lm", "model": "some/dir"})
+    assert methods == ["classifier"] and opts["lambdas"] == LM_PRESET["lambdas"] == "0 1 4"
+    methods, opts, _ = auto_options({"judge": "lm", "model": "some/dir", "methods": "knn,dsir", "lambdas": ""})
+    assert methods == ["knn", "dsir"] and opts["lambdas"] == ""  # what the user gives wins, an empty grid too
+    methods, opts, _ = auto_options({})
+    assert methods == ["albat", "knn", "dsir", "classifier", "random"] and opts["lambdas"] == ""  # contrastive

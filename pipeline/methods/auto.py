@@ -22,7 +22,8 @@ Every fold score, the means, spreads and the choice go to the filter record (`au
 manifest's `selection`. Blocked ids stay blocked in every fold: near-duplicates of a held-out
 example can never be selected for its own fold.
 
-Options: `methods` [albat,knn,dsir,classifier,random; `none` may be added, but the short fold judge
+Options: `methods` [albat,knn,dsir,classifier,random; judge=lm: classifier, and `lambdas` 0 1 4, unless
+given (LM_PRESET); `none` may be added, but the short fold judge
 favours it: on the selection benchmark auto with none chose it in 3 of its first 4 cells, where the
 full judge ranked none last], `folds` [3], `stop_after` [2; 0: every fold], `score` [mrr], `judge_steps`
 [50], `judge_lr` [1e-3], `backbone_weight` [1.0] (λ of the judge), `bank_size` [128], `distractors`
@@ -47,7 +48,8 @@ from albat.pipeline.options import FLOAT, INT, STR, Option, resolve
 from albat.stores.errors import AlbatError
 
 AUTO_OPTIONS = (
-    Option("methods", STR, "albat,knn,dsir,classifier,random", "comma-separated candidate methods"),
+    Option("methods", STR, "albat,knn,dsir,classifier,random", "comma-separated candidate methods (judge=lm: "
+           "classifier unless given)"),
     Option("folds", INT, 3, "folds of the adaptation set", min=2),
     Option("stop_after", INT, 2, "stop the cross-validation after this many folds when one (method, λ) beats every "
            "other on every fold so far (0: always run every fold)", min=0),
@@ -62,7 +64,7 @@ AUTO_OPTIONS = (
     Option("prefer", STR, "", "keep this method unless another beats it on every fold (empty: best mean)"),
     Option("lambdas", STR, "", "λ grid (commas or spaces) to choose from with the method (0: add nothing); the "
            "chosen λ is folded into the rows' weight w_b, so leave emit's backbone_weight at 1 (empty: "
-           "backbone_weight only, nothing folded)"),
+           "backbone_weight only, nothing folded; judge=lm: 0 1 4 unless given)"),
     Option("judge", STR, "contrastive", "fold judge: contrastive (residual adapter on the store's embeddings) or "
            "lm (LoRA on the causal LM in model=, scored by minus the held-out log-perplexity)",
            choices=("contrastive", "lm")),
@@ -370,8 +372,17 @@ def check_options(name: str, options: dict[str, Any]) -> None:
     get_method(name, **options)
 
 
+LM_PRESET = {"methods": "classifier", "lambdas": "0 1 4"}  # judge=lm's defaults: the README's recommendation
+
+
 def auto_options(options: dict[str, Any]) -> tuple[list[str], dict[str, Any], dict[str, dict[str, Any]]]:
-    """(candidate methods, auto's own checked options, each candidate's options), every value checked."""
+    """(candidate methods, auto's own checked options, each candidate's options), every value checked.
+    With judge=lm, `methods` and `lambdas` not given default to LM_PRESET: the classifier's rows with
+    their weight chosen from λ ∈ {0, 1, 4}, the configuration measured on the language-model track
+    (docs/albat-design.md rounds eleven to fourteen); five methods at one λ would cost five LoRA fits per
+    fold and choose only the rows, which matter less there than the weight."""
+    if str(options.get("judge", "")).strip() == "lm":
+        options = {**LM_PRESET, **options}
     methods = parse_methods(options.get("methods", DEFAULTS["methods"]))
     own, per_method = split_options(options, methods)
     opts = resolve(AUTO_OPTIONS, own, "method auto")
