@@ -195,6 +195,36 @@ def _counts(work: Workdir) -> list[dict[str, Any]]:
     return rows
 
 
+def auto_rows(auto: dict[str, Any]) -> list[dict[str, Any]]:
+    """`auto`'s choice table (the filter record's `auto`): one row per (λ, method) with its fold scores,
+    mean and spread, the chosen one marked; a run without a λ grid has one λ, its `backbone_weight`."""
+    tables = auto.get("tables") or [{"lambda": auto.get("backbone_weight"), "table": auto.get("table") or []}]
+    chosen = (auto.get("choice"), auto.get("lambda", auto.get("backbone_weight")))
+    rows = []
+    for table in tables:
+        for row in table["table"]:
+            mark = "chosen" if (row["method"], table["lambda"]) == chosen or (
+                chosen[0] == "none" and table["lambda"] == 0 and row is table["table"][0]) else ""
+            rows.append({"λ": table["lambda"], "method": row["method"], "": mark,
+                         "mean": row["mean"], "std": row["std"],
+                         "fold scores": " ".join(f"{v:.4f}" for v in row["fold_scores"]) or row.get("error") or "",
+                         "select s": row["select_seconds"], "error": row.get("error") or ""})
+    return rows
+
+
+def _auto(summary: dict[str, Any]) -> str:
+    auto = summary["auto"]
+    score = "minus the held-out log-perplexity" if auto.get("judge") == "lm" else f"held-out {auto.get('score')}"
+    folds = auto.get("folds_run", auto.get("folds"))
+    stop = (f", stopped after {folds} of {auto.get('folds')} folds: one candidate won every fold so far"
+            if folds != auto.get("folds") else "")
+    lam = f" at λ = {auto['lambda']:g}" if auto.get("lambda") is not None else ""
+    return (f"<p><code>--method auto</code> chose <b>{html.escape(str(auto.get('choice')))}</b>{lam} by {folds}-fold "
+            f"cross-validation with the {html.escape(str(auto.get('judge')))} judge, scored by {score}{stop}. "
+            "At λ = 0 every method trains on the fold alone (adding nothing).</p>"
+            + _table(auto_rows(auto), cls="auto"))
+
+
 def _groups(con: Any, column: str, total_sql: str) -> list[dict[str, Any]]:
     from albat.stores.views import fetch_table
 
@@ -244,6 +274,7 @@ def write_report(work_dir: str | Path, out: str | Path | None = None, seed: int 
             ("counts", "Counts at each stage", _table(_counts(work), cls="counts")),
             ("projection", "Embeddings in two dimensions", _projection(store, work, candidates, selection, seed)),
             ("scores", "Scores and thresholds", _scores(selection, candidates, summary, query_config)),
+            *([("auto", "How auto chose", _auto(summary))] if summary.get("auto") else []),
             ("reasons", "Why rows were kept or rejected, by kind of reason",
              "<p>Numbers are taken out of each reason (DuckDB: <code>reason_kind(reason)</code>), so rows "
              "rejected for the same cause form one group.</p>" + _table(reasons, cls="reasons")),

@@ -273,3 +273,27 @@ def test_judge_lm_defaults_to_the_recommended_rows_and_grid_unless_given() -> No
     assert methods == ["knn", "dsir"] and opts["lambdas"] == ""  # what the user gives wins, an empty grid too
     methods, opts, _ = auto_options({})
     assert methods == ["albat", "knn", "dsir", "classifier", "random"] and opts["lambdas"] == ""  # contrastive
+
+
+def test_report_rows_of_the_choice_table_mark_the_choice() -> None:
+    from albat.pipeline.report import auto_rows
+
+    row = lambda name, scores: {"method": name, "fold_scores": scores, "mean": float(np.mean(scores)), "std": 0.1,
+                                "select_seconds": 0.5, "error": None}
+    grid = {"choice": "none", "lambda": 0.0, "tables": [
+        {"lambda": 0.0, "table": [row("classifier", [-4.0, -4.1])]},
+        {"lambda": 4.0, "table": [row("classifier", [-4.5, -4.6])]}]}
+    rows = auto_rows(grid)
+    assert [(r["λ"], r["method"], r[""]) for r in rows] == [(0.0, "classifier", "chosen"), (4.0, "classifier", "")]
+    assert rows[0]["fold scores"] == "-4.0000 -4.1000"
+    plain = {"choice": "knn", "backbone_weight": 1.0, "table": [row("albat", [0.5]), row("knn", [0.6])]}
+    assert [r[""] for r in auto_rows(plain)] == ["", "chosen"] and {r["λ"] for r in auto_rows(plain)} == {1.0}
+
+
+def test_report_shows_how_auto_chose(auto_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report.html"
+    assert albat("report", auto_run, "--out", out) == 0
+    page = out.read_text()
+    auto = json.loads((auto_run / "tasks/default/_stages" / "filter.json").read_text())["summary"]["auto"]
+    assert '<section id="auto">' in page and f"chose <b>{auto['choice']}</b> by 2-fold" in page
+    assert page.count('<td>chosen</td>') == 1 and all(f"<td>{r['method']}</td>" in page for r in auto["table"])
