@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML config (its [filter] budget, seed and auto options; its [emit] λ)")
     p.add_argument("--seed", type=int, help="seed of the folds and of every method")
     p.add_argument("--budgets", type=lambda v: [int(x) for x in _csv(v)], help="comma-separated m (default m/4,m,4m)")
-    p.add_argument("--lams", type=lambda v: [float(x) for x in _csv(v)], help="comma-separated λ (default λ/2,λ,2λ)")
+    p.add_argument("--lams", type=lambda v: [float(x) for x in _csv(v)], help="comma-separated λ (default: auto's lambdas option if set, else λ/2,λ,2λ)")
     p.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of auto, or METHOD.KEY of a candidate method (repeatable)")
     p.add_argument("--task", default=None, metavar="NAME", help="the task whose query outputs to use (default: "

@@ -6,7 +6,8 @@ method on the adaptation set exactly as `--method auto` does (pipeline/methods/a
 selection on the training folds, the contrastive judge on the held-out fold), except that it scores
 every fold (`stop_after` does not apply: the spreads need them all). Augmentation is
 predicted to help where the best method's mean fold score beats `none`'s by more than the larger of
-their fold spreads (std over folds); the recommendation is the (method, m, λ) with the best mean
+their fold spreads (std over folds). The λ grid is `--lams`, else auto's `lambdas` (with judge=lm: 0 1 4
+unless given), else λ/2, λ, 2λ around emit's backbone_weight. The recommendation is the (method, m, λ) with the best mean
 among those cells, or `none` when no cell clears its spread. Nothing is written unless `--json FILE`.
 """
 from __future__ import annotations
@@ -71,7 +72,7 @@ def _format(cell: tuple[int, float], table: list, rows: list[dict[str, Any]], ad
 def run_diagnose(config: dict[str, Any], budgets: list[int] | None, lams: list[float] | None,
                  options: dict[str, Any], out: str | None = None) -> str:
     from albat.pipeline.filter import build_request, method_options
-    from albat.pipeline.methods.auto import auto_options, cross_validate
+    from albat.pipeline.methods.auto import auto_options, cross_validate, parse_lambdas
     from albat.stores.workdir import Workdir
 
     work = Workdir(config["work"], output=config["emit"]["output"], task=config["task"])
@@ -87,12 +88,13 @@ def run_diagnose(config: dict[str, Any], budgets: list[int] | None, lams: list[f
     budget = int(filter_options["budget"])
     budgets = budgets or default_budgets(budget)
     lam = float(config["emit"]["backbone_weight"])
-    lams = lams or sorted({0.5 * lam, lam, 2 * lam})
+    lams = lams or parse_lambdas(opts["lambdas"]) or sorted({0.5 * lam, lam, 2 * lam})  # auto's grid, if it has one
     request = build_request(config, work, max(budgets), int(config["seed"]))
     results = cross_validate(request, methods, per_method, opts, budgets, lams)
     rows = grid_rows(results, opts["prefer"])
     advice = recommend(rows)
-    cell = (budget if budget in budgets else budgets[0], lam if lam in lams else lams[0])
+    cell = (budget if budget in budgets else budgets[0],
+            lam if lam in lams else next((x for x in lams if x > 0), lams[0]))  # λ = 0 alone says little
     text = _format(cell, results[cell], rows, advice, opts["score"], opts["folds"])
     if out:
         Path(out).write_text(json.dumps({"seed": int(config["seed"]), "folds": opts["folds"], "score": opts["score"],

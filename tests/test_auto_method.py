@@ -297,3 +297,13 @@ def test_report_shows_how_auto_chose(auto_run: Path, tmp_path: Path) -> None:
     auto = json.loads((auto_run / "tasks/default/_stages" / "filter.json").read_text())["summary"]["auto"]
     assert '<section id="auto">' in page and f"chose <b>{auto['choice']}</b> by 2-fold" in page
     assert page.count('<td>chosen</td>') == 1 and all(f"<td>{r['method']}</td>" in page for r in auto["table"])
+
+
+def test_diagnose_takes_autos_lambda_grid_unless_given(auto_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "diagnose.json"
+    assert albat("diagnose", auto_run, "--config", auto_run.parent / "run.toml", "--budgets", BUDGET,
+                 "--method-option", "lambdas=0 2", "--json", out) == 0
+    assert [(g["budget"], g["lambda"]) for g in json.loads(out.read_text())["grid"]] == [(BUDGET, 0.0), (BUDGET, 2.0)]
+    assert albat("diagnose", auto_run, "--config", auto_run.parent / "run.toml", "--budgets", BUDGET,
+                 "--method-option", "lambdas=0 2", "--lams", "1", "--json", out) == 0  # --lams wins
+    assert [g["lambda"] for g in json.loads(out.read_text())["grid"]] == [1.0]
