@@ -307,3 +307,64 @@ def test_diagnose_takes_autos_lambda_grid_unless_given(auto_run: Path, tmp_path:
     assert albat("diagnose", auto_run, "--config", auto_run.parent / "run.toml", "--budgets", BUDGET,
                  "--method-option", "lambdas=0 2", "--lams", "1", "--json", out) == 0  # --lams wins
     assert [g["lambda"] for g in json.loads(out.read_text())["grid"]] == [1.0]
+
+
+def test_paired_t_and_losers_of_a_race() -> None:
+    from albat.pipeline.methods.auto import losers, paired_t
+
+    assert paired_t([1.0, 2.0, 3.0], [0.0, 1.5, 2.0]) == pytest.approx(np.mean([1, .5, 1]) / (np.std([1, .5, 1], ddof=1) / np.sqrt(3)))
+    assert paired_t([1.0, 1.0], [0.0, 0.0]) == float("inf") and paired_t([1.0], [0.0]) == 0.0
+    assert paired_t([0.0, 0.0], [1.0, 1.0]) == 0.0  # the leader behind: never a drop
+    rows = {"a": np.array([-4.0, -4.1, -3.9, -4.2]), "b": np.array([-5.0, -5.2, -4.8, -5.1]),
+            "c": np.array([-4.05, -4.0, -4.0, -4.3])}
+    keys = {k: (float(v.mean()), 0.0) for k, v in rows.items()}
+    assert losers(rows, keys, 3.0) == ["b"]  # c is close to a on some rows: it stays in the race
+    assert losers(rows, keys, 3.0, min_rows=5) == []  # too few rows scored yet
+    assert losers({"a": rows["a"]}, keys, 3.0) == []
+
+
+@pytest.mark.parametrize("drop_z, fold_means, fits", [
+    (3.0, {0.0: -5.0, 1.0: -4.0, 4.0: -4.02}, 3 + 2),  # λ = 0 dropped after fold 0; λ = 1 wins folds 0, 1: stop
+    (3.0, {0.0: -5.0, 1.0: -4.0, 4.0: -4.6}, 3),  # both others dropped after fold 0: one left, stop at once
+    (0.0, {0.0: -5.0, 1.0: -4.0, 4.0: -4.02}, 3 + 3),  # no race: stop after 2 folds as before
+])
+def test_the_race_drops_clear_losers_and_fits_the_rest(monkeypatch: pytest.MonkeyPatch, drop_z: float,
+                                                       fold_means: dict, fits: int) -> None:
+    """judge=lm with drop_z: after each fold a (method, λ) whose held-out texts trail the leader's by a
+    paired t above drop_z is dropped (never fitted again, never chosen); one candidate left ends the folds."""
+    from types import SimpleNamespace
+
+    from albat.pipeline.methods import auto, lm_judge
+
+    n, calls = 15, []
+    fold_of = assign_folds(n, 3, 0)
+    wobble = 0.1 * np.sin(np.arange(n))  # per-text noise, the same for every arm (paired) ...
+    own = 0.03 * np.cos(7 * np.arange(n))  # ... and λ = 4's own: λ = 1 stays ahead on each fold, t < 3 throughout
+
+    class FakeLmJudge:
+        def __init__(self, request, opts):
+            pass
+
+        def row_scores(self, train, held, kept, lam):
+            lam = lam if len(kept) else 0.0
+            return fold_means[lam] + wobble[held] + (own[held] if lam == 4.0 else 0.0)
+
+        def score(self, train, held, kept, lam):
+            calls.append(lam if len(kept) else 0.0)
+            value = float(self.row_scores(train, held, kept, lam).mean())
+            return value, value
+
+    picked = SimpleNamespace(ids=np.array([7, 8]), keep=np.array([True, True]))
+    monkeypatch.setattr(lm_judge, "LmJudge", FakeLmJudge)
+    monkeypatch.setattr(auto, "fold_request", lambda *a: None)
+    monkeypatch.setattr(auto, "get_method", lambda name, **kw: SimpleNamespace(select=lambda sub: picked))
+    opts = {**auto.DEFAULTS, "judge": "lm", "drop_z": drop_z}
+    out = auto.cross_validate(SimpleNamespace(adaptation_vectors=np.zeros((n, 2)), seed=0), ["classifier"],
+                              {"classifier": {}}, opts, [4], [0.0, 1.0, 4.0])
+    assert len(calls) == fits
+    tables = {lam: out[(4, lam)] for lam in (0.0, 1.0, 4.0)}
+    assert auto.choose_weight(tables)[0] == 1.0
+    if drop_z:
+        assert tables[0.0][0].error.startswith("dropped after fold 1: below classifier at λ = 1 ")
+        assert auto.weight_verdict(tables)["helps"] is True
+    assert all(np.sum(fold_of == f) == 5 for f in range(3))

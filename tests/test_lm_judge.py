@@ -128,6 +128,10 @@ def test_lm_judge_scores_minus_the_held_out_log_perplexity(tiny_lm: Path) -> Non
                                rank=2, alpha=4.0, max_length=16, seed=3, device="cpu")
     assert score == pytest.approx(-math.log(perplexity(model, tok, SENTENCES[4:6], 16)), abs=1e-6)
     assert judge.fits == 1
+    per_text: list = []  # the race's per-text scores (drop_z): minus each held-out text's mean NLL, same fit
+    perplexity(model, tok, SENTENCES[4:6], 16, rows=per_text)
+    np.testing.assert_allclose(judge.row_scores(train, held, kept, 2.0), -np.array(per_text), atol=1e-6)
+    assert len(per_text) == 2 and min(-np.array(per_text)) <= score <= max(-np.array(per_text))  # a weighted mean
     assert judge.score(train, held, kept[::-1], 2.0)[0] == score and judge.fits == 1  # cached: the same fit
     alone = judge.score(train, held, kept, 0.0)[0]
     assert judge.score(train, held, kept[:0], 1.0)[0] == alone and judge.fits == 2  # λ = 0 = nothing kept

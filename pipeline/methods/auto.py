@@ -53,6 +53,8 @@ AUTO_OPTIONS = (
     Option("folds", INT, 3, "folds of the adaptation set", min=2),
     Option("stop_after", INT, 2, "stop the cross-validation after this many folds when one (method, λ) beats every "
            "other on every fold so far (0: always run every fold)", min=0),
+    Option("drop_z", FLOAT, 0.0, "judge=lm: after each fold, drop a candidate whose held-out texts score below the "
+           "leader's by more than this many standard errors (paired over the texts; a race); 0: off", min=0),
     Option("score", STR, "mrr", "held-out score of the fold judge: mrr or loss", choices=("mrr", "loss")),
     Option("judge_steps", INT, 50, "training steps of the fold judge (judge=lm: the steps your training will take; "
            "each fold trains its share of them)", min=1),
@@ -176,6 +178,30 @@ def clear_leader(candidates: list[MethodScores]) -> bool:
     return all(all(b > o for b, o in zip(best.scores, other.scores)) for other in candidates if other is not best)
 
 
+def paired_t(leader: np.ndarray, other: np.ndarray) -> float:
+    """mean(d) / (std(d)/√n) of the paired differences d = leader − other over the held-out rows scored so
+    far (higher is better for both); +inf when every d is equal and positive, 0 for fewer than 2 rows."""
+    d = np.asarray(leader, np.float64) - np.asarray(other, np.float64)
+    if len(d) < 2:
+        return 0.0
+    sd = float(np.std(d, ddof=1))
+    if sd == 0:
+        return math.inf if d.mean() > 0 else 0.0
+    return float(d.mean() / (sd / math.sqrt(len(d))))
+
+
+def losers(rows: dict[Any, np.ndarray], keys: dict[Any, tuple[float, float]], z: float,
+           min_rows: int = 4) -> list[Any]:
+    """The candidates to drop in a race: those whose per-row held-out scores (`rows`, every fold so far
+    concatenated, the same rows for all) trail the leader's (the best `keys`, as `choose` ranks) by a
+    paired t above `z`, once at least `min_rows` rows were scored. A dropped candidate is never fitted
+    again and cannot be chosen."""
+    if len(rows) < 2:
+        return []
+    leader = max(rows, key=lambda k: keys[k])
+    return [k for k, r in rows.items() if k != leader and len(r) >= min_rows and paired_t(rows[leader], r) > z]
+
+
 def parse_lambdas(text: str) -> list[float]:
     """The `lambdas` grid, split on commas or spaces: "0, 1,4" or "0 1 4" -> [0.0, 1.0, 4.0] (sorted, no
     repeats); empty text -> []."""
@@ -215,6 +241,8 @@ def weight_verdict(tables: dict[float, list[MethodScores]]) -> dict[str, Any]:
     if 0.0 not in tables or len(tables) < 2:
         return {}
     lam, best = choose_weight({k: v for k, v in tables.items() if k > 0})
+    if all(t.error is not None for t in tables[0.0]):  # dropped in a race (drop_z): adding beat it clearly
+        return {"best": best.name, "lambda": lam, "helps": True, "margin": None, "spread": None}
     alone = choose(tables[0.0])
     margin, spread = best.mean - alone.mean, max(best.std, alone.std)
     return {"best": best.name, "lambda": lam, "helps": bool(margin > spread), "margin": round(margin, 6),
@@ -333,6 +361,8 @@ def cross_validate(request: SelectionRequest, methods: list[str], per_method: di
     judge = LmJudge(request, opts) if lm else Judge(request, opts)
     pick = 1 if lm or opts["score"] == "loss" else 0
     out = {(m, lam): [MethodScores(name) for name in methods] for m in budgets for lam in lams}
+    race = lm and opts.get("drop_z", 0) > 0 and opts["stop_after"] > 0
+    history: dict[tuple[int, float, int], list[np.ndarray]] = {}  # (budget, λ, method) -> per-row scores by fold
     threads = torch.get_num_threads()
     if not lm:
         torch.set_num_threads(1)  # small matrices: a second thread only contends
@@ -353,17 +383,49 @@ def cross_validate(request: SelectionRequest, methods: list[str], per_method: di
                     kept = result.ids[result.keep]
                     for lam in lams:
                         row = out[(budget, lam)][i]
+                        if row.error is not None:  # dropped in the race
+                            continue
                         scores = judge.score(train, held, kept if lam > 0 else kept[:0], lam)
                         row.scores.append(scores[pick])
                         row.tiebreak.append(scores[1])
                         row.seconds.append(seconds)
+                        if race:
+                            history.setdefault((budget, lam, i), []).append(
+                                judge.row_scores(train, held, kept if lam > 0 else kept[:0], lam))
             done = fold + 1
-            if opts["stop_after"] and opts["stop_after"] <= done < opts["folds"] and all(
-                    clear_leader(arms({lam: out[(budget, lam)] for lam in lams})) for budget in budgets):
+            if race:
+                for budget in budgets:
+                    drop_losers(out, history, budget, lams, opts["drop_z"], done)
+            if opts["stop_after"] and done < opts["folds"] and all(
+                    (opts["stop_after"] <= done or (race and len(candidates) == 1)) and clear_leader(candidates)
+                    for candidates in (arms({lam: out[(budget, lam)] for lam in lams}) for budget in budgets)):
                 break
     finally:
         torch.set_num_threads(threads)
     return out
+
+
+def drop_losers(out: dict[tuple[int, float], list[MethodScores]], history: dict[tuple[int, float, int], list],
+                budget: int, lams: list[float], z: float, done: int) -> None:
+    """The race's step after a fold (`drop_z`): mark the `losers` among this budget's candidates as
+    dropped (their `error`, so they are neither fitted again nor chosen). The λ = 0 rows of every method
+    are one candidate, the fold alone."""
+    groups: dict[tuple[float, int], list[int]] = {}  # candidate (λ, method) -> its rows' method indices
+    for lam in lams:
+        for i, row in enumerate(out[(budget, lam)]):
+            if row.error is None and (budget, lam, i) in history:
+                groups.setdefault((lam, 0 if lam == 0 else i), []).append(i)
+    rows = {c: np.concatenate(history[(budget, c[0], idx[0])]) for c, idx in groups.items()}
+    keys = {c: out[(budget, c[0])][idx[0]].key for c, idx in groups.items()}
+    dropped = losers(rows, keys, z)
+    if not dropped:
+        return
+    lam, first = max(keys, key=keys.get)[0], groups[max(keys, key=keys.get)][0]
+    leader = "the fold alone (λ = 0)" if lam == 0 else f"{out[(budget, lam)][first].name} at λ = {lam:g}"
+    for c in dropped:
+        for i in groups[c]:
+            out[(budget, c[0])][i].error = (f"dropped after fold {done}: below {leader} on the held-out texts by "
+                                            f"more than {z:g} standard errors")
 
 
 def check_options(name: str, options: dict[str, Any]) -> None:

@@ -101,6 +101,7 @@ class LmJudge:
         self.texts = list(request.adaptation_texts)
         self.store, self.opts, self.seed = request.store, opts, request.seed
         self.cache: dict[tuple, float] = {}
+        self.rows: dict[tuple, np.ndarray] = {}  # minus each held-out text's mean NLL, per fit (auto's drop_z)
         self.fits = 0
         self.layers = opts["judge_layers"]
         self.top = self.states = None
@@ -114,15 +115,25 @@ class LmJudge:
             check_cut(self.base, self.top, self.layers, *probe.batch(slice(None), device))
             self.states = StateCache(self.base, self.tokenizer, self.layers, opts["max_length"])
 
-    def score(self, train: np.ndarray, held: np.ndarray, kept: np.ndarray, lam: float) -> tuple[float, float]:
+    @staticmethod
+    def _key(train: np.ndarray, held: np.ndarray, kept: np.ndarray, lam: float) -> tuple:
         kept = np.sort(np.asarray(kept, np.int64)) if lam > 0 else np.zeros(0, np.int64)
-        key = (tuple(int(i) for i in train), tuple(int(i) for i in held), kept.tobytes(), float(lam) if len(kept) else 0.0)
+        return (tuple(int(i) for i in train), tuple(int(i) for i in held), kept.tobytes(), float(lam) if len(kept) else 0.0)
+
+    def score(self, train: np.ndarray, held: np.ndarray, kept: np.ndarray, lam: float) -> tuple[float, float]:
+        key = self._key(train, held, kept, lam)
         if key not in self.cache:
-            self.cache[key] = self._fit_and_score(train, held, kept, lam)
+            kept = np.sort(np.asarray(kept, np.int64)) if lam > 0 else np.zeros(0, np.int64)
+            self.cache[key], self.rows[key] = self._fit_and_score(train, held, kept, lam)
         value = self.cache[key]
         return value, value
 
-    def _fit_and_score(self, train: np.ndarray, held: np.ndarray, kept: np.ndarray, lam: float) -> float:
+    def row_scores(self, train: np.ndarray, held: np.ndarray, kept: np.ndarray, lam: float) -> np.ndarray:
+        """Minus each held-out text's mean next-token NLL under the fit `score` made for these arguments."""
+        return self.rows[self._key(train, held, kept, lam)]
+
+    def _fit_and_score(self, train: np.ndarray, held: np.ndarray, kept: np.ndarray, lam: float
+                       ) -> tuple[float, np.ndarray]:
         from albat.pipeline.surrogates.lora_train import perplexity, train_lora
 
         opts = self.opts
@@ -142,8 +153,9 @@ class LmJudge:
                                          target_modules=targets, max_length=opts["max_length"], seed=self.seed,
                                          backbone=(self.top if self.layers else self.base, self.tokenizer),
                                          states=fit_states)
+        rows: list[float] = []
         try:
-            value = -math.log(perplexity(model, tokenizer, held_texts, opts["max_length"], states=held_states))
+            value = -math.log(perplexity(model, tokenizer, held_texts, opts["max_length"], states=held_states, rows=rows))
         finally:
             unloaded = model.unload()  # the checkpoint without the adapter, for the next fit
             unloaded.eval()
@@ -152,7 +164,7 @@ class LmJudge:
             else:
                 self.base = unloaded
         self.fits += 1
-        return value
+        return value, -np.asarray(rows, np.float64)
 
     def _cached(self, keys: list[tuple], texts: list[str]):
         """`states(rows, width)` for train_lora/perplexity over these texts: their cached layer inputs."""

@@ -102,8 +102,9 @@ def row_nll(model, ids, mask, states=None):
 
 
 def perplexity(model, tokenizer, texts: list[str], max_length: int = 128, batch_size: int = 32,
-               states: Callable[[np.ndarray, int], Any] | None = None) -> float:
-    """exp(total next-token NLL / total predicted tokens) over `texts` (`states`: as in train_lora)."""
+               states: Callable[[np.ndarray, int], Any] | None = None, rows: list | None = None) -> float:
+    """exp(total next-token NLL / total predicted tokens) over `texts` (`states`: as in train_lora); `rows`,
+    a list, receives each text's mean next-token NLL (float64, in order)."""
     import torch
 
     tokens = tokenize(tokenizer, texts, max_length)
@@ -114,8 +115,11 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int = 128, batch_
             ids, mask = tokens.batch(slice(start, start + batch_size), device)
             n = mask[:, 1:].sum(1).double()
             cached = None if states is None else states(np.arange(start, start + len(ids)), ids.shape[1])
-            total += float((row_nll(model, ids, mask, cached).double() * n).sum())
+            nll = row_nll(model, ids, mask, cached).double()
+            total += float((nll * n).sum())
             count += float(n.sum())
+            if rows is not None:
+                rows.extend(nll.cpu().tolist())
     return math.exp(total / max(count, 1.0))
 
 
