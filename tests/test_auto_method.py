@@ -323,13 +323,14 @@ def test_paired_t_and_losers_of_a_race() -> None:
     assert losers({"a": rows["a"]}, keys, 3.0) == []
 
 
-@pytest.mark.parametrize("drop_z, fold_means, fits", [
-    (3.0, {0.0: -5.0, 1.0: -4.0, 4.0: -4.02}, 3 + 2),  # λ = 0 dropped after fold 0; λ = 1 wins folds 0, 1: stop
-    (3.0, {0.0: -5.0, 1.0: -4.0, 4.0: -4.6}, 3),  # both others dropped after fold 0: one left, stop at once
-    (0.0, {0.0: -5.0, 1.0: -4.0, 4.0: -4.02}, 3 + 3),  # no race: stop after 2 folds as before
+@pytest.mark.parametrize("drop_z, fold_means, fits, chosen", [
+    (3.0, {0.0: -5.0, 1.0: -4.0, 4.0: -4.02}, 3 + 2, 1.0),  # λ = 0 dropped after fold 0; λ = 1 wins 2 folds: stop
+    (3.0, {0.0: -5.0, 1.0: -4.0, 4.0: -4.6}, 3, 1.0),  # both others dropped after fold 0: one left, stop at once
+    (3.0, {0.0: -4.0, 1.0: -5.0, 4.0: -5.5}, 3, 0.0),  # adding nothing is left alone: every λ > 0 dropped
+    (0.0, {0.0: -5.0, 1.0: -4.0, 4.0: -4.02}, 3 + 3, 1.0),  # no race: stop after 2 folds as before
 ])
 def test_the_race_drops_clear_losers_and_fits_the_rest(monkeypatch: pytest.MonkeyPatch, drop_z: float,
-                                                       fold_means: dict, fits: int) -> None:
+                                                       fold_means: dict, fits: int, chosen: float) -> None:
     """judge=lm with drop_z: after each fold a (method, λ) whose held-out texts trail the leader's by a
     paired t above drop_z is dropped (never fitted again, never chosen); one candidate left ends the folds."""
     from types import SimpleNamespace
@@ -363,8 +364,13 @@ def test_the_race_drops_clear_losers_and_fits_the_rest(monkeypatch: pytest.Monke
                               {"classifier": {}}, opts, [4], [0.0, 1.0, 4.0])
     assert len(calls) == fits
     tables = {lam: out[(4, lam)] for lam in (0.0, 1.0, 4.0)}
-    assert auto.choose_weight(tables)[0] == 1.0
-    if drop_z:
+    assert auto.choose_weight(tables)[0] == chosen
+    if drop_z and chosen:
         assert tables[0.0][0].error.startswith("dropped after fold 1: below classifier at λ = 1 ")
         assert auto.weight_verdict(tables)["helps"] is True
+    elif drop_z:  # the verdict (and so the manifest) survives every λ > 0 being dropped
+        assert tables[4.0][0].error.startswith("dropped after fold 1: below the fold alone (λ = 0) ")
+        assert auto.weight_verdict(tables) == {"best": None, "lambda": None, "helps": False, "margin": None,
+                                               "spread": None}
+        assert auto.augmentation_verdict(tables[0.0])["best"] == "classifier"
     assert all(np.sum(fold_of == f) == 5 for f in range(3))

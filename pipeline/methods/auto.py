@@ -25,7 +25,8 @@ example can never be selected for its own fold.
 Options: `methods` [albat,knn,dsir,classifier,random; judge=lm: classifier, and `lambdas` 0 1 4, unless
 given (LM_PRESET); `none` may be added, but the short fold judge
 favours it: on the selection benchmark auto with none chose it in 3 of its first 4 cells, where the
-full judge ranked none last], `folds` [3], `stop_after` [2; 0: every fold], `score` [mrr], `judge_steps`
+full judge ranked none last], `folds` [3], `stop_after` [2; 0: every fold], `drop_z` [0: off; judge=lm: a
+race that drops a candidate whose held-out texts trail the leader's by a paired t above it], `score` [mrr], `judge_steps`
 [50], `judge_lr` [1e-3], `backbone_weight` [1.0] (λ of the judge), `bank_size` [128], `distractors`
 [512], `view_sigma` [1.0], `prefer` [none: plain best mean], `lambdas` [empty: backbone_weight only],
 `judge` [contrastive], `model`, `judge_batch_size`, `fold_scale`, `judge_layers`, `max_length`, `lora_rank`, `lora_alpha`,
@@ -240,6 +241,8 @@ def weight_verdict(tables: dict[float, list[MethodScores]]) -> dict[str, Any]:
     """With λ = 0 in the grid: does the best λ > 0 beat adding nothing by more than the larger fold spread?"""
     if 0.0 not in tables or len(tables) < 2:
         return {}
+    if all(t.error is not None for k, v in tables.items() if k > 0 for t in v):  # every λ > 0 dropped in a race
+        return {"best": None, "lambda": None, "helps": False, "margin": None, "spread": None}
     lam, best = choose_weight({k: v for k, v in tables.items() if k > 0})
     if all(t.error is not None for t in tables[0.0]):  # dropped in a race (drop_z): adding beat it clearly
         return {"best": best.name, "lambda": lam, "helps": True, "margin": None, "spread": None}
