@@ -268,11 +268,12 @@ def test_judge_lm_defaults_to_the_recommended_rows_and_grid_unless_given() -> No
     from albat.pipeline.methods.auto import LM_PRESET, auto_options
 
     methods, opts, _ = auto_options({"judge": "lm", "model": "some/dir"})
-    assert methods == ["classifier"] and opts["lambdas"] == LM_PRESET["lambdas"] == "0 1 4"
+    assert methods == ["classifier"] and opts["lambdas"] == LM_PRESET["lambdas"] == "0 1 4" and opts["drop_z"] == 3
     methods, opts, _ = auto_options({"judge": "lm", "model": "some/dir", "methods": "knn,dsir", "lambdas": ""})
     assert methods == ["knn", "dsir"] and opts["lambdas"] == ""  # what the user gives wins, an empty grid too
     methods, opts, _ = auto_options({})
     assert methods == ["albat", "knn", "dsir", "classifier", "random"] and opts["lambdas"] == ""  # contrastive
+    assert opts["drop_z"] == 0
 
 
 def test_report_rows_of_the_choice_table_mark_the_choice() -> None:

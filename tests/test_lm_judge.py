@@ -195,7 +195,8 @@ def test_run_auto_with_the_lm_judge_chooses_a_method_and_a_weight(small_wiki: Sm
                                                                   tiny_lm: Path, tmp_path: Path) -> None:
     config = small_run_config(tmp_path, small_wiki, tiny_encoder)
     options = {"methods": "knn,random", "judge": "lm", "model": tiny_lm, "lambdas": "0,1,4", "folds": 2,
-               "judge_steps": 4, "judge_batch_size": 4, "max_length": 32, "lora_rank": 2}
+               "judge_steps": 4, "judge_batch_size": 4, "max_length": 32, "lora_rank": 2,
+               "drop_z": 0}  # every fit of every fold (the race is tested in test_auto_method)
     args = [x for k, v in options.items() for x in ("--method-option", f"{k}={v}")]
     assert albat("run", "--config", config, "--quiet", "--method", "auto", "--budget", BUDGET, *args) == 0
     work = tmp_path / "work"

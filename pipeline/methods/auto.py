@@ -23,7 +23,7 @@ manifest's `selection`. Blocked ids stay blocked in every fold: near-duplicates 
 example can never be selected for its own fold.
 
 Options: `methods` [albat,knn,dsir,classifier,random; judge=lm: classifier, and `lambdas` 0 1 4, unless
-given (LM_PRESET); `none` may be added, but the short fold judge
+given, `drop_z` 3 (LM_PRESET); `none` may be added, but the short fold judge
 favours it: on the selection benchmark auto with none chose it in 3 of its first 4 cells, where the
 full judge ranked none last], `folds` [3], `stop_after` [2; 0: every fold], `drop_z` [0: off; judge=lm: a
 race that drops a candidate whose held-out texts trail the leader's by a paired t above it], `score` [mrr], `judge_steps`
@@ -55,7 +55,8 @@ AUTO_OPTIONS = (
     Option("stop_after", INT, 2, "stop the cross-validation after this many folds when one (method, λ) beats every "
            "other on every fold so far (0: always run every fold)", min=0),
     Option("drop_z", FLOAT, 0.0, "judge=lm: after each fold, drop a candidate whose held-out texts score below the "
-           "leader's by more than this many standard errors (paired over the texts; a race); 0: off", min=0),
+           "leader's by more than this many standard errors (paired over the texts; a race); 0: off (judge=lm: 3 "
+           "unless given)", min=0),
     Option("score", STR, "mrr", "held-out score of the fold judge: mrr or loss", choices=("mrr", "loss")),
     Option("judge_steps", INT, 50, "training steps of the fold judge (judge=lm: the steps your training will take; "
            "each fold trains its share of them)", min=1),
@@ -437,15 +438,15 @@ def check_options(name: str, options: dict[str, Any]) -> None:
     get_method(name, **options)
 
 
-LM_PRESET = {"methods": "classifier", "lambdas": "0 1 4"}  # judge=lm's defaults: the README's recommendation
+LM_PRESET = {"methods": "classifier", "lambdas": "0 1 4", "drop_z": 3.0}  # judge=lm's defaults (README)
 
 
 def auto_options(options: dict[str, Any]) -> tuple[list[str], dict[str, Any], dict[str, dict[str, Any]]]:
     """(candidate methods, auto's own checked options, each candidate's options), every value checked.
-    With judge=lm, `methods` and `lambdas` not given default to LM_PRESET: the classifier's rows with
-    their weight chosen from λ ∈ {0, 1, 4}, the configuration measured on the language-model track
-    (docs/albat-design.md rounds eleven to fourteen); five methods at one λ would cost five LoRA fits per
-    fold and choose only the rows, which matter less there than the weight."""
+    With judge=lm, `methods`, `lambdas` and `drop_z` not given default to LM_PRESET: the classifier's rows
+    with their weight chosen from λ ∈ {0, 1, 4} in a race at 3 standard errors, the configuration measured
+    on the language-model track (docs/albat-design.md rounds eleven to fourteen); five methods at one λ
+    would cost five LoRA fits per fold and choose only the rows, which matter less there than the weight."""
     if str(options.get("judge", "")).strip() == "lm":
         options = {**LM_PRESET, **options}
     methods = parse_methods(options.get("methods", DEFAULTS["methods"]))
