@@ -207,7 +207,7 @@ def auto_rows(auto: dict[str, Any]) -> list[dict[str, Any]]:
                 chosen[0] == "none" and table["lambda"] == 0 and row is table["table"][0]) else ""
             rows.append({"λ": table["lambda"], "method": row["method"], "": mark,
                          "mean": row["mean"], "std": row["std"],
-                         "fold scores": " ".join(f"{v:.4f}" for v in row["fold_scores"]) or row.get("error") or "",
+                         "fold scores": " ".join(f"{v:.4f}" for v in row["fold_scores"]),
                          "select s": row["select_seconds"], "error": row.get("error") or ""})
     return rows
 

@@ -319,9 +319,9 @@ def test_paired_t_and_losers_of_a_race() -> None:
     rows = {"a": np.array([-4.0, -4.1, -3.9, -4.2]), "b": np.array([-5.0, -5.2, -4.8, -5.1]),
             "c": np.array([-4.05, -4.0, -4.0, -4.3])}
     keys = {k: (float(v.mean()), 0.0) for k, v in rows.items()}
-    assert losers(rows, keys, 3.0) == ["b"]  # c is close to a on some rows: it stays in the race
-    assert losers(rows, keys, 3.0, min_rows=5) == []  # too few rows scored yet
-    assert losers({"a": rows["a"]}, keys, 3.0) == []
+    assert losers(rows, keys, 3.0) == ("a", ["b"])  # c is close to a on some rows: it stays in the race
+    assert losers(rows, keys, 3.0, min_rows=5) == ("a", [])  # too few rows scored yet
+    assert losers({"a": rows["a"]}, keys, 3.0) == ("a", []) and losers({}, keys, 3.0) == (None, [])
 
 
 @pytest.mark.parametrize("drop_z, fold_means, fits, chosen", [

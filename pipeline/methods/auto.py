@@ -118,7 +118,8 @@ class MethodScores:
     scores: list[float] = field(default_factory=list)  # one per fold (higher is better)
     tiebreak: list[float] = field(default_factory=list)  # per fold: minus the held-out loss (breaks MRR ties)
     seconds: list[float] = field(default_factory=list)  # selection time per fold
-    error: str | None = None  # why the method could not run on some fold (then it is not chosen)
+    error: str | None = None  # why the method could not run on some fold, or was dropped (then it is not chosen)
+    texts: list[np.ndarray] = field(default_factory=list)  # per fold: each held-out text's score (drop_z's race)
 
     @property
     def mean(self) -> float:
@@ -193,15 +194,16 @@ def paired_t(leader: np.ndarray, other: np.ndarray) -> float:
 
 
 def losers(rows: dict[Any, np.ndarray], keys: dict[Any, tuple[float, float]], z: float,
-           min_rows: int = 4) -> list[Any]:
-    """The candidates to drop in a race: those whose per-row held-out scores (`rows`, every fold so far
-    concatenated, the same rows for all) trail the leader's (the best `keys`, as `choose` ranks) by a
-    paired t above `z`, once at least `min_rows` rows were scored. A dropped candidate is never fitted
-    again and cannot be chosen."""
-    if len(rows) < 2:
-        return []
+           min_rows: int = 4) -> tuple[Any, list[Any]]:
+    """(leader, the candidates to drop) in a race: the leader has the best `keys` (as `choose` ranks);
+    dropped are those whose per-row held-out scores (`rows`, every fold so far concatenated, the same rows
+    for all) trail the leader's by a paired t above `z`, once at least `min_rows` rows were scored. A
+    dropped candidate is never fitted again and cannot be chosen. No rows: (None, [])."""
+    if not rows:
+        return None, []
     leader = max(rows, key=lambda k: keys[k])
-    return [k for k, r in rows.items() if k != leader and len(r) >= min_rows and paired_t(rows[leader], r) > z]
+    return leader, [k for k, r in rows.items()
+                    if k != leader and len(r) >= min_rows and paired_t(rows[leader], r) > z]
 
 
 def parse_lambdas(text: str) -> list[float]:
@@ -365,8 +367,7 @@ def cross_validate(request: SelectionRequest, methods: list[str], per_method: di
     judge = LmJudge(request, opts) if lm else Judge(request, opts)
     pick = 1 if lm or opts["score"] == "loss" else 0
     out = {(m, lam): [MethodScores(name) for name in methods] for m in budgets for lam in lams}
-    race = lm and opts.get("drop_z", 0) > 0 and opts["stop_after"] > 0
-    history: dict[tuple[int, float, int], list[np.ndarray]] = {}  # (budget, λ, method) -> per-row scores by fold
+    race = lm and opts["drop_z"] > 0 and opts["stop_after"] > 0
     threads = torch.get_num_threads()
     if not lm:
         torch.set_num_threads(1)  # small matrices: a second thread only contends
@@ -394,42 +395,38 @@ def cross_validate(request: SelectionRequest, methods: list[str], per_method: di
                         row.tiebreak.append(scores[1])
                         row.seconds.append(seconds)
                         if race:
-                            history.setdefault((budget, lam, i), []).append(
-                                judge.row_scores(train, held, kept if lam > 0 else kept[:0], lam))
+                            row.texts.append(judge.row_scores(train, held, kept if lam > 0 else kept[:0], lam))
             done = fold + 1
+            tables = [{lam: out[(budget, lam)] for lam in lams} for budget in budgets]
             if race:
-                for budget in budgets:
-                    drop_losers(out, history, budget, lams, opts["drop_z"], done)
-            if opts["stop_after"] and done < opts["folds"] and all(
-                    (opts["stop_after"] <= done or (race and len(candidates) == 1)) and clear_leader(candidates)
-                    for candidates in (arms({lam: out[(budget, lam)] for lam in lams}) for budget in budgets)):
-                break
+                for table in tables:
+                    drop_losers(table, opts["drop_z"], done)
+            if opts["stop_after"] and done < opts["folds"]:
+                left = [arms(table) for table in tables]  # one left after a race needs no second fold
+                if all(clear_leader(c) and (done >= opts["stop_after"] or (race and len(c) == 1)) for c in left):
+                    break
     finally:
         torch.set_num_threads(threads)
     return out
 
 
-def drop_losers(out: dict[tuple[int, float], list[MethodScores]], history: dict[tuple[int, float, int], list],
-                budget: int, lams: list[float], z: float, done: int) -> None:
-    """The race's step after a fold (`drop_z`): mark the `losers` among this budget's candidates as
-    dropped (their `error`, so they are neither fitted again nor chosen). The λ = 0 rows of every method
-    are one candidate, the fold alone."""
-    groups: dict[tuple[float, int], list[int]] = {}  # candidate (λ, method) -> its rows' method indices
-    for lam in lams:
-        for i, row in enumerate(out[(budget, lam)]):
-            if row.error is None and (budget, lam, i) in history:
-                groups.setdefault((lam, 0 if lam == 0 else i), []).append(i)
-    rows = {c: np.concatenate(history[(budget, c[0], idx[0])]) for c, idx in groups.items()}
-    keys = {c: out[(budget, c[0])][idx[0]].key for c, idx in groups.items()}
-    dropped = losers(rows, keys, z)
+def drop_losers(tables: dict[float, list[MethodScores]], z: float, done: int) -> None:
+    """The race's step after a fold (`drop_z`), on one budget's tables: mark the `losers` as dropped (their
+    `error`, so they are neither fitted again nor chosen). The λ = 0 rows of every method are one
+    candidate, the fold alone."""
+    groups: dict[tuple[float, str], list[MethodScores]] = {}
+    for lam, table in tables.items():
+        for row in table:
+            if row.error is None and row.texts:
+                groups.setdefault((lam, row.name if lam else ""), []).append(row)
+    leader, dropped = losers({c: np.concatenate(g[0].texts) for c, g in groups.items()},
+                             {c: g[0].key for c, g in groups.items()}, z)
     if not dropped:
         return
-    lam, first = max(keys, key=keys.get)[0], groups[max(keys, key=keys.get)][0]
-    leader = "the fold alone (λ = 0)" if lam == 0 else f"{out[(budget, lam)][first].name} at λ = {lam:g}"
+    name = f"{leader[1]} at λ = {leader[0]:g}" if leader[0] else "the fold alone (λ = 0)"
     for c in dropped:
-        for i in groups[c]:
-            out[(budget, c[0])][i].error = (f"dropped after fold {done}: below {leader} on the held-out texts by "
-                                            f"more than {z:g} standard errors")
+        for row in groups[c]:
+            row.error = f"dropped after fold {done}: below {name} on the held-out texts by more than {z:g} standard errors"
 
 
 def check_options(name: str, options: dict[str, Any]) -> None:

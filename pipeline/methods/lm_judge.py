@@ -118,21 +118,22 @@ class LmJudge:
             self.states = StateCache(self.base, self.tokenizer, self.layers, opts["max_length"])
 
     @staticmethod
-    def _key(train: np.ndarray, held: np.ndarray, kept: np.ndarray, lam: float) -> tuple:
+    def _arm(train: np.ndarray, held: np.ndarray, kept: np.ndarray, lam: float) -> tuple[np.ndarray, tuple]:
+        """The kept ids as a fit uses them (sorted; none at λ = 0) and the fit's cache key."""
         kept = np.sort(np.asarray(kept, np.int64)) if lam > 0 else np.zeros(0, np.int64)
-        return (tuple(int(i) for i in train), tuple(int(i) for i in held), kept.tobytes(), float(lam) if len(kept) else 0.0)
+        return kept, (tuple(int(i) for i in train), tuple(int(i) for i in held), kept.tobytes(),
+                      float(lam) if len(kept) else 0.0)
 
     def score(self, train: np.ndarray, held: np.ndarray, kept: np.ndarray, lam: float) -> tuple[float, float]:
-        key = self._key(train, held, kept, lam)
+        kept, key = self._arm(train, held, kept, lam)
         if key not in self.cache:
-            kept = np.sort(np.asarray(kept, np.int64)) if lam > 0 else np.zeros(0, np.int64)
             self.cache[key], self.rows[key] = self._fit_and_score(train, held, kept, lam)
         value = self.cache[key]
         return value, value
 
     def row_scores(self, train: np.ndarray, held: np.ndarray, kept: np.ndarray, lam: float) -> np.ndarray:
         """Minus each held-out text's mean next-token NLL under the fit `score` made for these arguments."""
-        return self.rows[self._key(train, held, kept, lam)]
+        return self.rows[self._arm(train, held, kept, lam)[1]]
 
     def _fit_and_score(self, train: np.ndarray, held: np.ndarray, kept: np.ndarray, lam: float
                        ) -> tuple[float, np.ndarray]:
