@@ -198,6 +198,7 @@ def run_all(args, model: Path, domains: list[dict], results_path: Path) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = parse_variants(args.variant)
     methods = args.methods.split(",")
+    check_distinct(args, model, methods, variants)
     full_delta: dict[tuple[str, int], np.ndarray] = {}
     with results_path.open("a") as out:
         def record(key: dict, **values: Any) -> None:
@@ -298,6 +299,34 @@ def lm_judge_options(args, model: Path, given: list[str]) -> list[str]:
             "lora_alpha": args.alpha, "max_length": args.max_length}
     set_keys = {o.partition("=")[0] for o in given}
     return [f"{k}={v}" for k, v in opts.items() if k not in set_keys]
+
+
+def filter_signature(args, model: Path, name: str, variants: dict) -> tuple:
+    """What `albat filter` and `albat emit` get for a method or --variant NAME (as `run_cell` builds it)."""
+    method, options = variants.get(name, (name, []))
+    method_options, emit_args = split_emit_options(options)
+    extra = [f"{k}={v}" for k, v in (o.partition("=")[::2] for o in method_options)]
+    if method == "auto" and "judge=lm" in method_options:
+        extra += lm_judge_options(args, model, method_options)
+    if method in ("albat", "gradalign"):
+        extra += surrogate_options(args, model)[1::2]
+    return method, tuple(sorted(extra)), tuple(emit_args)
+
+
+def check_distinct(args, model: Path, methods: list[str], variants: dict) -> None:
+    """Two names with the same filter and emit options would share one selection: the filter stage finds
+    the first one's completed record and skips, so the second column would copy the first's choices and
+    selection times (round fourteen's `lm_autos64` did; docs/albat-design.md round fifteen). Refuse."""
+    seen: dict[tuple, str] = {}
+    for name in methods:
+        if name == "oracle":
+            continue
+        signature = filter_signature(args, model, name, variants)
+        if signature in seen:
+            raise SystemExit(f"bench_lm: {name} and {seen[signature]} run `albat filter`/`albat emit` with the same "
+                             f"options ({signature[0]}: {', '.join(signature[1]) or 'defaults'}), so {name} would only "
+                             "reuse the other's selection; drop one, or give it an option that differs")
+        seen[signature] = name
 
 
 def split_emit_options(options: list[str]) -> tuple[list[str], list[str]]:

@@ -121,6 +121,24 @@ def test_the_lm_judge_of_a_variant_trains_like_the_benchmark_unless_told_otherwi
         "model=ckpt", "judge_batch_size=16", "lora_rank=8", "lora_alpha=16.0", "max_length=64"]
 
 
+def test_two_names_that_would_share_one_selection_are_refused():
+    from types import SimpleNamespace
+
+    from benchmarks.bench_lm import check_distinct
+    from benchmarks.report import parse_variants
+
+    args = SimpleNamespace(lr=2e-3, batch_size=16, rank=8, alpha=16.0, max_length=64, surrogate_steps=50,
+                           projection_dim=1024)
+    variants = parse_variants(["lm_a=auto:judge=lm,lambdas=0 1 4", "lm_a64=auto:judge=lm,lambdas=0 1 4,max_length=64",
+                               "lm_a32=auto:judge=lm,lambdas=0 1 4,max_length=32", "clf_l4=classifier:backbone_weight=4",
+                               "clf=classifier"])
+    check_distinct(args, Path("ckpt"), ["none", "classifier", "clf_l4", "lm_a", "lm_a32", "oracle"], variants)
+    with pytest.raises(SystemExit, match="lm_a64 and lm_a run"):  # 64 is the benchmark's own max_length
+        check_distinct(args, Path("ckpt"), ["lm_a", "lm_a64"], variants)
+    with pytest.raises(SystemExit, match="clf and classifier"):
+        check_distinct(args, Path("ckpt"), ["classifier", "clf"], variants)
+
+
 def test_the_verdict_tables_judge_the_named_products_else_albat_s_configurations():
     from benchmarks.bench_lm import product_methods
 
