@@ -24,6 +24,7 @@ lr 0.002, batch 16, rank 8, alpha 16.
 
     python -m benchmarks.lm_online_weight --work work/bench_lm_fifth --out work/online/online.jsonl
     python -m benchmarks.lm_online_weight --work work/bench_lm_fifth --out work/online/online.jsonl --table
+    python -m benchmarks.lm_online_weight --work work/bench_lm_fifth --out work/online/online.jsonl --section BENCHMARKS.md
 """
 from __future__ import annotations
 
@@ -168,11 +169,25 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--table", action="store_true", help="print the comparison of the fits in --out and exit")
+    ap.add_argument("--section", type=Path, help="write the comparison as section lm-online-weight of this file "
+                    "(BENCHMARKS.md) and exit")
     args = ap.parse_args()
     grid = cells(args.work, args.variant)
     done = [json.loads(line) for line in args.out.read_text().splitlines()] if args.out.exists() else []
-    if args.table:
-        print(table([r for r in done if r["run"] in grid], grid))
+    if args.table or args.section:
+        text = table([r for r in done if r["run"] in grid], grid)
+        if args.section:
+            from benchmarks.report import write_section
+
+            body = ("One LoRA fit per cell on the first of auto's 3 folds, its mixture weight α = λ/(1+λ) learned "
+                    "while it trains (sign steps of 0.25 on logit α from the held-out gradient's cosine with "
+                    "g_S − g_A in Adam's metric, every 4 steps; 64 tokens, lr 0.002, batch 16, rank 8), against the "
+                    f"λ that `{args.variant}` chose on the same cell. `fit s`: the fit's seconds (classifier "
+                    "selection included). A prototype, not in the product (docs/albat-design.md round fifteen).\n\n")
+            write_section(args.section, "lm-online-weight", "Language-model track: one fit that learns λ "
+                          "(lm-online-weight, prototype)", body + text)
+        else:
+            print(text)
         return
     model_dir = next((args.work / "backbone").iterdir())
     names = [r for r in args.runs.split(",") if r] or list(grid)
