@@ -64,6 +64,9 @@ def test_options_split_by_method_prefix() -> None:
         parse_methods("knn,auto")
     with pytest.raises(AlbatError, match="twice"):
         parse_methods("knn,knn")
+    assert parse_methods("classifier random") == parse_methods(" classifier, random,") == ["classifier", "random"]
+    with pytest.raises(AlbatError, match="twice"):
+        parse_methods("knn knn")
 
 
 def test_fold_request_keeps_only_the_training_rows_pairs() -> None:

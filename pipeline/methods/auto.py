@@ -49,8 +49,8 @@ from albat.pipeline.options import FLOAT, INT, STR, Option, resolve
 from albat.stores.errors import AlbatError
 
 AUTO_OPTIONS = (
-    Option("methods", STR, "albat,knn,dsir,classifier,random", "comma-separated candidate methods (judge=lm: "
-           "classifier unless given)"),
+    Option("methods", STR, "albat,knn,dsir,classifier,random", "candidate methods, separated by commas or spaces "
+           "(judge=lm: classifier unless given)"),
     Option("folds", INT, 3, "folds of the adaptation set", min=2),
     Option("stop_after", INT, 2, "stop the cross-validation after this many folds when one (method, λ) beats every "
            "other on every fold so far (0: always run every fold)", min=0),
@@ -460,7 +460,7 @@ def auto_options(options: dict[str, Any]) -> tuple[list[str], dict[str, Any], di
 def parse_methods(text: str) -> list[str]:
     from albat.pipeline.methods.base import REGISTRY
 
-    methods = [m.strip() for m in str(text).split(",") if m.strip()]
+    methods = str(text).replace(",", " ").split()  # commas or spaces, like `lambdas`
     bad = [m for m in methods if m not in REGISTRY or m == "auto"]
     if not methods or bad:
         raise AlbatError(f"method auto: methods={text!r}: {', '.join(bad) or 'empty'} cannot be chosen; "
