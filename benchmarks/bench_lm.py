@@ -72,7 +72,7 @@ def surrogate_options(args, model: Path) -> list[str]:
     opts = {"surrogate": "lm", "model": str(model), "steps": args.surrogate_steps, "batch_size": args.batch_size,
             "lr": args.lr, "lora_rank": args.rank, "lora_alpha": args.alpha, "max_length": args.max_length,
             "projection_dim": args.projection_dim}
-    return [x for k, v in opts.items() for x in ("--method-option", f"{k}={v}")]
+    return [f"{k}={v}" for k, v in opts.items()]
 
 
 def oracle_texts(pool: dict[int, tuple[str, bool]], adaptation: list[str], blocked: np.ndarray, m: int,
@@ -275,11 +275,8 @@ def run_cell(args, trainer, model: Path, domain: dict, n_a: int, ratio: int, see
             texts, weights = oracle_texts(own, adapt.take(rows).column("text").to_pylist(), blocked, m, seed)
             kept, select_seconds = len(texts) - n_a, 0.0
         else:
-            extra = surrogate_options(args, model) if method in ("albat", "gradalign") else []
-            extra += ["--filter-threads", args.threads] if args.threads else []
-            method_options, emit_args = split_emit_options(options)
-            if method == "auto" and "judge=lm" in method_options:  # the fold judge trains like every arm here
-                extra += [x for o in lm_judge_options(args, model, method_options) for x in ("--method-option", o)]
+            method_options, emit_args = filter_options(args, model, method, options)
+            extra = ["--filter-threads", args.threads] if args.threads else []
             extra += [x for o in method_options for x in ("--method-option", o)]
             run("filter", "--work", exp, "--method", method, "--budget", m, "--seed", seed, "--quiet", *extra)
             summary = json.loads((exp / "tasks/default/_stages" / "filter.json").read_text())["summary"]
@@ -301,16 +298,21 @@ def lm_judge_options(args, model: Path, given: list[str]) -> list[str]:
     return [f"{k}={v}" for k, v in opts.items() if k not in set_keys]
 
 
-def filter_signature(args, model: Path, name: str, variants: dict) -> tuple:
-    """What `albat filter` and `albat emit` get for a method or --variant NAME (as `run_cell` builds it)."""
-    method, options = variants.get(name, (name, []))
+def filter_options(args, model: Path, method: str, options: list[str]) -> tuple[list[str], list[str]]:
+    """(the `--method-option` values, the `albat emit` flags) of a method or variant: the `lm` surrogate's
+    settings for albat and gradalign, the benchmark's LoRA for auto's judge=lm, then the variant's own."""
     method_options, emit_args = split_emit_options(options)
-    extra = [f"{k}={v}" for k, v in (o.partition("=")[::2] for o in method_options)]
-    if method == "auto" and "judge=lm" in method_options:
+    extra = surrogate_options(args, model) if method in ("albat", "gradalign") else []
+    if method == "auto" and "judge=lm" in method_options:  # the fold judge trains like every arm here
         extra += lm_judge_options(args, model, method_options)
-    if method in ("albat", "gradalign"):
-        extra += surrogate_options(args, model)[1::2]
-    return method, tuple(sorted(extra)), tuple(emit_args)
+    return extra + method_options, emit_args
+
+
+def filter_signature(args, model: Path, name: str, variants: dict) -> tuple:
+    """What `albat filter` and `albat emit` get for a method or --variant NAME (`filter_options`)."""
+    method, options = variants.get(name, (name, []))
+    method_options, emit_args = filter_options(args, model, method, options)
+    return method, tuple(sorted(method_options)), tuple(emit_args)
 
 
 def check_distinct(args, model: Path, methods: list[str], variants: dict) -> None:
