@@ -9,7 +9,7 @@ WORK ?= work/demo
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup data data-images demo-image test test-faults demo embed index query filter mix emit run bench bench-embed bench-filter bench-index bench-scale bench-select bench-lm bench-judge-cut bench-image clean
+.PHONY: setup data data-images demo-image test test-faults demo embed index query filter mix emit run bench bench-embed bench-filter bench-index bench-scale bench-select bench-lm bench-lm-quick bench-judge-cut bench-image clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -109,6 +109,17 @@ bench-select: setup data-select $(VENV)/.bench
 MODEL ?=
 bench-lm: setup data-select $(VENV)/.bench
 	$(PY) -m benchmarks.bench_lm --out BENCHMARKS.md $(if $(MODEL),--model $(MODEL))
+
+# The same track reduced to what runs in a few hours on 2 cores (README): a fifth of the pool, n_A = 16,
+# m = 8·n_A, all six targets, 3 seeds, 100 steps, the baselines, auto_lm (the recommendation) and the oracle.
+data/select_fifth/domains.json: data/select/pool.parquet scripts/subsample_select_bench.py
+	$(PY) scripts/subsample_select_bench.py --data data/select --out data/select_fifth
+
+bench-lm-quick: setup data-select data/select_fifth/domains.json $(VENV)/.bench
+	$(PY) -m benchmarks.bench_lm --data data/select_fifth --store-work work/bench_fifth --work work/bench_lm_fifth \
+	  --sizes 16 --ratios 8 --k 32 --steps 100 --checkpoints 25,50,100 --full-seeds 0 --test-texts 200 \
+	  --methods none,random,knn,dsir,classifier,auto_lm,oracle --product auto_lm --section lm-quick \
+	  --out BENCHMARKS.md $(if $(MODEL),--model $(MODEL))
 
 # What a step of auto's judge=lm fold judge costs with judge_layers=k against every layer, on Llama shapes
 # up to 24 layers (random weights, the pool's texts; after bench-lm, whose backbone's tokenizer it uses).

@@ -13,7 +13,8 @@ For each domain, n_A, budget ratio and seed: n_A adaptation texts are drawn; `al
 k = max(--k, 2·ratio) candidates per adaptation text from the MiniLM backbone store (the test split
 passed as --exclude); for each method `albat filter` selects m = ratio·n_A rows (`albat` and
 `gradalign` with the `lm` surrogate on the same backbone LM; `--variant NAME=albat:key=value,...`
-adds albat configurations under their own name) and `albat emit` writes the shard set.
+adds albat configurations under their own name; `auto_lm` is `auto` with judge=lm at its defaults, the
+README's recommendation, its fold judge trained like every arm here) and `albat emit` writes the shard set.
 `scripts/train_lora.py` then trains LoRA on those shards with albat_weight as the per-example loss
 weight (same steps, batch and seed for every method), measuring held-out perplexity on the first 300
 of the domain's 600 test texts after each of --checkpoints steps inside that one run (convergence),
@@ -22,7 +23,8 @@ and the relative distance of the adapter's ΔW = B·A to the one trained on the 
 the none → full-target perplexity gap it closes, and the steps it needs to reach `none`'s final
 perplexity. Results append to WORK/results.jsonl, one record per run keyed by (domain, n_A, m, seed,
 method, steps, model), so a rerun resumes and any subset (--domains, --sizes, --ratios, --seeds,
---methods) can run alone.
+--methods) can run alone. A run first prints how many LoRA runs are left and, once WORK holds measured runs,
+how long they should take (`--plan` prints only that); each run then prints its count and an ETA.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ import argparse
 import importlib.util
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +44,10 @@ from benchmarks import bench_select
 from benchmarks.bench_select import EMBED_ARGS, finished_keys, load_domains, run, verdict
 from benchmarks.report import markdown_table, paired_difference, parse_variants, save_figure, write_section
 
-METHODS = ["none", "random", "knn", "dsir", "classifier", "gradalign", "albat", "oracle"]
+METHODS = ["none", "random", "knn", "dsir", "classifier", "gradalign", "albat", "auto_lm", "oracle"]
+# The README's recommendation for adapting a causal LM: `auto` with judge=lm at its own defaults (the
+# classifier's rows, λ from 0 1 4, the race), its fold judge trained like every arm here (lm_judge_options).
+BUILTIN_VARIANTS: dict[str, tuple[str, list[str]]] = {"auto_lm": ("auto", ["judge=lm"])}
 BASELINES = ("none", "random", "knn", "dsir", "classifier", "gradalign")  # what a product method must beat
 REPO = Path(__file__).resolve().parents[1]
 
@@ -161,6 +167,8 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true",
                         help="tabulate WORK/results.jsonl again: only the runs of --seeds and --methods (with the "
                              "backbone and full references)")
+    parser.add_argument("--plan", action="store_true", help="print how many runs are left and how long they "
+                        "should take at the run times measured in WORK/results.jsonl, then stop")
     parser.add_argument("--query-only", action="store_true", help="only run every cell's query stage (no backbone LM "
                         "needed: prepares the cells while it pre-trains)")
     args = parser.parse_args()
@@ -179,6 +187,11 @@ def main() -> None:
                     run_cell(args, None, Path(), domain, n_a, ratio, seed, ["none"], {}, set(), None,
                              pq.read_table(args.data / domain["adapt"]), [], None, np.empty(0))
         return
+    if args.plan:
+        model = args.model or _script("pretrain_lm").default_backbone_dir(args.data / "pool.parquet", "text",
+                                                                          args.work / "backbone")
+        print(plan_line(args, runs_left(args, model, domains, finished_keys(results_path)), read_records(results_path)))
+        return
     if not args.report_only:
         args.work.mkdir(parents=True, exist_ok=True)
         model = args.model or Path(_script("pretrain_lm").pretrain_backbone(
@@ -191,21 +204,105 @@ def run_key(**fields: Any) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
+def all_variants(args) -> dict[str, tuple[str, list[str]]]:
+    """The built-in variants (auto_lm) and the --variant ones, which win on a shared name."""
+    return {**BUILTIN_VARIANTS, **parse_variants(args.variant)}
+
+
+def full_seeds(args) -> list[int]:
+    seeds = [int(s) for s in args.seeds.split(",")]
+    return seeds if args.full_seeds is None else [int(x) for x in args.full_seeds.split(",") if x]
+
+
+def cell_keys(args, model: Path, domain: dict, n_a: int, ratio: int, seed: int, methods: list[str]) -> dict[str, dict]:
+    """The run key of every method of one (domain, n_A, m, seed); oracle only where the domain is in the pool."""
+    return {meth: run_key(domain=domain["slug"], n_a=n_a, m=ratio * n_a, seed=seed, method=meth, steps=args.steps,
+                          model=str(model))
+            for meth in methods if not (meth == "oracle" and not domain.get("in_pool", True))}
+
+
+def runs_left(args, model: Path, domains: list[dict], done: set[str]) -> list[dict]:
+    """The keys of every LoRA run this invocation would still train, in run order: the full-target references,
+    then each cell's methods."""
+    left = [{"domain": d["slug"], "method": "full", "seed": seed, "steps": args.steps, "model": str(model)}
+            for d in domains for seed in full_seeds(args)]
+    for n_a, ratio in grid(args.sizes, args.ratios):
+        for domain in domains:
+            for seed in [int(s) for s in args.seeds.split(",")]:
+                left += cell_keys(args, model, domain, n_a, ratio, seed, args.methods.split(",")).values()
+    return [key for key in left if json.dumps(key) not in done]
+
+
+def read_records(results_path: Path) -> list[dict]:
+    return [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
+
+
+def run_costs(records: list[dict], steps: int, checkpoints: int) -> tuple[float, float, dict[str, float]] | None:
+    """Medians over the measured runs: training seconds scaled to `steps`, evaluation seconds scaled to
+    `checkpoints` evaluations, and each method's selection seconds. None before any run was measured."""
+    timed = [r for r in records if "train_seconds" in r and r["key"].get("steps")]
+    if not timed:
+        return None
+    train = float(np.median([r["train_seconds"] * steps / r["key"]["steps"] for r in timed]))
+    evals = float(np.median([(r.get("eval_seconds") or 0.0) * checkpoints / max(len(r.get("curve", {})), 1)
+                             for r in timed]))
+    select: dict[str, list[float]] = {}
+    for r in timed:
+        if "select_seconds" in r:
+            select.setdefault(r["key"]["method"], []).append(r["select_seconds"])
+    return train, evals, {name: float(np.median(v)) for name, v in select.items()}
+
+
+def estimate_seconds(left: list[dict], costs: tuple[float, float, dict[str, float]]) -> tuple[float, list[str]]:
+    """Seconds the runs `left` should take (training + evaluation + the method's measured selection), and the
+    methods with no measured selection time (counted as training only)."""
+    train, evals, select = costs
+    unmeasured = sorted({k["method"] for k in left if k["method"] not in select} - {"full", "none", "oracle"})
+    return sum(train + evals + select.get(k["method"], 0.0) for k in left), unmeasured
+
+
+def plan_line(args, left: list[dict], records: list[dict]) -> str:
+    checkpoints = len({int(c) for c in args.checkpoints.split(",") if c} | {args.steps})
+    head = f"bench_lm: {len(left)} LoRA runs left ({args.steps} steps, {checkpoints} evaluations each)"
+    costs = run_costs(records, args.steps, checkpoints)
+    if costs is None:
+        return head + "; no run measured yet in this WORK, so no estimate (the progress lines give one as it runs)"
+    seconds, unmeasured = estimate_seconds(left, costs)
+    note = f"; no measured selection time for {', '.join(unmeasured)}" if unmeasured else ""
+    span = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+    return (f"{head}: about {span} in one process at the medians measured here (training "
+            f"{costs[0]:.0f} s, evaluation {costs[1]:.0f} s a run, scaled to these steps; selection per method){note}")
+
+
+def progress_line(done: int, total: int, elapsed: float) -> str:
+    """`done` of `total` runs after `elapsed` seconds, with the ETA at this invocation's own rate."""
+    eta = elapsed / done * (total - done) if done else float("nan")
+    return (f"bench_lm: {done}/{total} runs, {elapsed / 60:.1f} min elapsed"
+            + (f", ETA {eta / 60:.0f} min" if done else ""))
+
+
 def run_all(args, model: Path, domains: list[dict], results_path: Path) -> None:
     trainer = _script("train_lora")
     build_backbone_store(args.data, args.store_work)
     done = finished_keys(results_path)
     seeds = [int(s) for s in args.seeds.split(",")]
-    variants = parse_variants(args.variant)
+    variants = all_variants(args)
     methods = args.methods.split(",")
     check_distinct(args, model, methods, variants)
     full_delta: dict[tuple[str, int], np.ndarray] = {}
+    left = runs_left(args, model, domains, done)
+    print(plan_line(args, left, read_records(results_path)), file=sys.stderr, flush=True)
+    todo, finished, started = {json.dumps(k) for k in left}, [0], time.perf_counter()
     with results_path.open("a") as out:
         def record(key: dict, **values: Any) -> None:
             out.write(json.dumps({"key": key, **values}) + "\n")
             out.flush()
             print(json.dumps({**key, **{k: v for k, v in values.items() if not isinstance(v, (list, dict))}}),
                   flush=True)
+            if json.dumps(key) in todo:
+                finished[0] += 1
+                print(progress_line(finished[0], len(todo), time.perf_counter() - started), file=sys.stderr,
+                      flush=True)
 
         tests, adapts, owns = {}, {}, {}
         for domain in domains:
@@ -217,8 +314,7 @@ def run_all(args, model: Path, domains: list[dict], results_path: Path) -> None:
             if json.dumps(key) not in done:
                 loaded, tokenizer = trainer.load_causal_lm(model)
                 record(key, perplexity=trainer.perplexity(loaded, tokenizer, tests[slug], args.max_length))
-            full_seeds = seeds if args.full_seeds is None else [int(x) for x in args.full_seeds.split(",") if x]
-            for seed in full_seeds:  # the reference: LoRA on the full target data (all adaptation texts)
+            for seed in full_seeds(args):  # the reference: LoRA on the full target data (all adaptation texts)
                 texts = adapts[slug].column("text").to_pylist()
                 delta_path = args.work / "full" / f"{slug}-s{seed}-t{args.steps}.npy"
                 key = {"domain": slug, "method": "full", "seed": seed, "steps": args.steps, "model": str(model)}
@@ -252,8 +348,7 @@ def run_cell(args, trainer, model: Path, domain: dict, n_a: int, ratio: int, see
     """Every pending method of one (domain, n_A, m, seed): query once, then select, emit, train."""
     slug, m = domain["slug"], ratio * n_a
     k = max(args.k, 2 * ratio)
-    keys = {meth: run_key(domain=slug, n_a=n_a, m=m, seed=seed, method=meth, steps=args.steps, model=str(model))
-            for meth in methods if not (meth == "oracle" and own is None)}  # oracle needs in-pool domain rows
+    keys = cell_keys(args, model, domain, n_a, ratio, seed, methods)  # oracle needs in-pool domain rows
     pending = [meth for meth, key in keys.items() if json.dumps(key) not in done]
     if not pending:
         return
@@ -290,10 +385,10 @@ def run_cell(args, trainer, model: Path, domain: dict, n_a: int, ratio: int, see
 
 
 def lm_judge_options(args, model: Path, given: list[str]) -> list[str]:
-    """`auto`'s judge=lm options that make its fold judge the benchmark's LoRA (checkpoint, learning rate,
-    batch size, rank, alpha, max length), unless the variant sets them itself."""
-    opts = {"model": model, "judge_lr": args.lr, "judge_batch_size": args.batch_size, "lora_rank": args.rank,
-            "lora_alpha": args.alpha, "max_length": args.max_length}
+    """`auto`'s judge=lm options that make its fold judge the benchmark's LoRA (checkpoint, steps, learning
+    rate, batch size, rank, alpha, max length), unless the variant sets them itself."""
+    opts = {"model": model, "judge_steps": args.steps, "judge_lr": args.lr, "judge_batch_size": args.batch_size,
+            "lora_rank": args.rank, "lora_alpha": args.alpha, "max_length": args.max_length}
     set_keys = {o.partition("=")[0] for o in given}
     return [f"{k}={v}" for k, v in opts.items() if k not in set_keys]
 
@@ -397,10 +492,10 @@ def reference_perplexity(full: dict[tuple[str, int], dict], domain: str, seed: i
 
 
 def product_methods(methods: list[str], named: str = "") -> list[str]:
-    """What must beat the baselines: the --product names among `methods`, by default albat and its
-    --variant configurations (every name starting with albat)."""
+    """What must beat the baselines: the --product names among `methods`, by default the project's own
+    (every name starting with albat or auto: albat, auto_lm and their --variant configurations)."""
     wanted = [x for x in named.split(",") if x]
-    return [m for m in methods if m in wanted] if wanted else [m for m in methods if m.startswith("albat")]
+    return [m for m in methods if m in wanted] if wanted else [m for m in methods if m.startswith(("albat", "auto"))]
 
 
 def _stats(values: list[float], digits: int = 2) -> str:
@@ -573,8 +668,8 @@ def report(args, results_path: Path) -> None:
             "per seed against the same seed's none and full runs (0: nothing gained over the adaptation set alone, "
             "1: as good as all 512 target texts):", "",
             markdown_table(["domain", "n_A", "m"] + methods, gap_rows), "",
-            "Product method (albat and its variants) minus the best baseline (none, random, knn, dsir, classifier, "
-            "gradalign) in "
+            f"Product method ({', '.join(products) or 'none run'}: --product, by default every albat and auto name) "
+            "minus the best baseline (none, random, knn, dsir, classifier, gradalign) in "
             "final perplexity (lower is better); within the larger seed std of the two is a tie. A cell is evidence "
             "where random − oracle exceeds their larger std (in-domain data visibly helps), a control otherwise, "
             "and has no oracle where the domain is not in the pool.", "",

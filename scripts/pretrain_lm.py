@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -72,6 +73,20 @@ def _batches(lengths: list[int], batch_size: int, seed: int):
                 yield group[k]
 
 
+def backbone_dir(texts_sha: str, column: str, out_root: Path, hparams: dict) -> Path:
+    """Where the backbone of these inputs is cached: out_root / the first 16 hex digits of a hash of the
+    texts' sha256, the column and every hyper-parameter."""
+    key_src = json.dumps({"texts_sha256": texts_sha, "column": column, **hparams}, sort_keys=True)
+    return Path(out_root) / hashlib.sha256(key_src.encode()).hexdigest()[:16]
+
+
+def default_backbone_dir(texts: Path, column: str, out_root: Path) -> Path:
+    """`pretrain_backbone`'s cache directory at its default hyper-parameters, without training anything."""
+    defaults = {name: p.default for name, p in inspect.signature(pretrain_backbone).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "progress"}
+    return backbone_dir(sha256_file(Path(texts)), column, out_root, defaults)
+
+
 def pretrain_backbone(texts: Path, column: str, out_root: Path, *, vocab_size: int = 4096,
                       layers: int = 4, hidden: int = 256, heads: int = 4, max_length: int = 64,
                       steps: int = 2400, batch_size: int = 32, lr: float = 2e-3, seed: int = 0,
@@ -87,8 +102,7 @@ def pretrain_backbone(texts: Path, column: str, out_root: Path, *, vocab_size: i
                    max_length=max_length, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                    max_rows=max_rows)
     texts_sha = sha256_file(texts)
-    key_src = json.dumps({"texts_sha256": texts_sha, "column": column, **hparams}, sort_keys=True)
-    final = out_root / hashlib.sha256(key_src.encode()).hexdigest()[:16]
+    final = backbone_dir(texts_sha, column, out_root, hparams)
     if (final / RECORD).is_file():
         return final
     out_root.mkdir(parents=True, exist_ok=True)

@@ -116,9 +116,10 @@ def test_the_lm_judge_of_a_variant_trains_like_the_benchmark_unless_told_otherwi
 
     from benchmarks.bench_lm import lm_judge_options
 
-    args = SimpleNamespace(lr=2e-3, batch_size=16, rank=8, alpha=16.0, max_length=64)
+    args = SimpleNamespace(steps=100, lr=2e-3, batch_size=16, rank=8, alpha=16.0, max_length=64)
     assert lm_judge_options(args, Path("ckpt"), ["judge=lm", "judge_lr=0.01"]) == [
-        "model=ckpt", "judge_batch_size=16", "lora_rank=8", "lora_alpha=16.0", "max_length=64"]
+        "model=ckpt", "judge_steps=100", "judge_batch_size=16", "lora_rank=8", "lora_alpha=16.0", "max_length=64"]
+    assert "judge_steps=100" not in lm_judge_options(args, Path("ckpt"), ["judge_steps=40"])
 
 
 def test_two_names_that_would_share_one_selection_are_refused():
@@ -127,7 +128,7 @@ def test_two_names_that_would_share_one_selection_are_refused():
     from benchmarks.bench_lm import check_distinct
     from benchmarks.report import parse_variants
 
-    args = SimpleNamespace(lr=2e-3, batch_size=16, rank=8, alpha=16.0, max_length=64, surrogate_steps=50,
+    args = SimpleNamespace(steps=100, lr=2e-3, batch_size=16, rank=8, alpha=16.0, max_length=64, surrogate_steps=50,
                            projection_dim=1024)
     variants = parse_variants(["lm_a=auto:judge=lm,lambdas=0 1 4", "lm_a64=auto:judge=lm,lambdas=0 1 4,max_length=64",
                                "lm_a32=auto:judge=lm,lambdas=0 1 4,max_length=32", "clf_l4=classifier:backbone_weight=4",
@@ -142,9 +143,61 @@ def test_two_names_that_would_share_one_selection_are_refused():
 def test_the_verdict_tables_judge_the_named_products_else_albat_s_configurations():
     from benchmarks.bench_lm import product_methods
 
-    methods = ["none", "knn", "albat", "albat_v2", "lm_auto"]
-    assert product_methods(methods) == ["albat", "albat_v2"]
+    methods = ["none", "knn", "albat", "albat_v2", "auto_lm", "lm_auto"]
+    assert product_methods(methods) == ["albat", "albat_v2", "auto_lm"]
     assert product_methods(methods, "lm_auto,missing") == ["lm_auto"]
+
+
+def test_the_default_benchmark_runs_the_recommended_lm_method_unless_a_variant_takes_its_name():
+    from types import SimpleNamespace
+
+    from benchmarks.bench_lm import METHODS, all_variants
+
+    assert "auto_lm" in METHODS
+    assert all_variants(SimpleNamespace(variant=[]))["auto_lm"] == ("auto", ["judge=lm"])
+    assert all_variants(SimpleNamespace(variant=["auto_lm=auto:judge=lm,folds=2"]))["auto_lm"] == (
+        "auto", ["judge=lm", "folds=2"])
+
+
+def _plan_args(**kw):
+    from types import SimpleNamespace
+
+    base = dict(steps=200, checkpoints="25,50,100,200", sizes="16,64", ratios="2,32@16", seeds="0,1",
+                full_seeds="0", methods="none,knn,oracle")
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_runs_left_counts_every_pending_run_once_and_skips_oracle_outside_the_pool():
+    import json
+
+    from benchmarks.bench_lm import runs_left
+
+    domains = [{"slug": "a"}, {"slug": "b", "in_pool": False}]
+    left = runs_left(_plan_args(), Path("ckpt"), domains, set())
+    # 2 full references (seed 0 of each domain) + cells (16,2) (16,32) (64,2) x 2 seeds x (3 methods in a, 2 in b)
+    assert len(left) == 2 + 3 * 2 * (3 + 2)
+    assert not [k for k in left if k["method"] == "oracle" and k["domain"] == "b"]
+    done = {json.dumps(left[0]), json.dumps(left[5])}
+    assert runs_left(_plan_args(), Path("ckpt"), domains, done) == [k for i, k in enumerate(left) if i not in (0, 5)]
+
+
+def test_the_plan_scales_measured_runs_to_the_asked_steps_and_adds_each_method_s_selection():
+    from benchmarks.bench_lm import estimate_seconds, plan_line, progress_line, run_costs
+
+    records = [{"key": {"method": "knn", "steps": 100, "seed": s}, "train_seconds": 30.0, "eval_seconds": 6.0,
+                "curve": {"25": 1, "50": 1, "100": 1}, "select_seconds": 2.0} for s in range(3)]
+    records.append({"key": {"method": "backbone"}, "perplexity": 9.0})  # no time: ignored
+    assert run_costs([], 200, 4) is None
+    train, evals, select = run_costs(records, 200, 4)
+    assert (train, evals, select) == (60.0, 8.0, {"knn": 2.0})
+    left = [{"method": "knn"}, {"method": "none"}, {"method": "auto_lm"}]
+    assert estimate_seconds(left, (train, evals, select)) == (3 * 68.0 + 2.0, ["auto_lm"])
+    line = plan_line(_plan_args(), left, records)
+    assert line.startswith("bench_lm: 3 LoRA runs left (200 steps, 4 evaluations each): about 3 min")
+    assert line.endswith("no measured selection time for auto_lm")
+    assert "no run measured yet" in plan_line(_plan_args(), left, [])
+    assert progress_line(2, 10, 120.0) == "bench_lm: 2/10 runs, 2.0 min elapsed, ETA 8 min"
+    assert progress_line(0, 10, 0.0) == "bench_lm: 0/10 runs, 0.0 min elapsed"
 
 
 def test_bench_run_retries_a_reader_stage_once_and_never_a_writer(monkeypatch: pytest.MonkeyPatch) -> None:

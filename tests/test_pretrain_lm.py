@@ -25,6 +25,11 @@ def test_pretrain_caches_by_content_and_loads(tmp_path) -> None:
     assert pretrain.pretrain_backbone(texts, "text", tmp_path / "cache", **kw) == first
     assert (first / pretrain.RECORD).stat().st_mtime_ns == stamp  # not retrained
     assert pretrain.pretrain_backbone(texts, "text", tmp_path / "cache", **{**kw, "steps": 4}) != first
+    # the cache path is known without training (bench_lm --plan): the defaults' path, and these inputs'
+    defaults = pretrain.default_backbone_dir(texts, "text", tmp_path / "cache")
+    hparams = json.loads((first / pretrain.RECORD).read_text())["hyperparameters"]
+    assert pretrain.backbone_dir(pretrain.sha256_file(texts), "text", tmp_path / "cache", hparams) == first
+    assert defaults != first and defaults.parent == first.parent and not defaults.exists()
     assert sorted(p.name for p in (tmp_path / "cache").iterdir() if ".tmp-" in p.name) == []
 
     from albat.pipeline.surrogates.lm import LmSurrogate
