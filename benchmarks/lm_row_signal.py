@@ -51,7 +51,7 @@ def run_signal(run: Path, features: str, ratio: int) -> dict:
     reads_text = features != "embedding"
     n = adaptation.num_rows
     seed = int(re.search(r"-s(\d+)-", run.name).group(1))
-    pos = feature_rows(np.load(query / "adaptation.npy"), adaptation.column("text").to_pylist() if reads_text else None,
+    pos = feature_rows(np.load(query / "adaptation.npy", allow_pickle=False), adaptation.column("text").to_pylist() if reads_text else None,
                        features, BUCKETS)
     negatives = negative_positions(store, blocked, n, 0, seed)
     neg = feature_rows(store.vectors_at(negatives), store.texts_at(negatives, column) if reads_text else None,
