@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from albat.pipeline.code_digest import code_digest
 from albat.pipeline.methods.base import SelectionRequest, get_method
 from albat.pipeline.options import FILTER, by_name
 from albat.pipeline.shard_map import executor_settings
@@ -58,7 +59,8 @@ class FilterStage(Stage):
         query_record = work.stage_record("query")
         if not query_record:
             raise AlbatError(f"{work.query}: no completed query stage; run `albat query` first")
-        fp = fingerprint({"options": options, "seed": seed, "query": query_record["fingerprint"]})
+        fp = fingerprint({"options": options, "seed": seed, "query": query_record["fingerprint"],
+                          "code": code_digest()})  # other selection code selects again
         return Plan(fp, (work.filter / SELECTION_FILE,), options, {"budget": budget, "seed": seed},
                     {"query": query_record["fingerprint"]})
 
