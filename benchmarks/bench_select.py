@@ -169,9 +169,18 @@ def select(method: str, exp: Path, budget: int, seed: int, oracle_pool: np.ndarr
 def load_domains(data: Path, selected: str, outside_pool: bool = True) -> list[dict]:
     """The benchmark's target domains, or the comma-separated slugs of `selected` among them.
     `outside_pool=False` leaves out (unless named) the domains whose source the pool does not hold."""
-    domains = json.loads((data / "domains.json").read_text())
+    path = data / "domains.json"
+    if not path.is_file():
+        raise SystemExit(f"{path}: no benchmark data there; build it with `make data-select` (data/select_fifth: "
+                         "`make data/select_fifth/domains.json`) or pass --data DIR")
+    domains = json.loads(path.read_text())
     if selected:
-        return [d for d in domains if d["slug"] in selected.split(",")]
+        slugs = [x for x in selected.split(",") if x]
+        unknown = sorted(set(slugs) - {d["slug"] for d in domains})
+        if unknown:
+            raise SystemExit(f"--domains: {', '.join(unknown)} not in {path}; its domains: "
+                             f"{', '.join(d['slug'] for d in domains)}")
+        return [d for d in domains if d["slug"] in slugs]
     return [d for d in domains if outside_pool or d.get("in_pool", True)]
 
 

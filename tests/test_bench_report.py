@@ -217,3 +217,18 @@ def test_bench_run_retries_a_reader_stage_once_and_never_a_writer(monkeypatch: p
     with pytest.raises(SystemExit, match="albat embed"):
         bench_select.run("embed", "--work", "w")
     assert calls[4:] == ["embed"]
+
+
+def test_benchmark_domains_name_a_missing_data_folder_and_unknown_slugs(tmp_path):
+    import json
+
+    from benchmarks.bench_select import load_domains
+
+    with pytest.raises(SystemExit, match="make data-select"):
+        load_domains(tmp_path, "")
+    (tmp_path / "domains.json").write_text(json.dumps([{"slug": "a"}, {"slug": "b", "in_pool": False}]))
+    assert [d["slug"] for d in load_domains(tmp_path, "")] == ["a", "b"]
+    assert [d["slug"] for d in load_domains(tmp_path, "", outside_pool=False)] == ["a"]
+    assert [d["slug"] for d in load_domains(tmp_path, "b")] == ["b"]
+    with pytest.raises(SystemExit, match="--domains: c not in .*its domains: a, b"):
+        load_domains(tmp_path, "a,c")
