@@ -3,8 +3,8 @@ against each other, and a real probe inside `albat embed` on a tiny corpus."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -77,27 +77,51 @@ def test_agreement_by_hand() -> None:
     assert probe.agreement(x[:1], x[:1])[1] == 1.0  # one text: no neighbours to compare
 
 
+class VirtualClock:
+    """The probe's timer in these tests: fake encoders spend virtual seconds on it instead of sleeping, so the
+    timings are exact and a loaded machine (CI's parallel test processes) cannot reorder them."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def spend(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> VirtualClock:
+    virtual = VirtualClock()
+    monkeypatch.setattr(probe, "time", SimpleNamespace(perf_counter=virtual.perf_counter))
+    return virtual
+
+
 class FakeEncoder:
-    """Encodes by a fixed rotation-free perturbation at a fixed cost per text."""
+    """Encodes by a fixed rotation-free perturbation at a fixed cost per text (spent on the virtual clock)."""
 
     batch_size = 8
 
-    def __init__(self, seconds_per_text: float, noise: float, fail: bool = False):
-        self.seconds, self.noise, self.fail = seconds_per_text, noise, fail
+    def __init__(self, seconds_per_text: float, noise: float, fail: bool = False, clock: VirtualClock | None = None):
+        self.seconds, self.noise, self.fail, self.clock = seconds_per_text, noise, fail, clock
 
     def encode(self, texts: list[str]) -> np.ndarray:
         if self.fail:
             raise RuntimeError("this runtime cannot load here")
-        time.sleep(self.seconds * len(texts))
+        if self.clock is not None:
+            self.clock.spend(self.seconds * len(texts))
         base = np.stack([np.random.default_rng(abs(hash(t)) % 2**32).normal(size=16) for t in texts])
         base += self.noise * np.random.default_rng(len(texts)).normal(size=base.shape)
         return base / np.linalg.norm(base, axis=1, keepdims=True)
 
 
-def test_run_probe_times_judges_and_stops_the_slow() -> None:
+def test_run_probe_times_judges_and_stops_the_slow(clock: VirtualClock) -> None:
     texts = [f"text number {i}" for i in range(32)]
-    fakes = {("torch", "float32"): FakeEncoder(0.004, 0.0), ("torch", "int8"): FakeEncoder(0.0005, 0.3),
-             ("onnx", "float32"): FakeEncoder(0.001, 0.0), ("torch", "bfloat16"): FakeEncoder(0.02, 0.0),
+    fakes = {("torch", "float32"): FakeEncoder(0.004, 0.0, clock=clock),
+             ("torch", "int8"): FakeEncoder(0.0005, 0.3, clock=clock),
+             ("onnx", "float32"): FakeEncoder(0.001, 0.0, clock=clock),
+             ("torch", "bfloat16"): FakeEncoder(0.02, 0.0, clock=clock),
              ("onnx", "int8"): FakeEncoder(0.0, 0.0, fail=True)}
     choice, rows = probe.run_probe(texts, lambda b, d: fakes[(b, d)], list(fakes))
     by_key = {r.key: r for r in rows}
@@ -116,18 +140,19 @@ class DriftingLoad:
 
     batch_size = 4
 
-    def __init__(self, clock: list[int], cost: float):
-        self.clock, self.cost = clock, cost
+    def __init__(self, calls: list[int], cost: float, clock: VirtualClock):
+        self.calls, self.cost, self.clock = calls, cost, clock
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        self.clock[0] += 1
-        time.sleep(self.cost * len(texts) * (1 + 0.5 * self.clock[0]))
+        self.calls[0] += 1
+        self.clock.spend(self.cost * len(texts) * (1 + 0.5 * self.calls[0]))
         return FakeEncoder(0, 0).encode(texts)
 
 
-def test_interleaved_rounds_see_the_same_drifting_load() -> None:
-    clock = [0]
-    fakes = {("torch", "float32"): DriftingLoad(clock, 0.001), ("onnx", "float32"): DriftingLoad(clock, 0.0008)}
+def test_interleaved_rounds_see_the_same_drifting_load(clock: VirtualClock) -> None:
+    calls = [0]
+    fakes = {("torch", "float32"): DriftingLoad(calls, 0.001, clock),
+             ("onnx", "float32"): DriftingLoad(calls, 0.0008, clock)}
     texts = [f"t{i}" for i in range(24)]
     choice, rows = probe.run_probe(texts, lambda b, d: fakes[(b, d)], list(fakes))
     assert choice == ("onnx", "float32")  # timed one after the other, the later (faster) one would look slower
