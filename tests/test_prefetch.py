@@ -37,8 +37,14 @@ def test_prefetched_reraises_the_producers_error_and_stops_early() -> None:
     endless = prefetched(iter(range(10**9)), depth=2)
     assert next(endless) == 0
     endless.close()  # the producer thread stops instead of running on
-    time.sleep(0.3)
-    assert not any(t.name == "albat-prefetch" and t.is_alive() for t in threading.enumerate())
+
+    def producing() -> bool:
+        return any(t.name == "albat-prefetch" and t.is_alive() for t in threading.enumerate())
+
+    deadline = time.monotonic() + 10.0  # a loaded machine may take a while to schedule it; a live one never stops
+    while producing() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not producing()
 
 
 def test_write_behind_runs_in_order_and_surfaces_errors() -> None:
