@@ -94,11 +94,16 @@ def oracle_texts(pool: dict[int, tuple[str, bool]], adaptation: list[str], block
     return texts, np.concatenate([np.ones(len(adaptation)), backbone_weights(np.ones(len(chosen)), len(adaptation), 1.0)])
 
 
+def checkpoint_steps(args) -> tuple[int, ...]:
+    """The steps at which a run's held-out perplexity is measured: --checkpoints and the final step."""
+    return tuple(sorted({int(c) for c in args.checkpoints.split(",") if c} | {args.steps}))
+
+
 def adapt_and_measure(trainer, model: Path, texts: list[str], weights: np.ndarray, test: list[str], args,
                       seed: int) -> tuple[float, np.ndarray, dict[str, Any]]:
     """(final test perplexity, ΔW, run record: convergence curve {step: perplexity}, training and
     evaluation seconds) of one LoRA run on the weighted texts."""
-    checkpoints = tuple(sorted({int(c) for c in args.checkpoints.split(",") if c} | {args.steps}))
+    checkpoints = checkpoint_steps(args)
     adapted, tokenizer, rep = trainer.train_lora(
         model, texts, weights, seed=seed, eval_at=checkpoints,
         evaluate=lambda m, tok: trainer.perplexity(m, tok, test, args.max_length), **lora_options(args))
@@ -183,7 +188,7 @@ def main() -> None:
         build_backbone_store(args.data, args.store_work)
         for n_a, ratio in grid(args.sizes, args.ratios):
             for domain in domains:
-                for seed in [int(s) for s in args.seeds.split(",")]:
+                for seed in seed_list(args):
                     run_cell(args, None, Path(), domain, n_a, ratio, seed, ["none"], {}, set(), None,
                              pq.read_table(args.data / domain["adapt"]), [], None, np.empty(0))
         return
@@ -209,9 +214,13 @@ def all_variants(args) -> dict[str, tuple[str, list[str]]]:
     return {**BUILTIN_VARIANTS, **parse_variants(args.variant)}
 
 
+def seed_list(args) -> list[int]:
+    return [int(s) for s in args.seeds.split(",")]
+
+
 def full_seeds(args) -> list[int]:
-    seeds = [int(s) for s in args.seeds.split(",")]
-    return seeds if args.full_seeds is None else [int(x) for x in args.full_seeds.split(",") if x]
+    """The seeds of the full-target reference runs: --full-seeds, else --seeds."""
+    return seed_list(args) if args.full_seeds is None else [int(x) for x in args.full_seeds.split(",") if x]
 
 
 def cell_keys(args, model: Path, domain: dict, n_a: int, ratio: int, seed: int, methods: list[str]) -> dict[str, dict]:
@@ -228,7 +237,7 @@ def runs_left(args, model: Path, domains: list[dict], done: set[str]) -> list[di
             for d in domains for seed in full_seeds(args)]
     for n_a, ratio in grid(args.sizes, args.ratios):
         for domain in domains:
-            for seed in [int(s) for s in args.seeds.split(",")]:
+            for seed in seed_list(args):
                 left += cell_keys(args, model, domain, n_a, ratio, seed, args.methods.split(",")).values()
     return [key for key in left if json.dumps(key) not in done]
 
@@ -262,7 +271,7 @@ def estimate_seconds(left: list[dict], costs: tuple[float, float, dict[str, floa
 
 
 def plan_line(args, left: list[dict], records: list[dict]) -> str:
-    checkpoints = len({int(c) for c in args.checkpoints.split(",") if c} | {args.steps})
+    checkpoints = len(checkpoint_steps(args))
     head = f"bench_lm: {len(left)} LoRA runs left ({args.steps} steps, {checkpoints} evaluations each)"
     costs = run_costs(records, args.steps, checkpoints)
     if costs is None:
@@ -285,7 +294,7 @@ def run_all(args, model: Path, domains: list[dict], results_path: Path) -> None:
     trainer = _script("train_lora")
     build_backbone_store(args.data, args.store_work)
     done = finished_keys(results_path)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = seed_list(args)
     variants = all_variants(args)
     methods = args.methods.split(",")
     check_distinct(args, model, methods, variants)
